@@ -1,0 +1,262 @@
+//! The application: opens the database, migrates, bootstraps the default tenant, binds the HTTP
+//! server, and (by default) runs the workers in-process. `main` is a thin wrapper over this, and
+//! the tests start it in-process on port 0.
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{App, HttpServer, dev::ServerHandle, middleware::from_fn, web};
+use anyhow::Context;
+use governance_core::{
+    db::{self, DbSettings},
+    store::Store,
+    tenancy::{self, IssuedKey},
+};
+use governance_workers::{JobQueue, QueueSettings, WorkerDeps, events::EventBus};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, WorkersMode},
+    graphql::build_schema,
+    http, metrics,
+    metrics::Metrics,
+    state::AppState,
+};
+
+/// Where the bootstrap key of the `default` tenant is written (mode 0600).
+pub const BOOTSTRAP_KEY_FILE: &str = "default-tenant.key";
+
+/// A built, bound, not yet running application.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    handle: ServerHandle,
+    state: AppState,
+    shutdown: CancellationToken,
+    workers: Option<JoinHandle<anyhow::Result<()>>>,
+    bootstrap_key: Option<IssuedKey>,
+}
+
+/// Open the database and bring its schema up to date.
+pub async fn open_database(config: &Config) -> anyhow::Result<DatabaseConnection> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    let mut settings = DbSettings::new(url);
+    settings.max_connections = config.db_max_connections;
+    db::connect(&settings).await
+}
+
+/// Apply pending migrations (ours and the job queue's).
+pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    Migrator::up(db, None)
+        .await
+        .context("database migration failed")?;
+    Ok(())
+}
+
+/// The job queue for this configuration (SQLite, PostgreSQL, or Redis).
+pub async fn open_queue(config: &Config, db: &DatabaseConnection) -> anyhow::Result<JobQueue> {
+    JobQueue::connect(QueueSettings {
+        db: db.clone(),
+        redis_url: config.redis_url.clone(),
+        namespace: config.namespace.clone(),
+    })
+    .await
+}
+
+/// Write the bootstrap key where only this user can read it.
+fn write_key_file(config: &Config, key: &IssuedKey) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join(BOOTSTRAP_KEY_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{}", key.secret)?;
+    Ok(path)
+}
+
+impl Application {
+    /// Build everything and bind the listener; nothing is served until [`Self::run_until_stopped`].
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let db = open_database(&config).await?;
+        migrate(&db).await?;
+        let jobs = open_queue(&config, &db).await?;
+        let bootstrap_key = tenancy::bootstrap_default(&db).await?;
+        if let Some(key) = &bootstrap_key {
+            let path = write_key_file(&config, key)?;
+            // Printed, not logged: it must not end up in log aggregation.
+            println!(
+                "Created tenant `{}`. Its API key, shown once:\n\n    {}\n\nAlso written to {} (mode 0600). Send it as `Authorization: Bearer <key>`.",
+                key.tenant_name,
+                key.secret,
+                path.display()
+            );
+        }
+        let store = Store::new(db.clone());
+        let bus = EventBus::new();
+        let metrics = Arc::new(Metrics::new()?);
+        let state = AppState {
+            db,
+            store,
+            jobs,
+            bus,
+            config: config.clone(),
+            metrics,
+        };
+        let schema = build_schema(state.clone(), &config.limits);
+
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(app_state.clone()))
+                .app_data(web::Data::new(schema.clone()))
+                .wrap(from_fn(metrics::track))
+                .configure(http::routes)
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_secs)
+        .run();
+        let handle = server.handle();
+        let shutdown = CancellationToken::new();
+
+        let workers = match config.workers {
+            WorkersMode::Embedded => Some(tokio::spawn(governance_workers::run(
+                WorkerDeps {
+                    store: state.store.clone(),
+                    jobs: state.jobs.clone(),
+                    bus: state.bus.clone(),
+                },
+                shutdown.clone(),
+            ))),
+            WorkersMode::Off => None,
+        };
+        tracing::info!(
+            port,
+            workers = ?config.workers,
+            database = %db::redact(&config.database_url()),
+            redis = config.redis_url.as_deref().map(db::redact).unwrap_or_else(|| "none".into()),
+            "governance API listening; GraphiQL at http://{}:{}/graphql",
+            config.bind.ip(),
+            port
+        );
+        Ok(Self {
+            port,
+            server,
+            handle,
+            state,
+            shutdown,
+            workers,
+            bootstrap_key,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The `default` tenant's key if this start created it.
+    pub fn bootstrap_key(&self) -> Option<&IssuedKey> {
+        self.bootstrap_key.as_ref()
+    }
+
+    /// A token that, when cancelled, shuts the application down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serve until the shutdown token is cancelled, then stop accepting, finish in-flight
+    /// requests and jobs, and return.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            server,
+            handle,
+            shutdown,
+            workers,
+            state,
+            ..
+        } = self;
+        let stopper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: finishing in-flight requests and jobs");
+                handle.stop(true).await;
+            })
+        };
+        let served = server.await;
+        // The server can also end on its own (e.g. a fatal error): stop the workers too.
+        shutdown.cancel();
+        let _ = stopper.await;
+        if let Some(workers) = workers {
+            match tokio::time::timeout(
+                Duration::from_secs(state.config.shutdown_timeout_secs),
+                workers,
+            )
+            .await
+            {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => tracing::error!(error = ?err, "workers ended with an error"),
+                Ok(Err(err)) => tracing::error!(error = ?err, "workers task failed"),
+                Err(_) => tracing::warn!("workers did not stop in time"),
+            }
+        }
+        state.db.clone().close().await.ok();
+        served.context("HTTP server failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Cancel `token` on Ctrl-C or SIGTERM: the one shutdown path of the process.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        token.cancel();
+    });
+}

@@ -1,0 +1,142 @@
+//! The `governance` command line.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CliOverrides, LogFormat, WorkersMode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "governance",
+    version,
+    about = "Runtime governance for AI-agent and workflow runs: policy snapshots, step checks, incidents, proof."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Settings every subcommand understands; they override the file and the environment.
+#[derive(Debug, Args, Default)]
+pub struct GlobalArgs {
+    /// TOML configuration file (also `GOVERNANCE_CONFIG`).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Database URL (`sqlite://…` or `postgres://…`).
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// Redis URL (`redis://…`): Redis job storage and cross-replica event fan-out.
+    #[arg(long, global = true)]
+    pub redis_url: Option<String>,
+    /// Directory for the SQLite file, the bootstrap key and exports.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP/GraphQL server (the default command).
+    Serve(ServeArgs),
+    /// Run background workers only (for the scale-out layout).
+    Worker,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL).
+    Schema,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Run workers in this process (`embedded`) or not (`off`).
+    #[arg(long, value_enum)]
+    pub workers: Option<WorkersMode>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its first API key (shown once).
+    Create { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create another API key for a tenant and print it (shown once).
+    Create {
+        /// The tenant's name.
+        #[arg(long)]
+        tenant: String,
+        /// A label for the key.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// Revoke an API key by its id (`key_…`).
+    Revoke { key_id: String },
+}
+
+impl Cli {
+    /// The flag layer of the configuration.
+    pub fn overrides(&self) -> CliOverrides {
+        let serve = match &self.command {
+            Some(Command::Serve(args)) => Some(args),
+            _ => None,
+        };
+        CliOverrides {
+            database_url: self.global.database_url.clone(),
+            redis_url: self.global.redis_url.clone(),
+            bind: serve.and_then(|s| s.bind),
+            data_dir: self.global.data_dir.clone(),
+            workers: serve.and_then(|s| s.workers),
+            log_format: self.global.log_format,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_is_parsed_with_its_flags() {
+        let cli = Cli::parse_from([
+            "governance",
+            "serve",
+            "--workers=off",
+            "--bind",
+            "127.0.0.1:0",
+        ]);
+        let o = cli.overrides();
+        assert_eq!(o.workers, Some(WorkersMode::Off));
+        assert_eq!(o.bind.map(|b| b.port()), Some(0));
+    }
+
+    #[test]
+    fn no_subcommand_means_serve() {
+        let cli = Cli::parse_from(["governance"]);
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

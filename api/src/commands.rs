@@ -1,0 +1,92 @@
+//! The subcommands of the `governance` binary.
+
+use anyhow::Context;
+use governance_core::{store::Store, tenancy};
+use governance_workers::{WorkerDeps, events::EventBus};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::{self, Application},
+    cli::{Cli, Command, KeyCommand, TenantCommand},
+    config::Config,
+    graphql, telemetry,
+};
+
+fn print_key(key: &tenancy::IssuedKey) {
+    println!(
+        "Tenant `{}` ({}): API key `{}`, shown once:\n\n    {}\n",
+        key.tenant_name, key.tenant_id, key.key_id, key.secret
+    );
+}
+
+/// Run the command the user asked for.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Some(Command::Schema)) {
+        // Needs no configuration, database or logging.
+        print!("{}", graphql::sdl());
+        return Ok(());
+    }
+    let config = Config::load(cli.global.config.clone(), &cli.overrides())
+        .context("invalid configuration")?;
+    telemetry::init(config.log_format, &config.log_level);
+    match cli.command {
+        None | Some(Command::Serve(_)) => {
+            let app = Application::build(config).await?;
+            app::cancel_on_signals(app.shutdown_token());
+            app.run_until_stopped().await
+        }
+        Some(Command::Worker) => {
+            let db = app::open_database(&config).await?;
+            app::migrate(&db).await?;
+            let jobs = app::open_queue(&config, &db).await?;
+            let shutdown = CancellationToken::new();
+            app::cancel_on_signals(shutdown.clone());
+            tracing::info!("governance worker started");
+            governance_workers::run(
+                WorkerDeps {
+                    store: Store::new(db),
+                    jobs,
+                    bus: EventBus::new(),
+                },
+                shutdown,
+            )
+            .await
+        }
+        Some(Command::Migrate) => {
+            let db = app::open_database(&config).await?;
+            app::migrate(&db).await?;
+            println!("database is up to date");
+            Ok(())
+        }
+        Some(Command::Schema) => unreachable!("handled above"),
+        Some(Command::Tenant {
+            command: TenantCommand::Create { name },
+        }) => {
+            let db = app::open_database(&config).await?;
+            app::migrate(&db).await?;
+            let key = tenancy::create_tenant(&db, &name).await?;
+            print_key(&key);
+            Ok(())
+        }
+        Some(Command::Key { command }) => {
+            let db = app::open_database(&config).await?;
+            app::migrate(&db).await?;
+            match command {
+                KeyCommand::Create { tenant, name } => {
+                    let key = tenancy::create_key(&db, &tenant, &name).await?;
+                    print_key(&key);
+                }
+                KeyCommand::Revoke { key_id } => {
+                    let key = tenancy::revoke_key(&db, &key_id).await?;
+                    println!(
+                        "revoked key `{}` ({}) at {}",
+                        key.id,
+                        key.name,
+                        key.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Configuration, layered: built-in defaults → optional TOML file → `GOVERNANCE_*` environment →
+//! command-line flags. Unknown keys are rejected at every layer, so a typo is an error, not a
+//! silently ignored setting.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Whether `serve` runs the background workers in-process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkersMode {
+    /// Workers run inside `serve` (the embedded default).
+    Embedded,
+    /// `serve` only answers requests; run `governance worker` processes separately.
+    Off,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Limits on GraphQL requests, so one query cannot monopolise the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Deepest selection nesting accepted.
+    pub max_depth: usize,
+    /// Highest query complexity accepted (each field costs 1, lists multiply by `first`).
+    pub max_complexity: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest page a connection returns.
+    pub max_page_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_depth: 15,
+            max_complexity: 5_000,
+            max_body_bytes: 1024 * 1024,
+            max_page_size: 100,
+        }
+    }
+}
+
+/// Every setting of the service. See the README's configuration table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Database URL; default: the SQLite file `governance.db` in `data_dir`.
+    pub database_url: Option<String>,
+    /// Redis URL; when set, jobs use Redis storage and events fan out over Redis pub/sub.
+    pub redis_url: Option<String>,
+    /// Address the HTTP server binds (port 0 picks a free one).
+    pub bind: SocketAddr,
+    /// Directory for the SQLite file, the bootstrap key file and exports.
+    pub data_dir: PathBuf,
+    /// Run the workers inside `serve` (`embedded`) or not (`off`).
+    pub workers: WorkersMode,
+    /// `human` or `json` logs.
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax (e.g. `info,governance_api=debug`).
+    pub log_level: String,
+    /// Database pool size.
+    pub db_max_connections: u32,
+    /// Prefix for queue names and Redis keys, so several deployments can share one Redis.
+    pub namespace: String,
+    /// Seconds a graceful shutdown waits for in-flight requests and jobs.
+    pub shutdown_timeout_secs: u64,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            redis_url: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            workers: WorkersMode::Embedded,
+            log_format: LogFormat::Human,
+            log_level: "info".to_string(),
+            db_max_connections: 8,
+            namespace: "governance".to_string(),
+            shutdown_timeout_secs: 30,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The environment variable naming an optional configuration file.
+pub const CONFIG_FILE_ENV: &str = "GOVERNANCE_CONFIG";
+
+impl Config {
+    /// Layer defaults, the file (if any), the environment, then `overrides` (from flags).
+    pub fn load(
+        file: Option<PathBuf>,
+        overrides: &CliOverrides,
+    ) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let file = file.or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("GOVERNANCE_").ignore(&["config"]).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| governance_core::db::DbSettings::sqlite_file_url(&self.data_dir))
+    }
+}
+
+/// Settings given as flags; only those present override the lower layers.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CliOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[cfg(test)]
+// figment's Jail API returns its own (large) error type; that is its design, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_apply_in_order_and_unknown_keys_fail() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "gov.toml",
+                "bind = \"127.0.0.1:9000\"\nnamespace = \"file\"\n[limits]\nmax_depth = 7\n",
+            )?;
+            jail.set_env("GOVERNANCE_NAMESPACE", "env");
+            jail.set_env("GOVERNANCE_LIMITS__MAX_COMPLEXITY", "99");
+            let flags = CliOverrides {
+                workers: Some(WorkersMode::Off),
+                ..Default::default()
+            };
+            let config = Config::load(Some("gov.toml".into()), &flags).map_err(|e| *e)?;
+            assert_eq!(config.bind.port(), 9000); // file over default
+            assert_eq!(config.namespace, "env"); // env over file
+            assert_eq!(config.limits.max_depth, 7);
+            assert_eq!(config.limits.max_complexity, 99);
+            assert_eq!(config.workers, WorkersMode::Off); // flag over all
+            assert_eq!(config.log_format, LogFormat::Human); // default kept
+
+            jail.set_env("GOVERNANCE_NO_SUCH_SETTING", "1");
+            let err = Config::load(Some("gov.toml".into()), &flags).unwrap_err();
+            assert!(err.to_string().contains("no_such_setting"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected() {
+        Jail::expect_with(|jail| {
+            jail.create_file("gov.toml", "bnid = \"127.0.0.1:9000\"\n")?;
+            let err = Config::load(Some("gov.toml".into()), &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("bnid"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn default_database_is_sqlite_in_data_dir() {
+        let config = Config::default();
+        assert!(
+            config
+                .database_url()
+                .starts_with("sqlite://data/governance.db")
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! The GraphQL schema: one module per domain, merged into the root types. Resolvers stay thin:
+//! they read the principal, translate arguments, and call `governance_core`.
+
+pub mod enums;
+pub mod error;
+pub mod node;
+pub mod runs;
+pub mod scalars;
+pub mod tenancy;
+
+use async_graphql::{
+    Context, MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder,
+};
+use governance_core::{CoreError, tenancy::Principal};
+
+use crate::{config::Limits, state::AppState};
+
+/// The root query.
+#[derive(MergedObject, Default)]
+pub struct Query(tenancy::TenancyQuery, node::NodeQuery, runs::RunQuery);
+
+/// The root mutation.
+#[derive(MergedObject, Default)]
+pub struct Mutation(runs::RunMutation);
+
+/// The root subscription.
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(runs::RunSubscription);
+
+pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;
+
+fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .register_output_type::<node::Node>()
+}
+
+/// The schema with its state and limits.
+pub fn build_schema(state: AppState, limits: &Limits) -> GovernanceSchema {
+    builder()
+        .data(state)
+        .extension(error::ErrorCodes)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .finish()
+}
+
+/// The SDL, sorted so it diffs cleanly (what `governance schema` prints and `schema.graphql` holds).
+pub fn sdl() -> String {
+    builder().finish().sdl_with_options(
+        SDLExportOptions::new()
+            .sorted_fields()
+            .sorted_arguments()
+            .sorted_enum_items(),
+    )
+}
+
+/// The caller. Every request is authenticated before execution, so absence is a bug in wiring.
+pub fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Principal> {
+    ctx.data_opt::<Principal>().ok_or_else(|| {
+        error::to_gql(CoreError::Unauthenticated(
+            "no API key: send `Authorization: Bearer <key>`".to_string(),
+        ))
+    })
+}
+
+/// The application state.
+pub fn state<'a>(ctx: &'a Context<'_>) -> &'a AppState {
+    ctx.data_unchecked::<AppState>()
+}

@@ -1,0 +1,92 @@
+//! `me`: who the caller is.
+
+use async_graphql::{Context, ID, Object, SimpleObject};
+use governance_entities::{api_key, tenant};
+use sea_orm::EntityTrait;
+
+use super::{error::GqlResultExt, principal, scalars::DateTime, state};
+use governance_core::CoreError;
+
+#[derive(Default)]
+pub struct TenancyQuery;
+
+/// A tenant: the unit of isolation. Every object belongs to exactly one.
+#[derive(Clone)]
+pub struct Tenant(pub tenant::Model);
+
+#[Object]
+impl Tenant {
+    /// `ten_…`
+    pub async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn created_at(&self) -> DateTime {
+        self.0.created_at.into()
+    }
+}
+
+impl From<tenant::Model> for Tenant {
+    fn from(m: tenant::Model) -> Self {
+        Self(m)
+    }
+}
+
+/// An API key, as it may be shown: never the key itself, only its prefix.
+#[derive(SimpleObject, Clone)]
+pub struct ApiKey {
+    pub id: ID,
+    pub name: String,
+    /// The first characters of the key, to tell keys apart.
+    pub prefix: String,
+    pub created_at: DateTime,
+    pub revoked_at: Option<DateTime>,
+}
+
+impl From<api_key::Model> for ApiKey {
+    fn from(m: api_key::Model) -> Self {
+        Self {
+            id: ID(m.id),
+            name: m.name,
+            prefix: m.key_prefix,
+            created_at: m.created_at.into(),
+            revoked_at: m.revoked_at.map(Into::into),
+        }
+    }
+}
+
+/// The caller: its tenant and the key it authenticated with.
+#[derive(SimpleObject)]
+pub struct Me {
+    pub tenant: Tenant,
+    pub api_key: ApiKey,
+}
+
+#[Object]
+impl TenancyQuery {
+    /// The tenant and API key of this request.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
+        let principal = principal(ctx)?;
+        let db = &state(ctx).db;
+        let tenant = tenant::Entity::find_by_id(principal.tenant_id.clone())
+            .one(db)
+            .await
+            .map_err(CoreError::from)
+            .gql()?
+            .ok_or_else(|| CoreError::not_found("Tenant", principal.tenant_id.clone()))
+            .gql()?;
+        let key = api_key::Entity::find_by_id(principal.key_id.clone())
+            .one(db)
+            .await
+            .map_err(CoreError::from)
+            .gql()?
+            .ok_or_else(|| CoreError::not_found("ApiKey", principal.key_id.clone()))
+            .gql()?;
+        Ok(Me {
+            tenant: tenant.into(),
+            api_key: key.into(),
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! HTTP routes: `/graphql` (POST queries, GET GraphiQL or WebSocket), health, readiness, metrics.
+
+use actix_web::{
+    HttpRequest, HttpResponse, guard,
+    http::{StatusCode, header},
+    web,
+};
+use async_graphql::{BatchRequest, BatchResponse, ServerError, http::GraphiQLSource};
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::{auth, graphql::GovernanceSchema, state::AppState, ws};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/graphql")
+            .route(web::post().to(graphql))
+            .route(
+                web::get()
+                    .guard(guard::Header("upgrade", "websocket"))
+                    .to(ws::subscriptions),
+            )
+            .route(web::get().to(graphiql)),
+    )
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics));
+}
+
+/// A GraphQL-shaped error body (for failures before a request reaches the executor).
+fn error_response(status: StatusCode, message: &str, code: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({
+        "data": null,
+        "errors": [{ "message": message, "extensions": { "code": code } }],
+    }))
+}
+
+/// Read the body up to the configured limit, refusing more with 413 and a GraphQL error.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, HttpResponse> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+                "BAD_USER_INPUT",
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than the limit of {limit} bytes"),
+                "BAD_USER_INPUT",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `POST /graphql`: every request needs a valid API key.
+async fn graphql(
+    req: HttpRequest,
+    payload: web::Payload,
+    schema: web::Data<GovernanceSchema>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let body = match read_body(payload, state.config.limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let principal = match auth::from_request(&state.db, &req).await {
+        Ok(principal) => principal,
+        Err(err) => {
+            state
+                .metrics
+                .graphql_errors
+                .with_label_values(&[err.code()])
+                .inc();
+            let status = match err.code() {
+                "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let message = match &err {
+                governance_core::CoreError::Internal(inner) => {
+                    tracing::error!(error = ?inner, "authentication failed");
+                    "cannot check the API key right now; retry".to_string()
+                }
+                other => other.to_string(),
+            };
+            return error_response(status, &message, err.code());
+        }
+    };
+    let request: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body is not a GraphQL request (JSON with `query`, `variables`, `operationName`): {e}"
+                ),
+                "BAD_USER_INPUT",
+            );
+        }
+    };
+    let response = schema.execute_batch(request.data(principal)).await;
+    let errors: Vec<&ServerError> = match &response {
+        BatchResponse::Single(r) => r.errors.iter().collect(),
+        BatchResponse::Batch(rs) => rs.iter().flat_map(|r| r.errors.iter()).collect(),
+    };
+    for error in errors {
+        if let Some(code) = error
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .and_then(|v| match v {
+                async_graphql::Value::String(s) => Some(s.clone()),
+                _ => None,
+            })
+        {
+            state
+                .metrics
+                .graphql_errors
+                .with_label_values(&[&code])
+                .inc();
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("application/graphql-response+json; charset=utf-8")
+        .json(response)
+}
+
+async fn graphiql() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
+                .title("Governance API")
+                .finish(),
+        )
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database and the job queue both answer.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = governance_core::db::ping(&state.db).await;
+    let queue = state.jobs.ping().await;
+    let describe = |r: &anyhow::Result<()>| match r {
+        Ok(()) => json!("ok"),
+        Err(e) => json!(format!("unavailable: {e:#}")),
+    };
+    let body = json!({
+        "status": if database.is_ok() && queue.is_ok() { "ready" } else { "unavailable" },
+        "database": describe(&database),
+        "queue": describe(&queue),
+    });
+    if database.is_ok() && queue.is_ok() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ))
+        .body(state.metrics.render())
+}

@@ -1,0 +1,99 @@
+//! Prometheus metrics, served as text on `/metrics`.
+
+use std::time::Instant;
+
+use crate::state::AppState;
+use actix_web::{
+    Error,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    middleware::Next,
+    web,
+};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The service's metrics, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    /// GraphQL errors by `extensions.code`.
+    pub graphql_errors: IntCounterVec,
+    /// WebSocket connections open now.
+    pub ws_connections: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(Some("governance".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["route", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            &["route"],
+        )?;
+        let graphql_errors = IntCounterVec::new(
+            Opts::new("graphql_errors_total", "GraphQL errors by extensions.code"),
+            &["code"],
+        )?;
+        let ws_connections = IntGauge::new("ws_connections", "open WebSocket connections")?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(graphql_errors.clone()))?;
+        registry.register(Box::new(ws_connections.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            graphql_errors,
+            ws_connections,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %err, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+/// Middleware: count and time every request by its route pattern (not its raw path, which
+/// would make one series per id).
+pub async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let started = Instant::now();
+    let response = next.call(req).await?;
+    if let Some(metrics) = metrics {
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_string());
+        let status = response.status().as_u16().to_string();
+        metrics
+            .http_requests
+            .with_label_values(&[route.as_str(), status.as_str()])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[route.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}

@@ -1,0 +1,36 @@
+//! What every request handler and resolver can reach.
+
+use std::sync::Arc;
+
+use governance_core::store::Store;
+use governance_workers::{JobQueue, events::EventBus};
+use sea_orm::DatabaseConnection;
+
+use crate::{config::Config, metrics::Metrics};
+
+/// Shared, cheaply clonable application state.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database pool (reads).
+    pub db: DatabaseConnection,
+    /// Writes go through the store, which serialises writers where the database needs it.
+    pub store: Store,
+    /// Durable job queues.
+    pub jobs: JobQueue,
+    /// Event fan-out to subscribers.
+    pub bus: EventBus,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// After a commit: publish its events and enqueue its follow-up jobs, then hand back the
+    /// value. Both are recoverable from the database if this process dies first.
+    pub async fn after_commit<T>(&self, committed: governance_core::outcome::Committed<T>) -> T {
+        self.dispatcher().dispatch(committed).await
+    }
+
+    pub fn dispatcher(&self) -> governance_workers::Dispatcher {
+        governance_workers::Dispatcher::new(self.jobs.clone(), self.bus.clone())
+    }
+}

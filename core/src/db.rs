@@ -1,0 +1,111 @@
+//! Opening the database: SQLite (the embedded default) or PostgreSQL, with the settings that make
+//! recorded decisions durable. Both the API and the workers open it through here.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use anyhow::Context;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+};
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// `sqlite://path/to/file.db`, `sqlite::memory:` or `postgres://…`.
+    pub url: String,
+    /// Pool size. SQLite serialises writers anyway; a few connections let readers run beside them.
+    pub max_connections: u32,
+    /// How long to wait for a connection (and, on SQLite, for the write lock).
+    pub acquire_timeout: Duration,
+}
+
+impl DbSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The URL of a SQLite file in `dir` (created if missing).
+    pub fn sqlite_file_url(dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", dir.join("governance.db").display())
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+}
+
+/// Open a pool. On SQLite: WAL, `synchronous=FULL` (a commit is on disk before it is
+/// acknowledged), foreign keys on, and a busy timeout so writers queue instead of failing.
+pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(settings.url.clone());
+    opts.max_connections(settings.max_connections)
+        .min_connections(1)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_timeout(settings.acquire_timeout)
+        .sqlx_logging(false);
+    if settings.is_sqlite() {
+        // Validate the URL here so a typo gives a clear message rather than a pool error.
+        SqliteConnectOptions::from_str(&settings.url)
+            .with_context(|| format!("invalid SQLite URL `{}`", settings.url))?;
+        let busy = settings.acquire_timeout;
+        opts.map_sqlx_sqlite_opts(move |o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(busy)
+                .create_if_missing(true)
+        });
+    }
+    let db = Database::connect(opts)
+        .await
+        .with_context(|| format!("cannot open the database at `{}`", redact(&settings.url)))?;
+    Ok(db)
+}
+
+/// Is the database answering? Used by `/readyz`.
+pub async fn ping(db: &DatabaseConnection) -> anyhow::Result<()> {
+    db.execute_unprepared("SELECT 1")
+        .await
+        .context("database ping failed")?;
+    Ok(())
+}
+
+/// A URL without its password, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact("postgres://gov:secret@localhost:5432/db"),
+            "postgres://gov:***@localhost:5432/db"
+        );
+        assert_eq!(
+            redact("sqlite://data/governance.db"),
+            "sqlite://data/governance.db"
+        );
+        assert_eq!(
+            redact("postgres://gov@localhost/db"),
+            "postgres://gov@localhost/db"
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! The one error type of the domain. Adapters map it to their wire format in exactly one place
+//! (for GraphQL: `governance_api::graphql::error`).
+
+use thiserror::Error;
+
+/// What went wrong, phrased for the caller: each message says what to change.
+#[derive(Debug, Error)]
+pub enum CoreError {
+    /// No valid credentials were presented.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The object does not exist for this tenant (another tenant's objects are indistinguishable).
+    #[error("{kind} `{id}` was not found")]
+    NotFound { kind: &'static str, id: String },
+    /// The input is invalid. `field` names where, when known (e.g. `input.rule.maxTokens`).
+    #[error("{message}")]
+    BadInput {
+        message: String,
+        field: Option<String>,
+    },
+    /// The request conflicts with what is already recorded.
+    #[error("{0}")]
+    Conflict(String),
+    /// A step was reported for a run that has already ended.
+    #[error("{0}")]
+    RunTerminated(String),
+    /// Anything else: a bug or an unavailable dependency. Details are logged, not shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type CoreResult<T> = Result<T, CoreError>;
+
+impl CoreError {
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        CoreError::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        CoreError::BadInput {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        CoreError::BadInput {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// A stable SHOUTY_SNAKE code for the error, the same in every adapter.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CoreError::Unauthenticated(_) => "UNAUTHENTICATED",
+            CoreError::NotFound { .. } => "NOT_FOUND",
+            CoreError::BadInput { .. } => "BAD_USER_INPUT",
+            CoreError::Conflict(_) => "CONFLICT",
+            CoreError::RunTerminated(_) => "RUN_TERMINATED",
+            CoreError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for CoreError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        CoreError::Internal(anyhow::Error::new(err))
+    }
+}
+
+impl From<sea_orm::TransactionError<CoreError>> for CoreError {
+    fn from(err: sea_orm::TransactionError<CoreError>) -> Self {
+        match err {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(core) => core,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_code() {
+        assert_eq!(
+            CoreError::Unauthenticated("x".into()).code(),
+            "UNAUTHENTICATED"
+        );
+        assert_eq!(CoreError::not_found("Run", "run_1").code(), "NOT_FOUND");
+        assert_eq!(CoreError::bad_input("x").code(), "BAD_USER_INPUT");
+        assert_eq!(CoreError::Conflict("x".into()).code(), "CONFLICT");
+        assert_eq!(
+            CoreError::RunTerminated("x".into()).code(),
+            "RUN_TERMINATED"
+        );
+        assert_eq!(
+            CoreError::Internal(anyhow::anyhow!("boom")).code(),
+            "INTERNAL"
+        );
+    }
+
+    #[test]
+    fn not_found_names_kind_and_id() {
+        assert_eq!(
+            CoreError::not_found("Run", "run_1").to_string(),
+            "Run `run_1` was not found"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! The governance domain. Every rule that matters lives here once: policy evaluation, snapshots,
+//! the trace hash chain, the run lifecycle, audits and export bundles. `api` and `workers` are thin
+//! adapters that authenticate, translate and call into this crate. No HTTP, GraphQL or apalis here.
+
+pub mod canonical;
+pub mod chain;
+pub mod db;
+pub mod error;
+pub mod evaluation;
+pub mod events;
+pub mod hashing;
+pub mod ids;
+pub mod outcome;
+pub mod runs;
+pub mod snapshot;
+pub mod store;
+pub mod tenancy;
+pub mod time;
+
+pub use error::{CoreError, CoreResult};

@@ -1,0 +1,31 @@
+//! What a committed change leaves for the adapters to do afterwards: publish its outbox events to
+//! live subscribers and enqueue follow-up jobs. Both are also recoverable from the database (the
+//! outbox rows, the sweeper), so a crash between commit and these steps loses nothing.
+
+use governance_entities::event;
+
+/// A job that must follow a committed change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowUp {
+    /// Write the run's one evaluation record.
+    RecordEvaluation { tenant_id: String, run_id: String },
+}
+
+/// The result of a committed change.
+#[derive(Debug)]
+pub struct Committed<T> {
+    pub value: T,
+    /// Outbox rows written by the transaction, in sequence order.
+    pub events: Vec<event::Model>,
+    pub follow_ups: Vec<FollowUp>,
+}
+
+impl<T> Committed<T> {
+    pub fn new(value: T) -> Self {
+        Self {
+            value,
+            events: Vec::new(),
+            follow_ups: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The run lifecycle: start (snapshot taken), and the terminal transitions. A run is checked
+//! against the snapshot taken when it started, for its whole life.
+
+use governance_entities::{
+    enums::{RunStatus, TerminationReason},
+    policy_snapshot, run,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QuerySelect, Set,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    chain,
+    error::{CoreError, CoreResult},
+    events::{self, EventKind, NewEvent},
+    ids::{new_id, prefix},
+    outcome::{Committed, FollowUp},
+    snapshot,
+    store::Store,
+    time::now,
+};
+
+/// Longest accepted identifier-like strings (workflow id, agent, …).
+const MAX_LABEL: usize = 256;
+/// Largest accepted `metadata`, serialised.
+const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// What an integrator says when a run starts.
+#[derive(Debug, Clone, Default)]
+pub struct StartRun {
+    pub workflow_id: String,
+    pub agent: Option<String>,
+    pub triggered_by: Option<String>,
+    pub is_synthetic: bool,
+    pub synthetic_scenario_id: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+fn check_label(field: &str, value: &str, required: bool) -> CoreResult<()> {
+    if required && value.trim().is_empty() {
+        return Err(CoreError::bad_field(
+            field,
+            format!("`{field}` must not be empty"),
+        ));
+    }
+    if value.len() > MAX_LABEL {
+        return Err(CoreError::bad_field(
+            field,
+            format!("`{field}` is longer than {MAX_LABEL} characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl StartRun {
+    fn validate(&self) -> CoreResult<()> {
+        check_label("input.workflowId", &self.workflow_id, true)?;
+        for (field, value) in [
+            ("input.agent", &self.agent),
+            ("input.triggeredBy", &self.triggered_by),
+            ("input.syntheticScenarioId", &self.synthetic_scenario_id),
+        ] {
+            if let Some(value) = value {
+                check_label(field, value, false)?;
+            }
+        }
+        if self.synthetic_scenario_id.is_some() && !self.is_synthetic {
+            return Err(CoreError::bad_field(
+                "input.syntheticScenarioId",
+                "`syntheticScenarioId` is only for synthetic runs: set `isSynthetic: true`",
+            ));
+        }
+        if let Some(metadata) = &self.metadata {
+            if !metadata.is_object() {
+                return Err(CoreError::bad_field(
+                    "input.metadata",
+                    "`metadata` must be a JSON object",
+                ));
+            }
+            if metadata.to_string().len() > MAX_METADATA_BYTES {
+                return Err(CoreError::bad_field(
+                    "input.metadata",
+                    format!("`metadata` is larger than {MAX_METADATA_BYTES} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Load a run of the tenant (another tenant's run is `NOT_FOUND`).
+pub async fn get<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+) -> CoreResult<run::Model> {
+    run::Entity::find_by_id(run_id.to_string())
+        .filter(run::Column::TenantId.eq(tenant_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| CoreError::not_found("Run", run_id))
+}
+
+/// Load a run for update: on PostgreSQL the row is locked until the transaction ends, so the
+/// steps and transitions of one run are serialised. (SQLite has one writer at a time anyway.)
+pub async fn get_for_update<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+) -> CoreResult<run::Model> {
+    let mut query =
+        run::Entity::find_by_id(run_id.to_string()).filter(run::Column::TenantId.eq(tenant_id));
+    if conn.get_database_backend() == DbBackend::Postgres {
+        query = query.lock_exclusive();
+    }
+    query
+        .one(conn)
+        .await?
+        .ok_or_else(|| CoreError::not_found("Run", run_id))
+}
+
+/// The run's snapshot.
+pub async fn snapshot_of<C: ConnectionTrait>(
+    conn: &C,
+    run: &run::Model,
+) -> CoreResult<policy_snapshot::Model> {
+    policy_snapshot::Entity::find()
+        .filter(policy_snapshot::Column::TenantId.eq(run.tenant_id.as_str()))
+        .filter(policy_snapshot::Column::SnapshotId.eq(run.policy_snapshot_id.as_str()))
+        .one(conn)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "run {} names snapshot {} which does not exist",
+                run.id,
+                run.policy_snapshot_id
+            )
+            .into()
+        })
+}
+
+fn run_event(kind: EventKind, run: &run::Model) -> NewEvent {
+    NewEvent {
+        kind,
+        subject_id: run.id.clone(),
+        run_id: Some(run.id.clone()),
+        severity_rank: None,
+        payload: json!({
+            "runId": run.id,
+            "workflowId": run.workflow_id,
+            "status": run.status.as_str(),
+            "terminationReason": run.termination_reason.map(|r| r.as_str()),
+            "policySnapshotId": run.policy_snapshot_id,
+        }),
+    }
+}
+
+/// Start a run: take (or reuse) the snapshot of the policies that apply to its workflow and
+/// record the run as `RUNNING`, in one transaction.
+pub async fn start(
+    store: &Store,
+    tenant_id: &str,
+    input: StartRun,
+) -> CoreResult<Committed<run::Model>> {
+    input.validate()?;
+    let txn = store.begin().await?;
+    let (snap, policy_set_version) = snapshot::take(&*txn, tenant_id, &input.workflow_id).await?;
+    let id = new_id(prefix::RUN);
+    let at = now();
+    let model = run::ActiveModel {
+        id: Set(id.clone()),
+        tenant_id: Set(tenant_id.to_string()),
+        workflow_id: Set(input.workflow_id),
+        agent: Set(input.agent),
+        triggered_by: Set(input.triggered_by),
+        status: Set(RunStatus::Running),
+        termination_reason: Set(None),
+        error: Set(None),
+        policy_snapshot_id: Set(snap.snapshot_id.clone()),
+        policy_set_version: Set(policy_set_version),
+        stopped_at_step: Set(None),
+        violation_policy_id: Set(None),
+        tokens_used: Set(0),
+        cost_micros: Set(0),
+        step_count: Set(0),
+        is_synthetic: Set(input.is_synthetic),
+        synthetic_scenario_id: Set(input.synthetic_scenario_id),
+        metadata: Set(input.metadata),
+        started_at: Set(at),
+        completed_at: Set(None),
+        trace_head_hash: Set(chain::genesis(&id, &snap.content_hash)),
+        violation_step_index: Set(None),
+        violation_timestamp: Set(None),
+        violation_reason: Set(None),
+        created_at: Set(at),
+        updated_at: Set(at),
+    }
+    .insert(&*txn)
+    .await?;
+    let event = events::append(&*txn, tenant_id, run_event(EventKind::RunStarted, &model)).await?;
+    txn.commit().await?;
+    let mut committed = Committed::new(model);
+    committed.events.push(event);
+    Ok(committed)
+}
+
+/// How an integrator ends a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    Succeeded,
+    Failed,
+}
+
+/// Move a running run to a terminal status, in the caller's transaction, with its event.
+/// Repeating the same end is idempotent; any other change of an ended run is `RUN_TERMINATED`.
+async fn finish<C: ConnectionTrait>(
+    conn: &C,
+    run: run::Model,
+    status: RunStatus,
+    reason: TerminationReason,
+    error: Option<String>,
+) -> CoreResult<Committed<run::Model>> {
+    if run.status.is_terminal() {
+        if run.status == status && run.termination_reason == Some(reason) {
+            return Ok(Committed::new(run));
+        }
+        return Err(CoreError::RunTerminated(format!(
+            "run `{}` already ended ({}{}); it cannot become {}",
+            run.id,
+            run.status,
+            run.termination_reason
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default(),
+            status
+        )));
+    }
+    let at = now();
+    let tenant_id = run.tenant_id.clone();
+    let mut active: run::ActiveModel = run.into();
+    active.status = Set(status);
+    active.termination_reason = Set(Some(reason));
+    active.error = Set(error);
+    active.completed_at = Set(Some(at));
+    active.updated_at = Set(at);
+    let updated = active.update(conn).await?;
+    let event = events::append(
+        conn,
+        &tenant_id,
+        run_event(EventKind::RunCompleted, &updated),
+    )
+    .await?;
+    let mut committed = Committed::new(updated);
+    committed.follow_ups.push(FollowUp::RecordEvaluation {
+        tenant_id,
+        run_id: committed.value.id.clone(),
+    });
+    committed.events.push(event);
+    Ok(committed)
+}
+
+/// The integrator reports the run's end: `SUCCEEDED` (`COMPLETED`) or `FAILED` (`SYSTEM_FAILURE`).
+pub async fn complete(
+    store: &Store,
+    tenant_id: &str,
+    run_id: &str,
+    completion: Completion,
+    error: Option<String>,
+) -> CoreResult<Committed<run::Model>> {
+    let (status, reason) = match completion {
+        Completion::Succeeded => {
+            if error.is_some() {
+                return Err(CoreError::bad_field(
+                    "error",
+                    "`error` is only for runs that FAILED",
+                ));
+            }
+            (RunStatus::Succeeded, TerminationReason::Completed)
+        }
+        Completion::Failed => (RunStatus::Failed, TerminationReason::SystemFailure),
+    };
+    let txn = store.begin().await?;
+    let run = get_for_update(&*txn, tenant_id, run_id).await?;
+    let committed = finish(&*txn, run, status, reason, error).await?;
+    txn.commit().await?;
+    Ok(committed)
+}
+
+/// The user aborts the run: `CANCELLED` with `USER_ABORT`.
+pub async fn cancel(
+    store: &Store,
+    tenant_id: &str,
+    run_id: &str,
+    reason: Option<String>,
+) -> CoreResult<Committed<run::Model>> {
+    let txn = store.begin().await?;
+    let run = get_for_update(&*txn, tenant_id, run_id).await?;
+    let committed = finish(
+        &*txn,
+        run,
+        RunStatus::Cancelled,
+        TerminationReason::UserAbort,
+        reason,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(committed)
+}
+
+/// Ended runs that have no evaluation record yet (e.g. the process died between the commit and
+/// the enqueue) and ended before `ended_before`: the sweeper enqueues their job again.
+/// Oldest first, at most `limit`.
+pub async fn ended_without_evaluation<C: ConnectionTrait>(
+    conn: &C,
+    ended_before: chrono::DateTime<chrono::Utc>,
+    limit: u64,
+) -> CoreResult<Vec<(String, String)>> {
+    use governance_entities::policy_evaluation;
+    use sea_orm::{JoinType, QueryOrder, RelationTrait};
+    let rows: Vec<(String, String)> = run::Entity::find()
+        .select_only()
+        .column(run::Column::TenantId)
+        .column(run::Column::Id)
+        .join(JoinType::LeftJoin, run::Relation::PolicyEvaluation.def())
+        .filter(run::Column::Status.is_in([
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::FailedPolicy,
+            RunStatus::Cancelled,
+        ]))
+        .filter(policy_evaluation::Column::Id.is_null())
+        .filter(run::Column::CompletedAt.lt(ended_before))
+        .order_by_asc(run::Column::CompletedAt)
+        .limit(limit)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows)
+}

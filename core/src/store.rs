@@ -1,0 +1,85 @@
+//! Write transactions. SQLite allows one writer at a time, and a deferred transaction that reads
+//! before it writes fails with SQLITE_BUSY (not a wait) when another writer got in first. So on
+//! SQLite every write transaction starts with BEGIN IMMEDIATE, and the writers of this process
+//! first take one async lock, so they queue in memory rather than in SQLite's busy loop.
+//! PostgreSQL needs neither (row locks and advisory locks do it).
+
+use std::{ops::Deref, sync::Arc};
+
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::error::CoreResult;
+
+/// The database plus what it takes to write to it safely.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    writer: Option<Arc<Mutex<()>>>,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection) -> Self {
+        let writer =
+            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Self { db, writer }
+    }
+
+    /// The pool, for reads.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Begin a write transaction. Commit it with [`WriteTxn::commit`]; dropping it rolls back.
+    pub async fn begin(&self) -> CoreResult<WriteTxn> {
+        let guard = match &self.writer {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let options = match self.backend() {
+            // READ COMMITTED plus explicit row locks is PostgreSQL's default and what we reason in.
+            DbBackend::Postgres => TransactionOptions {
+                isolation_level: Some(IsolationLevel::ReadCommitted),
+                ..Default::default()
+            },
+            // BEGIN IMMEDIATE takes the write lock up front, waiting (busy_timeout) if another
+            // connection holds it. A deferred transaction would instead fail with SQLITE_BUSY when
+            // it tries to upgrade from reading to writing while the job queue is writing.
+            _ => TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            },
+        };
+        let txn = self.db.begin_with_options(options).await?;
+        Ok(WriteTxn { txn, _guard: guard })
+    }
+}
+
+/// A write transaction holding the writer lock (on SQLite) until it commits or is dropped.
+pub struct WriteTxn {
+    txn: DatabaseTransaction,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTxn {
+    /// Commit; only after this returns may the change be acknowledged to anyone.
+    pub async fn commit(self) -> CoreResult<()> {
+        self.txn.commit().await?;
+        Ok(())
+    }
+}
+
+impl Deref for WriteTxn {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}

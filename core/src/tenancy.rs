@@ -1,0 +1,228 @@
+//! Tenants and API keys. A key is random, shown once, and stored only as its sha256; a request
+//! presents it as `Authorization: Bearer <key>` and is resolved to a [`Principal`].
+
+use governance_entities::{api_key, tenant};
+use rand::RngCore;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, Set, TransactionTrait,
+};
+
+use crate::{
+    error::{CoreError, CoreResult},
+    hashing::sha256_hex,
+    ids::{new_id, prefix},
+    time::now,
+};
+
+/// Keys look like `gov_<48 hex>`: 192 random bits, recognisable in logs and secret scanners.
+pub const KEY_PREFIX: &str = "gov_";
+/// The tenant created on first start of an empty database.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Who is calling: resolved from an API key, carried by every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant_id: String,
+    pub tenant_name: String,
+    pub key_id: String,
+    pub key_name: String,
+}
+
+/// A freshly created key. `secret` exists only here: it is never stored or shown again.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub tenant_name: String,
+    pub secret: String,
+}
+
+fn generate_secret() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{KEY_PREFIX}{}", hex::encode(bytes))
+}
+
+/// The part of a key that may be displayed (`gov_1a2b3c…`), enough to tell keys apart.
+fn display_prefix(secret: &str) -> String {
+    secret.chars().take(KEY_PREFIX.len() + 6).collect()
+}
+
+fn validate_name(what: &str, name: &str) -> CoreResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::bad_input(format!(
+            "{what} name `{name}` is invalid: use 1 to 64 letters, digits, `-` or `_`"
+        )))
+    }
+}
+
+async fn insert_key<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &tenant::Model,
+    key_name: &str,
+) -> CoreResult<IssuedKey> {
+    let secret = generate_secret();
+    let key_id = new_id(prefix::API_KEY);
+    api_key::ActiveModel {
+        id: Set(key_id.clone()),
+        tenant_id: Set(tenant.id.clone()),
+        name: Set(key_name.to_string()),
+        key_hash: Set(sha256_hex(&secret)),
+        key_prefix: Set(display_prefix(&secret)),
+        created_at: Set(now()),
+        revoked_at: Set(None),
+        last_used_at: Set(None),
+    }
+    .insert(conn)
+    .await?;
+    Ok(IssuedKey {
+        key_id,
+        tenant_id: tenant.id.clone(),
+        tenant_name: tenant.name.clone(),
+        secret,
+    })
+}
+
+async fn find_tenant_by_name<C: ConnectionTrait>(
+    conn: &C,
+    name: &str,
+) -> CoreResult<tenant::Model> {
+    tenant::Entity::find()
+        .filter(tenant::Column::Name.eq(name))
+        .one(conn)
+        .await?
+        .ok_or_else(|| CoreError::not_found("Tenant", name))
+}
+
+/// Create a tenant and its first key, in one transaction.
+pub async fn create_tenant(db: &DatabaseConnection, name: &str) -> CoreResult<IssuedKey> {
+    validate_name("tenant", name)?;
+    let txn = db.begin().await?;
+    let exists = tenant::Entity::find()
+        .filter(tenant::Column::Name.eq(name))
+        .count(&txn)
+        .await?;
+    if exists > 0 {
+        return Err(CoreError::Conflict(format!(
+            "tenant `{name}` already exists"
+        )));
+    }
+    let tenant = tenant::ActiveModel {
+        id: Set(new_id(prefix::TENANT)),
+        name: Set(name.to_string()),
+        created_at: Set(now()),
+    }
+    .insert(&txn)
+    .await?;
+    let key = insert_key(&txn, &tenant, "initial").await?;
+    txn.commit().await?;
+    Ok(key)
+}
+
+/// Create another key for an existing tenant.
+pub async fn create_key(
+    db: &DatabaseConnection,
+    tenant_name: &str,
+    key_name: &str,
+) -> CoreResult<IssuedKey> {
+    validate_name("key", key_name)?;
+    let tenant = find_tenant_by_name(db, tenant_name).await?;
+    insert_key(db, &tenant, key_name).await
+}
+
+/// Revoke a key by its id (`key_…`). Revoking twice is harmless; the first time is kept.
+pub async fn revoke_key(db: &DatabaseConnection, key_id: &str) -> CoreResult<api_key::Model> {
+    let key = api_key::Entity::find_by_id(key_id.to_string())
+        .one(db)
+        .await?
+        .ok_or_else(|| CoreError::not_found("ApiKey", key_id))?;
+    if key.revoked_at.is_some() {
+        return Ok(key);
+    }
+    let mut active: api_key::ActiveModel = key.into();
+    active.revoked_at = Set(Some(now()));
+    Ok(active.update(db).await?)
+}
+
+/// Resolve a presented key to its principal. Unknown and revoked keys are both refused with
+/// the same message, so a caller learns nothing about which keys exist.
+pub async fn authenticate<C: ConnectionTrait>(conn: &C, presented: &str) -> CoreResult<Principal> {
+    let refused = || {
+        CoreError::Unauthenticated(
+            "the API key is not valid: send `Authorization: Bearer <key>` with an active key"
+                .to_string(),
+        )
+    };
+    if !presented.starts_with(KEY_PREFIX) {
+        return Err(refused());
+    }
+    let found = api_key::Entity::find()
+        .filter(api_key::Column::KeyHash.eq(sha256_hex(presented)))
+        .find_also_related(tenant::Entity)
+        .one(conn)
+        .await?;
+    match found {
+        Some((key, Some(tenant))) if key.revoked_at.is_none() => Ok(Principal {
+            tenant_id: tenant.id,
+            tenant_name: tenant.name,
+            key_id: key.id,
+            key_name: key.name,
+        }),
+        _ => Err(refused()),
+    }
+}
+
+/// On an empty database, create the `default` tenant and return its key (to print once).
+/// Returns `None` when any tenant exists, so restarts and concurrent replicas never make two.
+pub async fn bootstrap_default(db: &DatabaseConnection) -> CoreResult<Option<IssuedKey>> {
+    if tenant::Entity::find().count(db).await? > 0 {
+        return Ok(None);
+    }
+    match create_tenant(db, DEFAULT_TENANT).await {
+        Ok(key) => Ok(Some(key)),
+        // Another replica won the race: the tenant exists, which is all we wanted.
+        Err(CoreError::Conflict(_)) => Ok(None),
+        Err(CoreError::Internal(err))
+            if tenant::Entity::find()
+                .filter(tenant::Column::Name.eq(DEFAULT_TENANT))
+                .count(db)
+                .await?
+                > 0 =>
+        {
+            tracing::debug!(error = %err, "default tenant created concurrently");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_prefixed() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert!(a.starts_with(KEY_PREFIX));
+        assert_eq!(a.len(), KEY_PREFIX.len() + 48);
+        assert_ne!(a, b);
+        assert_eq!(display_prefix(&a).len(), KEY_PREFIX.len() + 6);
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("tenant", "acme-prod_1").is_ok());
+        assert!(validate_name("tenant", "").is_err());
+        assert!(validate_name("tenant", "has space").is_err());
+        assert!(validate_name("tenant", &"x".repeat(65)).is_err());
+    }
+}

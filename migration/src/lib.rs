@@ -1,0 +1,22 @@
+//! The schema, as sea-orm-migration migrations, including the triggers that make the append-only
+//! tables immutable on SQLite and PostgreSQL.
+//!
+//! Run with `Migrator::up(&db, None)`. History is kept in `seaql_migrations`.
+
+pub use sea_orm_migration::prelude::*;
+
+pub mod m20261121_000001_initial;
+
+pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_initial::Migration)]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! Checks of the schema against a real database: SQLite in memory always, and PostgreSQL too when
+//! `MIGRATION_TEST_DATABASE_URL` names one (its `public` schema is reset by the test).
+
+use sea_orm_migration::sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
+
+use super::*;
+
+const T0: &str = "'2026-01-01T00:00:00Z'";
+
+/// One row in every table, through plain SQL that both backends accept.
+fn seed_sql() -> Vec<String> {
+    [
+        "INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', T0)",
+        "INSERT INTO api_keys (id, tenant_id, name, key_hash, key_prefix, created_at) \
+         VALUES ('key_a', 'ten_a', 'initial', 'h1', 'gov_12', T0)",
+        "INSERT INTO policies (id, tenant_id, name, kind, rule, action, severity, enabled, \
+         version, current_version_id, created_at, updated_at) VALUES ('pol_a', 'ten_a', 'p', \
+         'TOKEN_BUDGET', '{\"maxTokens\":10}', 'BLOCK', 'HIGH', TRUE, 1, 'pv_a', T0, T0)",
+        "INSERT INTO policy_versions (id, tenant_id, policy_id, version, name, kind, rule, \
+         action, severity, enabled, policy_set_version, created_at) VALUES ('pv_a', 'ten_a', \
+         'pol_a', 1, 'p', 'TOKEN_BUDGET', '{\"maxTokens\":10}', 'BLOCK', 'HIGH', TRUE, '0.1.0', T0)",
+        "INSERT INTO policy_snapshots (tenant_id, snapshot_id, content_hash, policies_json, \
+         thresholds_json, policy_count, version, created_at) VALUES ('ten_a', 'SNAP-000000000001', \
+         'c1', '[]', '{}', 1, '0.1.0', T0)",
+        "INSERT INTO policy_snapshots (tenant_id, snapshot_id, content_hash, policies_json, \
+         thresholds_json, policy_count, version, created_at) VALUES ('ten_a', 'SNAP-000000000002', \
+         'c2', '[]', '{}', 0, '0.2.0', T0)",
+        "INSERT INTO runs (id, tenant_id, workflow_id, status, policy_snapshot_id, \
+         policy_set_version, started_at, trace_head_hash, created_at, updated_at) VALUES \
+         ('run_a', 'ten_a', 'wf', 'RUNNING', 'SNAP-000000000001', '0.1.0', T0, 'g', T0, T0)",
+        "INSERT INTO trace_steps (tenant_id, run_id, step_index, timestamp, step_type, \
+         content_hash, status, decision, reason, decision_json, prev_hash, entry_hash, created_at) \
+         VALUES ('ten_a', 'run_a', 0, T0, 'LLM_CALL', 'ch', 'VIOLATION', 'STOP', 'over', '{}', \
+         'g', 'e0', T0)",
+        "INSERT INTO violations (id, tenant_id, run_id, policy_id, policy_version, policy_type, \
+         violated_rule, evaluated_value, threshold_condition, severity, severity_rank, action, \
+         reason, step_index, snapshot_id, timestamp, created_at) VALUES ('vio_a', 'ten_a', \
+         'run_a', 'pol_a', 1, 'TOKEN_BUDGET', 'maxTokens', '11', '> 10', 'HIGH', 3, 'BLOCK', \
+         'over', 0, 'SNAP-000000000001', T0, T0)",
+        "INSERT INTO evidence (id, tenant_id, violation_id, run_id, content, content_hash, \
+         created_at) VALUES ('evi_a', 'ten_a', 'vio_a', 'run_a', '{\"tokens\":11}', 'eh', T0)",
+        "INSERT INTO incidents (id, tenant_id, run_id, violation_id, evidence_id, severity, \
+         severity_rank, title, status, created_at, detected_at, updated_at) VALUES ('inc_a', \
+         'ten_a', 'run_a', 'vio_a', 'evi_a', 'HIGH', 3, 't', 'OPEN', T0, T0, T0)",
+        "INSERT INTO policy_evaluations (id, tenant_id, run_id, outcome, reason, snapshot_id, \
+         created_at) VALUES ('eval_a', 'ten_a', 'run_a', 'VIOLATION', 'stopped', \
+         'SNAP-000000000001', T0)",
+        "INSERT INTO policy_enforcements (id, tenant_id, policy_id, run_id, step_index, \
+         action_taken, details, created_at) VALUES ('enf_a', 'ten_a', 'pol_a', 'run_a', 0, \
+         'STOPPED', '{}', T0)",
+        "INSERT INTO audits (id, tenant_id, job_id, contract_id, status, request, created_at, \
+         updated_at) VALUES ('aud_a', 'ten_a', 'job', 'ctr', 'PENDING', '{}', T0, T0)",
+        "INSERT INTO audit_checks (id, tenant_id, audit_id, check_id, name, question, result, \
+         reason, evidence) VALUES ('chk_a', 'ten_a', 'aud_a', 'scope_compliance', 'Scope', \
+         'q?', 'PASS', 'ok', '[]')",
+        "INSERT INTO exports (id, tenant_id, incident_id, run_id, kind, format, status, \
+         requested_by, created_at, updated_at) VALUES ('exp_a', 'ten_a', 'inc_a', 'run_a', \
+         'EVIDENCE', 'PDF', 'PENDING', 'key_a', T0, T0)",
+        "INSERT INTO events (tenant_id, seq, kind, subject_id, run_id, severity_rank, payload, \
+         created_at) VALUES ('ten_a', 1, 'INCIDENT_CREATED', 'inc_a', 'run_a', 3, '{}', T0)",
+        "INSERT INTO webhooks (id, tenant_id, url, events, secret, created_at, updated_at) \
+         VALUES ('whk_a', 'ten_a', 'http://x', '[\"INCIDENT_CREATED\"]', 's', T0, T0)",
+        "INSERT INTO webhook_deliveries (id, tenant_id, webhook_id, event_id, status, \
+         delivered_at, created_at) SELECT 'dlv_a', 'ten_a', 'whk_a', id, 'SUCCEEDED', T0, T0 \
+         FROM events WHERE tenant_id = 'ten_a' AND seq = 1",
+    ]
+    .iter()
+    .map(|s| s.replace("T0", T0))
+    .collect()
+}
+
+async fn exec(db: &DatabaseConnection, sql: &str) -> Result<(), String> {
+    db.execute_unprepared(sql)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+async fn count(db: &DatabaseConnection, table: &str) -> i64 {
+    let row = db
+        .query_one_raw(sea_orm_migration::sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .expect("count query")
+        .expect("a row");
+    row.try_get::<i64>("", "n").expect("n")
+}
+
+async fn expect_refused(db: &DatabaseConnection, sql: &str, words: &str) {
+    match exec(db, sql).await {
+        Ok(()) => panic!("`{sql}` was accepted"),
+        Err(e) => assert!(e.contains(words), "`{sql}` failed without `{words}`: {e}"),
+    }
+}
+
+async fn seed(db: &DatabaseConnection) {
+    for sql in seed_sql() {
+        exec(db, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("seed `{sql}`: {e}"));
+    }
+    for table in TABLES {
+        let expected = if *table == "policy_snapshots" { 2 } else { 1 };
+        assert_eq!(count(db, table).await, expected, "{table}");
+    }
+}
+
+async fn check_immutability(db: &DatabaseConnection) {
+    for table in APPEND_ONLY_TABLES {
+        expect_refused(
+            db,
+            &format!("UPDATE {table} SET tenant_id = tenant_id"),
+            &format!("{table} is append-only"),
+        )
+        .await;
+        expect_refused(
+            db,
+            &format!("DELETE FROM {table}"),
+            &format!("{table} is append-only"),
+        )
+        .await;
+        assert!(count(db, table).await > 0, "{table} lost rows");
+    }
+    expect_refused(
+        db,
+        "UPDATE trace_steps SET reason = 'rewritten' WHERE run_id = 'run_a' AND step_index = 0",
+        "append-only",
+    )
+    .await;
+    if db.get_database_backend() == DbBackend::Postgres {
+        expect_refused(db, "TRUNCATE trace_steps", "trace_steps is append-only").await;
+    }
+
+    // runs: the snapshot can never change, everything else can.
+    expect_refused(
+        db,
+        "UPDATE runs SET policy_snapshot_id = 'SNAP-000000000002' WHERE id = 'run_a'",
+        "immutable",
+    )
+    .await;
+    expect_refused(
+        db,
+        "UPDATE runs SET policy_snapshot_id = NULL WHERE id = 'run_a'",
+        "",
+    )
+    .await;
+    exec(
+        db,
+        "UPDATE runs SET status = 'FAILED_POLICY', policy_snapshot_id = policy_snapshot_id, \
+         stopped_at_step = 0 WHERE id = 'run_a'",
+    )
+    .await
+    .expect("a run's other columns can change");
+
+    // Mutable tables stay mutable.
+    exec(
+        db,
+        "UPDATE incidents SET status = 'ACKNOWLEDGED' WHERE id = 'inc_a'",
+    )
+    .await
+    .expect("incident update");
+    exec(db, "UPDATE exports SET progress = 50 WHERE id = 'exp_a'")
+        .await
+        .expect("export update");
+
+    // Uniqueness the application relies on.
+    expect_refused(db, &seed_sql()[7].replace("'e0'", "'e0bis'"), "").await;
+    expect_refused(
+        db,
+        &format!(
+            "INSERT INTO incidents (id, tenant_id, run_id, violation_id, severity, severity_rank, \
+             title, status, created_at, detected_at, updated_at) VALUES ('inc_b', 'ten_a', \
+             'run_a', 'vio_a', 'HIGH', 3, 't', 'OPEN', {T0}, {T0}, {T0})"
+        ),
+        "",
+    )
+    .await;
+    expect_refused(
+        db,
+        &format!(
+            "INSERT INTO events (tenant_id, seq, kind, subject_id, payload, created_at) \
+             VALUES ('ten_a', 1, 'X', 'inc_a', '{{}}', {T0})"
+        ),
+        "",
+    )
+    .await;
+    // A run must reference a snapshot of its own tenant.
+    exec(
+        db,
+        &format!("INSERT INTO tenants (id, name, created_at) VALUES ('ten_b', 'b', {T0})"),
+    )
+    .await
+    .expect("second tenant");
+    expect_refused(
+        db,
+        &format!(
+            "INSERT INTO runs (id, tenant_id, workflow_id, status, policy_snapshot_id, \
+             policy_set_version, started_at, trace_head_hash, created_at, updated_at) VALUES \
+             ('run_b', 'ten_b', 'wf', 'RUNNING', 'SNAP-000000000001', '0.1.0', {T0}, 'g', {T0}, {T0})"
+        ),
+        "",
+    )
+    .await;
+}
+
+async fn exercise(db: &DatabaseConnection) {
+    // Start from nothing (a previous run may have left the schema on PostgreSQL).
+    Migrator::reset(db).await.expect("reset");
+    Migrator::up(db, None).await.expect("up");
+    seed(db).await;
+    check_immutability(db).await;
+
+    // down() works with data in place, and up() again gives a clean, guarded schema.
+    Migrator::down(db, None).await.expect("down");
+    for table in TABLES {
+        let exists = db
+            .execute_unprepared(&format!("SELECT 1 FROM {table}"))
+            .await
+            .is_ok();
+        assert!(!exists, "{table} survived down()");
+    }
+    Migrator::up(db, None).await.expect("up again");
+    seed(db).await;
+    check_immutability(db).await;
+}
+
+#[tokio::test]
+async fn sqlite_schema_is_guarded_and_reversible() {
+    let db = Database::connect("sqlite::memory:").await.expect("sqlite");
+    exec(&db, "PRAGMA foreign_keys = ON").await.expect("pragma");
+    exercise(&db).await;
+}
+
+#[tokio::test]
+async fn postgres_schema_is_guarded_and_reversible() {
+    let Ok(url) = std::env::var("MIGRATION_TEST_DATABASE_URL") else {
+        eprintln!("MIGRATION_TEST_DATABASE_URL not set: PostgreSQL check skipped");
+        return;
+    };
+    let db = Database::connect(url.as_str()).await.expect("postgres");
+    exercise(&db).await;
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: one binary, the real server on a free port, GraphQL over HTTP and WebSocket.
+
+// A failed unwrap in a test is a test failure with a backtrace, which is what we want here.
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+mod auth;
+mod jobs;
+mod operations;
+mod persistence;
+mod schema;
+mod subscriptions;

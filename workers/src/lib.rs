@@ -1,0 +1,60 @@
+//! Background work: apalis job types and handlers, the choice of queue storage (SQLite by
+//! default, PostgreSQL when the database is PostgreSQL, Redis when configured), the run sweeper,
+//! and event fan-out. Handlers are plain async functions over a payload, callable without a
+//! queue; the apalis wiring only adapts them.
+
+pub mod events;
+pub mod jobs;
+pub mod queue;
+mod runner;
+pub mod sweeper;
+
+use governance_core::{
+    outcome::{Committed, FollowUp},
+    store::Store,
+};
+
+pub use queue::{JobQueue, QueueSettings};
+pub use runner::run;
+
+use events::EventBus;
+
+/// What workers need.
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub store: Store,
+    pub jobs: JobQueue,
+    pub bus: EventBus,
+}
+
+/// Carries out what a committed change leaves to do: publish its events, enqueue its jobs.
+#[derive(Clone)]
+pub struct Dispatcher {
+    jobs: JobQueue,
+    bus: EventBus,
+}
+
+impl Dispatcher {
+    pub fn new(jobs: JobQueue, bus: EventBus) -> Self {
+        Self { jobs, bus }
+    }
+
+    /// Publish and enqueue, then return the committed value. A failed enqueue is logged, not
+    /// returned: the change is committed, and the sweeper enqueues the job again later.
+    pub async fn dispatch<T>(&self, committed: Committed<T>) -> T {
+        for event in committed.events {
+            self.bus.publish(event);
+        }
+        for follow_up in committed.follow_ups {
+            if let Err(err) = self.jobs.enqueue(&follow_up).await {
+                tracing::warn!(error = %err, ?follow_up, "cannot enqueue; the sweeper will retry");
+            }
+        }
+        committed.value
+    }
+}
+
+/// Convenience for callers that only have a follow-up.
+pub async fn enqueue(jobs: &JobQueue, follow_up: &FollowUp) -> anyhow::Result<()> {
+    jobs.enqueue(follow_up).await
+}

@@ -1,0 +1,142 @@
+//! Running the workers: one apalis worker per job type on the configured storage, plus the
+//! sweeper, all stopped by one cancellation token. In-flight jobs finish before `run` returns.
+
+use std::time::Duration;
+
+use apalis::{
+    layers::retry::{
+        HasherRng,
+        backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff},
+    },
+    prelude::*,
+};
+use governance_core::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    WorkerDeps,
+    jobs::{self, JobError, RecordEvaluation},
+    queue::{POLL_INTERVAL, Storage},
+    sweeper,
+};
+
+/// Attempts after the first, for transient failures.
+const RETRIES: usize = 5;
+/// Jobs of one type handled at once by one process.
+const CONCURRENCY: usize = 4;
+/// The longest pause between restarts of failed workers.
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
+/// How long shutdown waits for in-flight jobs.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Transient failures are retried in-process with exponential backoff (200 ms doubling to 10 s,
+/// with jitter). Without it apalis re-runs a failed job at once, up to its `max_attempts`.
+fn backoff() -> anyhow::Result<ExponentialBackoff> {
+    Ok(ExponentialBackoffMaker::new(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+        0.2,
+        HasherRng::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("invalid backoff: {e}"))?
+    .make_backoff())
+}
+
+/// Map a handler's error to apalis: permanent failures are not retried.
+fn to_apalis(err: JobError) -> BoxDynError {
+    match err {
+        JobError::Permanent(message) => AbortError::new(message).into(),
+        JobError::Transient(message) => message.into(),
+    }
+}
+
+async fn handle_evaluation(job: RecordEvaluation, store: Data<Store>) -> Result<(), BoxDynError> {
+    jobs::record_evaluation(&job, &store)
+        .await
+        .map(|_| ())
+        .map_err(to_apalis)
+}
+
+/// A worker name unique to this process and this start (apalis refuses a name reused within
+/// its heartbeat interval, and tests run several servers in one process).
+fn worker_name(job: &str) -> String {
+    format!(
+        "governance-{job}-{}-{}",
+        std::process::id(),
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+/// Build the monitor with one worker per job type on the configured storage.
+fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
+    let backoff = backoff()?;
+    let store = deps.store.clone();
+    let name = worker_name("evaluation");
+    let monitor = Monitor::new().shutdown_timeout(SHUTDOWN_TIMEOUT);
+    Ok(match deps.jobs.evaluation.clone() {
+        Storage::Sqlite(storage) => monitor.register(move |run| {
+            WorkerBuilder::new(format!("{name}-{run}"))
+                .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
+                .concurrency(CONCURRENCY)
+                .data(store.clone())
+                .build(handle_evaluation)
+        }),
+        Storage::Postgres(storage) => monitor.register(move |run| {
+            WorkerBuilder::new(format!("{name}-{run}"))
+                .backend(storage.clone().with_pubsub())
+                .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
+                .concurrency(CONCURRENCY)
+                .data(store.clone())
+                .build(handle_evaluation)
+        }),
+        Storage::Redis(storage) => monitor.register(move |run| {
+            WorkerBuilder::new(format!("{name}-{run}"))
+                .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
+                .concurrency(CONCURRENCY)
+                .data(store.clone())
+                .build(handle_evaluation)
+        }),
+    })
+}
+
+/// Run every worker until `shutdown` is cancelled. A worker that fails (its storage became
+/// unreachable, say) is started again after a growing pause, so an outage neither stops the
+/// workers for good nor makes them spin.
+pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Our own token: the workers ending must not stop whoever shares `shutdown` (the HTTP
+    // server, when embedded).
+    let shutdown = shutdown.child_token();
+    let sweeper = tokio::spawn(sweeper::run(
+        deps.store.clone(),
+        deps.jobs.clone(),
+        shutdown.clone(),
+    ));
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let stop = shutdown.clone();
+        let result = monitor(&deps)?
+            .run_with_signal(async move {
+                stop.cancelled().await;
+                Ok(())
+            })
+            .await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match result {
+            Ok(()) => tracing::warn!("workers stopped unexpectedly; restarting"),
+            Err(err) => {
+                tracing::error!(error = %err, ?pause, "workers failed; restarting after a pause")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(MAX_RESTART_PAUSE);
+    }
+    let _ = sweeper.await;
+    Ok(())
+}
