@@ -8,6 +8,7 @@ use actix_web::{App, HttpServer, dev::ServerHandle, middleware::from_fn, web};
 use anyhow::Context;
 use governance_core::{
     db::{self, DbSettings},
+    policy::SnapshotCache,
     store::Store,
     tenancy::{self, IssuedKey},
 };
@@ -99,7 +100,8 @@ impl Application {
         let db = open_database(&config).await?;
         migrate(&db).await?;
         let jobs = open_queue(&config, &db).await?;
-        let bootstrap_key = tenancy::bootstrap_default(&db).await?;
+        let store = Store::new(db.clone());
+        let bootstrap_key = tenancy::bootstrap_default(&store).await?;
         if let Some(key) = &bootstrap_key {
             let path = write_key_file(&config, key)?;
             // Printed, not logged: it must not end up in log aggregation.
@@ -110,7 +112,6 @@ impl Application {
                 path.display()
             );
         }
-        let store = Store::new(db.clone());
         let bus = EventBus::new();
         let metrics = Arc::new(Metrics::new()?);
         let state = AppState {
@@ -118,6 +119,7 @@ impl Application {
             store,
             jobs,
             bus,
+            cache: SnapshotCache::new(),
             config: config.clone(),
             metrics,
         };
@@ -147,6 +149,7 @@ impl Application {
                     store: state.store.clone(),
                     jobs: state.jobs.clone(),
                     bus: state.bus.clone(),
+                    cache: state.cache.clone(),
                 },
                 shutdown.clone(),
             ))),

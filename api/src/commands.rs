@@ -1,7 +1,7 @@
 //! The subcommands of the `governance` binary.
 
 use anyhow::Context;
-use governance_core::{store::Store, tenancy};
+use governance_core::{policy::SnapshotCache, store::Store, tenancy};
 use governance_workers::{WorkerDeps, events::EventBus};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     store: Store::new(db),
                     jobs,
                     bus: EventBus::new(),
+                    cache: SnapshotCache::new(),
                 },
                 shutdown,
             )
@@ -64,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let db = app::open_database(&config).await?;
             app::migrate(&db).await?;
-            let key = tenancy::create_tenant(&db, &name).await?;
+            let key = tenancy::create_tenant(&Store::new(db), &name).await?;
             print_key(&key);
             Ok(())
         }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use governance_core::store::Store;
+use governance_core::{policy::SnapshotCache, store::Store};
 use governance_workers::{JobQueue, events::EventBus};
 use sea_orm::DatabaseConnection;
 
@@ -19,6 +19,8 @@ pub struct AppState {
     pub jobs: JobQueue,
     /// Event fan-out to subscribers.
     pub bus: EventBus,
+    /// Compiled policy snapshots by content hash.
+    pub cache: SnapshotCache,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
 }

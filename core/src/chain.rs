@@ -17,6 +17,33 @@ pub fn genesis(run_id: &str, snapshot_content_hash: &str) -> String {
     ])
 }
 
+/// The canonical document of a recorded step and its decision: what `entry_hash` covers.
+/// Built from the stored row, so `verifyRun` recomputes it from the database alone.
+pub fn step_document(run_id: &str, step: &governance_entities::trace_step::Model) -> String {
+    let doc = serde_json::json!({
+        "runId": run_id,
+        "stepIndex": step.step_index,
+        "timestamp": step.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "type": step.step_type.as_str(),
+        "tokens": step.tokens,
+        "costMicros": step.cost_micros,
+        "toolName": step.tool_name,
+        "contentHash": step.content_hash,
+        "status": step.status.as_str(),
+        "isInflection": step.is_inflection,
+        "decision": step.decision.as_str(),
+        "policiesChecked": step.policies_checked,
+        "reason": step.reason,
+        "detail": step.decision_json,
+    });
+    crate::canonical::to_string(&doc)
+}
+
+/// `entry_hash = sha256(prev_hash ‖ canonical step and decision)`.
+pub fn entry_hash(prev_hash: &str, document: &str) -> String {
+    crate::hashing::sha256_hex(format!("{prev_hash}{document}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,10 +11,15 @@ pub mod events;
 pub mod hashing;
 pub mod ids;
 pub mod outcome;
+pub mod policies;
+pub mod policy;
 pub mod runs;
 pub mod snapshot;
+pub mod steps;
 pub mod store;
 pub mod tenancy;
 pub mod time;
+pub mod timeouts;
+pub mod verify;
 
 pub use error::{CoreError, CoreResult};

@@ -141,7 +141,8 @@ pub async fn snapshot_of<C: ConnectionTrait>(
         })
 }
 
-fn run_event(kind: EventKind, run: &run::Model) -> NewEvent {
+/// The outbox event of a run's change of state.
+pub fn run_event(kind: EventKind, run: &run::Model) -> NewEvent {
     NewEvent {
         kind,
         subject_id: run.id.clone(),
@@ -302,6 +303,28 @@ pub async fn cancel(
         RunStatus::Cancelled,
         TerminationReason::UserAbort,
         reason,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(committed)
+}
+
+/// Fail-closed: the service could not record a decision for this run, so the run stops
+/// (`FAILED`, `SYSTEM_FAILURE`) and its later steps are refused.
+pub async fn stop_for_system_failure(
+    store: &Store,
+    tenant_id: &str,
+    run_id: &str,
+    reason: &str,
+) -> CoreResult<Committed<run::Model>> {
+    let txn = store.begin().await?;
+    let run = get_for_update(&*txn, tenant_id, run_id).await?;
+    let committed = finish(
+        &*txn,
+        run,
+        RunStatus::Failed,
+        TerminationReason::SystemFailure,
+        Some(reason.to_string()),
     )
     .await?;
     txn.commit().await?;

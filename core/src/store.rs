@@ -4,7 +4,13 @@
 //! first take one async lock, so they queue in memory rather than in SQLite's busy loop.
 //! PostgreSQL needs neither (row locks and advisory locks do it).
 
-use std::{ops::Deref, sync::Arc};
+use std::{
+    ops::Deref,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use sea_orm::{
     DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, SqliteTransactionMode,
@@ -19,13 +25,24 @@ use crate::error::CoreResult;
 pub struct Store {
     db: DatabaseConnection,
     writer: Option<Arc<Mutex<()>>>,
+    faults: Arc<AtomicU32>,
 }
 
 impl Store {
     pub fn new(db: DatabaseConnection) -> Self {
         let writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Self { db, writer }
+        Self {
+            db,
+            writer,
+            faults: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Test hook: make the next `n` commits fail (rolled back) as a broken disk or a lost
+    /// connection would. Only reachable in-process; used to prove the service fails closed.
+    pub fn fail_next_commits(&self, n: u32) {
+        self.faults.store(n, Ordering::SeqCst);
     }
 
     /// The pool, for reads.
@@ -58,7 +75,11 @@ impl Store {
             },
         };
         let txn = self.db.begin_with_options(options).await?;
-        Ok(WriteTxn { txn, _guard: guard })
+        Ok(WriteTxn {
+            txn,
+            _guard: guard,
+            faults: self.faults.clone(),
+        })
     }
 }
 
@@ -66,11 +87,20 @@ impl Store {
 pub struct WriteTxn {
     txn: DatabaseTransaction,
     _guard: Option<OwnedMutexGuard<()>>,
+    faults: Arc<AtomicU32>,
 }
 
 impl WriteTxn {
     /// Commit; only after this returns may the change be acknowledged to anyone.
     pub async fn commit(self) -> CoreResult<()> {
+        let injected = self
+            .faults
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if injected {
+            self.txn.rollback().await?;
+            return Err(anyhow::anyhow!("injected commit failure (test hook)").into());
+        }
         self.txn.commit().await?;
         Ok(())
     }

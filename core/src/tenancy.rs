@@ -5,13 +5,14 @@ use governance_entities::{api_key, tenant};
 use rand::RngCore;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, Set,
 };
 
 use crate::{
     error::{CoreError, CoreResult},
     hashing::sha256_hex,
     ids::{new_id, prefix},
+    store::Store,
     time::now,
 };
 
@@ -103,12 +104,12 @@ async fn find_tenant_by_name<C: ConnectionTrait>(
 }
 
 /// Create a tenant and its first key, in one transaction.
-pub async fn create_tenant(db: &DatabaseConnection, name: &str) -> CoreResult<IssuedKey> {
+pub async fn create_tenant(store: &Store, name: &str) -> CoreResult<IssuedKey> {
     validate_name("tenant", name)?;
-    let txn = db.begin().await?;
+    let txn = store.begin().await?;
     let exists = tenant::Entity::find()
         .filter(tenant::Column::Name.eq(name))
-        .count(&txn)
+        .count(&*txn)
         .await?;
     if exists > 0 {
         return Err(CoreError::Conflict(format!(
@@ -120,9 +121,9 @@ pub async fn create_tenant(db: &DatabaseConnection, name: &str) -> CoreResult<Is
         name: Set(name.to_string()),
         created_at: Set(now()),
     }
-    .insert(&txn)
+    .insert(&*txn)
     .await?;
-    let key = insert_key(&txn, &tenant, "initial").await?;
+    let key = insert_key(&*txn, &tenant, "initial").await?;
     txn.commit().await?;
     Ok(key)
 }
@@ -182,11 +183,12 @@ pub async fn authenticate<C: ConnectionTrait>(conn: &C, presented: &str) -> Core
 
 /// On an empty database, create the `default` tenant and return its key (to print once).
 /// Returns `None` when any tenant exists, so restarts and concurrent replicas never make two.
-pub async fn bootstrap_default(db: &DatabaseConnection) -> CoreResult<Option<IssuedKey>> {
+pub async fn bootstrap_default(store: &Store) -> CoreResult<Option<IssuedKey>> {
+    let db = store.db();
     if tenant::Entity::find().count(db).await? > 0 {
         return Ok(None);
     }
-    match create_tenant(db, DEFAULT_TENANT).await {
+    match create_tenant(store, DEFAULT_TENANT).await {
         Ok(key) => Ok(Some(key)),
         // Another replica won the race: the tenant exists, which is all we wanted.
         Err(CoreError::Conflict(_)) => Ok(None),

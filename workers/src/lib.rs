@@ -11,6 +11,7 @@ pub mod sweeper;
 
 use governance_core::{
     outcome::{Committed, FollowUp},
+    policy::SnapshotCache,
     store::Store,
 };
 
@@ -25,6 +26,8 @@ pub struct WorkerDeps {
     pub store: Store,
     pub jobs: JobQueue,
     pub bus: EventBus,
+    /// Compiled snapshots, shared with the API when embedded.
+    pub cache: SnapshotCache,
 }
 
 /// Carries out what a committed change leaves to do: publish its events, enqueue its jobs.

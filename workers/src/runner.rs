@@ -108,11 +108,7 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
     // Our own token: the workers ending must not stop whoever shares `shutdown` (the HTTP
     // server, when embedded).
     let shutdown = shutdown.child_token();
-    let sweeper = tokio::spawn(sweeper::run(
-        deps.store.clone(),
-        deps.jobs.clone(),
-        shutdown.clone(),
-    ));
+    let sweeper = tokio::spawn(sweeper::run(deps.clone(), shutdown.clone()));
     let mut pause = Duration::from_millis(500);
     loop {
         let stop = shutdown.clone();

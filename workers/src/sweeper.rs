@@ -1,16 +1,18 @@
-//! The run sweeper: periodic repair work that needs no trigger. It enqueues the evaluation job of
-//! any run that ended without one (the process died between commit and enqueue), so no ended run
-//! stays unevaluated.
+//! The run sweeper: periodic work that needs no trigger. It stops running runs past their
+//! `DURATION_LIMIT` (silent runs included), and enqueues the evaluation job of any run that ended
+//! without one (the process died between commit and enqueue), so no ended run stays unevaluated.
 
 use std::time::Duration;
 
-use governance_core::{outcome::FollowUp, runs, store::Store};
+use governance_core::{outcome::FollowUp, runs, store::Store, timeouts};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::JobQueue;
+use crate::{Dispatcher, WorkerDeps, queue::JobQueue};
 
 /// How often the sweeper looks.
-pub const INTERVAL: Duration = Duration::from_secs(5);
+pub const INTERVAL: Duration = Duration::from_secs(1);
+/// Ticks between two scans for ended runs without an evaluation record.
+const REPAIR_EVERY: u64 = 10;
 /// A run that ended less than this long ago is left to its own job.
 pub const GRACE: Duration = Duration::from_secs(30);
 /// At most this many runs per sweep, oldest first.
@@ -30,18 +32,45 @@ pub async fn sweep_once(store: &Store, jobs: &JobQueue) -> anyhow::Result<usize>
     Ok(enqueued)
 }
 
+/// Stop overdue runs and publish/enqueue what their stops committed. Returns how many stopped.
+pub async fn stop_overdue(deps: &WorkerDeps) -> anyhow::Result<usize> {
+    let stopped = timeouts::stop_overdue(&deps.store, &deps.cache).await?;
+    let count = stopped.len();
+    let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
+    for committed in stopped {
+        dispatcher.dispatch(committed).await;
+    }
+    Ok(count)
+}
+
 /// Sweep every [`INTERVAL`] until `shutdown`.
-pub async fn run(store: Store, jobs: JobQueue, shutdown: CancellationToken) {
+pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once; skip it so a fresh start does not race the normal path.
     ticker.tick().await;
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match sweep_once(&store, &jobs).await {
+        match stop_overdue(&deps).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                stopped = n,
+                "sweeper stopped runs past their duration limit"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "timeout sweep failed; retrying next interval")
+            }
+        }
+        // The repair scan is heavier and rarely finds anything: every REPAIR_EVERY ticks.
+        ticks += 1;
+        if !ticks.is_multiple_of(REPAIR_EVERY) {
+            continue;
+        }
+        match sweep_once(&deps.store, &deps.jobs).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(enqueued = n, "sweeper enqueued evaluation jobs"),
             Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next interval"),

@@ -69,3 +69,99 @@ mirror!(
         NotApplicable,
     }
 );
+
+mirror!(
+    /// What a policy checks.
+    PolicyKind {
+        /// `{"maxTokens": n}`: the run's tokens may not exceed n.
+        TokenBudget,
+        /// `{"maxCostMicros": n}`: the run's cost may not exceed n micro-dollars.
+        CostBudget,
+        /// `{"maxSteps": n}`: the run may not take more than n steps.
+        StepLimit,
+        /// `{"maxSteps": n, "windowSeconds": w}`: at most n steps in any trailing w seconds.
+        RateLimit,
+        /// `{"maxSeconds": n}`: the run may not last longer than n seconds (silent runs too).
+        DurationLimit,
+        /// `{"patterns": ["regex", …]}`: a step's content may not match any pattern.
+        ContentRule,
+        /// `{"tools": ["name", …]}`: a TOOL_CALL step's tool must be listed.
+        ToolAllowlist,
+        /// `{"expression": "CEL"}`: violated when the expression over `run` and `step` is true.
+        Expression,
+    }
+);
+
+mirror!(
+    /// What happens when a policy is violated.
+    PolicyAction {
+        /// Stop the run at the violating step.
+        Block,
+        /// Let the run continue; record a warning.
+        Warn,
+    }
+);
+
+mirror!(
+    /// How serious a violation is.
+    Severity {
+        Low,
+        Medium,
+        High,
+        Critical,
+    }
+);
+
+mirror!(
+    /// What kind of work a step was.
+    StepType {
+        LlmCall,
+        ToolCall,
+        Retrieval,
+        Other,
+    }
+);
+
+mirror!(
+    /// The outcome of checking a step.
+    StepStatus {
+        Ok,
+        Warning,
+        Violation,
+    }
+);
+
+mirror!(
+    /// The decision for a step.
+    DecisionAction {
+        /// No policy violated: go on.
+        Continue,
+        /// Only WARN policies violated: go on, warned.
+        Warn,
+        /// A BLOCK policy violated: the run is stopped at this step.
+        Stop,
+    }
+);
+
+mirror!(
+    /// Where an incident is in its handling.
+    IncidentStatus {
+        Open,
+        Acknowledged,
+        Resolved,
+    }
+);
+
+mirror!(
+    /// What enforcement did.
+    EnforcementAction {
+        /// The run was stopped by the policy.
+        Stopped,
+        /// The run was aborted.
+        Aborted,
+        /// A step reported after the run ended was refused.
+        Blocked,
+        /// A WARN policy was violated.
+        Warned,
+    }
+);

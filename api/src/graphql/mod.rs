@@ -4,8 +4,11 @@
 pub mod enums;
 pub mod error;
 pub mod node;
+pub mod pagination;
+pub mod policies;
 pub mod runs;
 pub mod scalars;
+pub mod steps;
 pub mod tenancy;
 
 use async_graphql::{
@@ -17,11 +20,21 @@ use crate::{config::Limits, state::AppState};
 
 /// The root query.
 #[derive(MergedObject, Default)]
-pub struct Query(tenancy::TenancyQuery, node::NodeQuery, runs::RunQuery);
+pub struct Query(
+    tenancy::TenancyQuery,
+    node::NodeQuery,
+    runs::RunQuery,
+    policies::PolicyQuery,
+    steps::StepQuery,
+);
 
 /// The root mutation.
 #[derive(MergedObject, Default)]
-pub struct Mutation(runs::RunMutation);
+pub struct Mutation(
+    runs::RunMutation,
+    policies::PolicyMutation,
+    steps::StepMutation,
+);
 
 /// The root subscription.
 #[derive(MergedSubscription, Default)]

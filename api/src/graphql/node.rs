@@ -2,14 +2,16 @@
 
 use async_graphql::{Context, ID, Interface, Object};
 use governance_core::{CoreError, ids, runs};
-use governance_entities::{policy_snapshot, tenant};
+use governance_entities::{incident, policy_snapshot, tenant, violation};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::{
     error::GqlResultExt,
+    policies::Policy,
     principal,
     runs::{PolicySnapshot, Run},
     state,
+    steps::{Incident, Violation},
     tenancy::Tenant,
 };
 
@@ -23,6 +25,9 @@ pub enum Node {
     Tenant(Tenant),
     Run(Run),
     PolicySnapshot(PolicySnapshot),
+    Policy(Policy),
+    Violation(Violation),
+    Incident(Incident),
 }
 
 #[derive(Default)]
@@ -52,6 +57,34 @@ impl NodeQuery {
             Some(ids::prefix::RUN) => {
                 let run = runs::get(db, &principal.tenant_id, &id).await.gql()?;
                 Ok(Node::Run(Run(run)))
+            }
+            Some(ids::prefix::POLICY) => {
+                let found = governance_core::policies::get(db, &principal.tenant_id, &id)
+                    .await
+                    .gql()?;
+                Ok(Node::Policy(Policy(found)))
+            }
+            Some(ids::prefix::VIOLATION) => {
+                let found = violation::Entity::find_by_id(id.to_string())
+                    .filter(violation::Column::TenantId.eq(principal.tenant_id.as_str()))
+                    .one(db)
+                    .await
+                    .map_err(CoreError::from)
+                    .gql()?
+                    .ok_or_else(not_found)
+                    .gql()?;
+                Ok(Node::Violation(Violation(found)))
+            }
+            Some(ids::prefix::INCIDENT) => {
+                let found = incident::Entity::find_by_id(id.to_string())
+                    .filter(incident::Column::TenantId.eq(principal.tenant_id.as_str()))
+                    .one(db)
+                    .await
+                    .map_err(CoreError::from)
+                    .gql()?
+                    .ok_or_else(not_found)
+                    .gql()?;
+                Ok(Node::Incident(Incident(found)))
             }
             Some(ids::prefix::SNAPSHOT) => {
                 let snap = policy_snapshot::Entity::find()

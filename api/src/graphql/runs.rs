@@ -8,15 +8,20 @@ use governance_core::{
     CoreError, evaluation, events,
     runs::{self, Completion, StartRun},
 };
-use governance_entities::{policy_evaluation, policy_snapshot, run};
+use governance_entities::{
+    incident, policy_enforcement, policy_evaluation, policy_snapshot, run, violation,
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::Value;
 
 use super::{
     enums::{EvaluationOutcome, RunStatus, TerminationReason},
     error::GqlResultExt,
+    policies::PolicyEnforcement,
     principal,
     scalars::DateTime,
     state,
+    steps::{Incident, Trace, Violation},
 };
 
 /// One execution of an agent or workflow, checked step by step against the policy snapshot
@@ -96,6 +101,50 @@ impl Run {
     async fn policy_snapshot(&self, ctx: &Context<'_>) -> async_graphql::Result<PolicySnapshot> {
         let snap = runs::snapshot_of(&state(ctx).db, &self.0).await.gql()?;
         Ok(PolicySnapshot(snap))
+    }
+    /// The run's trace: steps, inflection, head of the hash chain.
+    async fn trace(&self) -> Trace {
+        Trace(self.0.clone())
+    }
+    /// Every violation of the run, in step order.
+    async fn violations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Violation>> {
+        let rows = violation::Entity::find()
+            .filter(violation::Column::TenantId.eq(self.0.tenant_id.as_str()))
+            .filter(violation::Column::RunId.eq(self.0.id.as_str()))
+            .order_by_asc(violation::Column::StepIndex)
+            .order_by_asc(violation::Column::Id)
+            .all(&state(ctx).db)
+            .await
+            .map_err(CoreError::from)
+            .gql()?;
+        Ok(rows.into_iter().map(Violation).collect())
+    }
+    /// The incident opened when the run was stopped.
+    async fn incident(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Incident>> {
+        let row = incident::Entity::find()
+            .filter(incident::Column::TenantId.eq(self.0.tenant_id.as_str()))
+            .filter(incident::Column::RunId.eq(self.0.id.as_str()))
+            .one(&state(ctx).db)
+            .await
+            .map_err(CoreError::from)
+            .gql()?;
+        Ok(row.map(Incident))
+    }
+    /// The run's enforcement log (stops, warnings, refused steps), oldest first.
+    async fn enforcements(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<PolicyEnforcement>> {
+        let rows = policy_enforcement::Entity::find()
+            .filter(policy_enforcement::Column::TenantId.eq(self.0.tenant_id.as_str()))
+            .filter(policy_enforcement::Column::RunId.eq(self.0.id.as_str()))
+            .order_by_asc(policy_enforcement::Column::CreatedAt)
+            .order_by_asc(policy_enforcement::Column::Id)
+            .all(&state(ctx).db)
+            .await
+            .map_err(CoreError::from)
+            .gql()?;
+        Ok(rows.into_iter().map(PolicyEnforcement).collect())
     }
     /// The run's evaluation record, written once the run has ended.
     async fn evaluation(

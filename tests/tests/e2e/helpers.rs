@@ -113,6 +113,8 @@ pub struct TestApp {
     pub key: String,
     pub env: TestEnv,
     pub db: DatabaseConnection,
+    /// The server's store, for in-process test hooks (fault injection).
+    pub store: governance_core::store::Store,
     client: reqwest::Client,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -142,6 +144,7 @@ pub async fn spawn_in(env: TestEnv, config: Config) -> TestApp {
         .expect("a fresh database bootstraps the default tenant");
     let port = app.port();
     let db = app.state().db.clone();
+    let store = app.state().store.clone();
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -149,6 +152,7 @@ pub async fn spawn_in(env: TestEnv, config: Config) -> TestApp {
         key,
         env,
         db,
+        store,
         client: reqwest::Client::new(),
         shutdown,
         handle: Some(handle),
@@ -239,6 +243,59 @@ impl TestApp {
             .await;
         assert_eq!(data["startRun"]["status"], "RUNNING");
         data["startRun"]["id"].as_str().expect("run id").to_string()
+    }
+
+    /// Create a policy and return its id.
+    pub async fn create_policy(&self, input: Value) -> String {
+        let data = self
+            .gql_ok(
+                "mutation($input: CreatePolicyInput!) { createPolicy(input: $input) { id version enabled } }",
+                json!({ "input": input }),
+            )
+            .await;
+        data["createPolicy"]["id"]
+            .as_str()
+            .expect("policy id")
+            .to_string()
+    }
+
+    /// Start a run of `workflow` and return (id, startedAt).
+    pub async fn start_run_at(&self, workflow: &str) -> (String, String) {
+        let data = self
+            .gql_ok(
+                "mutation($input: StartRunInput!) { startRun(input: $input) { id startedAt } }",
+                json!({ "input": { "workflowId": workflow } }),
+            )
+            .await;
+        (
+            data["startRun"]["id"].as_str().expect("id").to_string(),
+            data["startRun"]["startedAt"]
+                .as_str()
+                .expect("startedAt")
+                .to_string(),
+        )
+    }
+
+    /// `recordStep` with `input` (runId added); returns the raw response.
+    pub async fn record_step(&self, run_id: &str, mut input: Value) -> Response {
+        input["runId"] = json!(run_id);
+        self.gql(
+            "mutation($input: RecordStepInput!) { recordStep(input: $input) {
+                action reason recorded replayed terminationReason
+                step { stepIndex status isInflection decision entryHash prevHash tokens decisionDetail }
+                violations { id policyId policyType violatedRule evaluatedValue thresholdCondition severity reason stepIndex snapshotId evidence { content contentHash } }
+                incident { id status severity title }
+                run { id status terminationReason tokensUsed costMicros stepCount stoppedAtStep }
+            } }",
+            json!({ "input": input }),
+        )
+        .await
+    }
+
+    /// `recordStep` that must succeed; returns `recordStep`.
+    pub async fn step_ok(&self, run_id: &str, input: Value) -> Value {
+        let response = self.record_step(run_id, input).await;
+        response.data()["recordStep"].clone()
     }
 
     /// Poll `query` until `done` holds for its data, failing after `timeout`.

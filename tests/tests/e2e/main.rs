@@ -6,6 +6,7 @@
 mod helpers;
 
 mod auth;
+mod governance;
 mod jobs;
 mod operations;
 mod persistence;

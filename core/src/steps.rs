@@ -1,0 +1,664 @@
+//! Recording a step: check it against the run's snapshot and commit the step, its decision, and —
+//! when it stops the run — everything the stop entails, in ONE transaction:
+//! run status/termination/stopped step/violating policy and inflection fields, the inflection
+//! marked on the step, violation facts with masked evidence, the incident (one per violation),
+//! the enforcement rows, and the outbox events. A decision is acknowledged only after commit.
+//!
+//! Steps of one run are serialised (PostgreSQL: the run row is locked; SQLite: one writer), so
+//! concurrent reports can never let a budget be exceeded by more than the one stopping step.
+
+use chrono::{DateTime, Utc};
+use governance_entities::{
+    enums::{
+        DecisionAction, EnforcementAction, IncidentStatus, PolicyAction, RunStatus, StepStatus,
+        StepType, TerminationReason,
+    },
+    evidence, incident, policy_enforcement, run, trace_step, violation,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    chain,
+    error::{CoreError, CoreResult},
+    events::{self, EventKind, NewEvent},
+    hashing::sha256_hex,
+    ids::{new_id, prefix},
+    outcome::{Committed, FollowUp},
+    policy::{
+        CompiledSnapshot, ContentInput, Evaluation, Finding, RunState, SnapshotCache, StepInput,
+        evaluate,
+    },
+    runs,
+    store::Store,
+    time::{now, to_millis},
+};
+
+/// Largest accepted step content, in bytes.
+pub const MAX_CONTENT_BYTES: usize = 1024 * 1024;
+
+/// A step as an integrator reports it.
+#[derive(Debug, Clone)]
+pub struct RecordStep {
+    pub run_id: String,
+    /// 0-based; `None` means "the next one".
+    pub step_index: Option<i64>,
+    pub step_type: StepType,
+    pub tokens: i64,
+    pub cost_micros: i64,
+    pub content: Option<String>,
+    pub tool_name: Option<String>,
+    /// Default: now.
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// A recorded step with everything its decision produced.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub run: run::Model,
+    pub step: trace_step::Model,
+    pub violations: Vec<violation::Model>,
+    pub incident: Option<incident::Model>,
+    /// True when this answer repeats a decision recorded earlier (an idempotent retry).
+    pub replayed: bool,
+}
+
+/// The answer to a step report.
+// Lives for one request; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum StepOutcome {
+    /// The decision was committed.
+    Recorded(StepRecord),
+    /// The decision could not be committed: the answer is STOP (`SYSTEM_FAILURE`), never CONTINUE.
+    FailClosed {
+        /// The run as it is now (stopped, if the stop itself could be recorded).
+        run: Option<run::Model>,
+        /// The step that was reported, as it would have been recorded (not in the trace).
+        step: trace_step::Model,
+        reason: String,
+    },
+}
+
+fn validate(input: &RecordStep) -> CoreResult<()> {
+    if input.tokens < 0 {
+        return Err(CoreError::bad_field(
+            "input.tokens",
+            "`tokens` must be 0 or more",
+        ));
+    }
+    if input.cost_micros < 0 {
+        return Err(CoreError::bad_field(
+            "input.costMicros",
+            "`costMicros` must be 0 or more (micro-dollars: 1 USD = 1000000)",
+        ));
+    }
+    if let Some(index) = input.step_index
+        && index < 0
+    {
+        return Err(CoreError::bad_field(
+            "input.stepIndex",
+            "`stepIndex` is 0-based and must be 0 or more",
+        ));
+    }
+    if let Some(content) = &input.content
+        && content.len() > MAX_CONTENT_BYTES
+    {
+        return Err(CoreError::bad_field(
+            "input.content",
+            format!("`content` is larger than {MAX_CONTENT_BYTES} bytes"),
+        ));
+    }
+    if let Some(tool) = &input.tool_name
+        && (tool.trim().is_empty() || tool.len() > 256)
+    {
+        return Err(CoreError::bad_field(
+            "input.toolName",
+            "`toolName` must be 1 to 256 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn content_hash(content: Option<&str>) -> String {
+    sha256_hex(content.unwrap_or_default())
+}
+
+/// Does a re-sent step say the same as the recorded one?
+fn same_step(recorded: &trace_step::Model, input: &RecordStep) -> bool {
+    recorded.step_type == input.step_type
+        && recorded.tokens == input.tokens
+        && recorded.cost_micros == input.cost_micros
+        && recorded.tool_name == input.tool_name
+        && recorded.content_hash == content_hash(input.content.as_deref())
+        && input
+            .timestamp
+            .is_none_or(|t| to_millis(t) == recorded.timestamp)
+}
+
+async fn step_extras<C: ConnectionTrait>(
+    conn: &C,
+    step: &trace_step::Model,
+) -> CoreResult<(Vec<violation::Model>, Option<incident::Model>)> {
+    let violations = violation::Entity::find()
+        .filter(violation::Column::TenantId.eq(step.tenant_id.as_str()))
+        .filter(violation::Column::RunId.eq(step.run_id.as_str()))
+        .filter(violation::Column::StepIndex.eq(step.step_index))
+        .order_by_asc(violation::Column::Id)
+        .all(conn)
+        .await?;
+    let ids: Vec<String> = violations.iter().map(|v| v.id.clone()).collect();
+    let incident = if ids.is_empty() {
+        None
+    } else {
+        incident::Entity::find()
+            .filter(incident::Column::TenantId.eq(step.tenant_id.as_str()))
+            .filter(incident::Column::ViolationId.is_in(ids))
+            .one(conn)
+            .await?
+    };
+    Ok((violations, incident))
+}
+
+/// Timestamps of the run's steps after `since` (for rate limits).
+async fn step_times_since<C: ConnectionTrait>(
+    conn: &C,
+    run_id: &str,
+    since: DateTime<Utc>,
+) -> CoreResult<Vec<DateTime<Utc>>> {
+    Ok(trace_step::Entity::find()
+        .select_only()
+        .column(trace_step::Column::Timestamp)
+        .filter(trace_step::Column::RunId.eq(run_id))
+        .filter(trace_step::Column::Timestamp.gt(since))
+        .into_tuple()
+        .all(conn)
+        .await?)
+}
+
+/// The decision detail stored with the step (and hashed into the chain).
+fn decision_detail(evaluation: &Evaluation) -> Value {
+    let findings: Vec<Value> = evaluation
+        .findings
+        .iter()
+        .map(|f| {
+            json!({
+                "policyId": f.policy_id,
+                "policyVersion": f.policy_version,
+                "policyName": f.policy_name,
+                "kind": f.kind.as_str(),
+                "action": f.action.as_str(),
+                "severity": f.severity.as_str(),
+                "violatedRule": f.violated_rule,
+                "evaluatedValue": f.evaluated_value,
+                "thresholdCondition": f.threshold_condition,
+                "threshold": f.threshold,
+                "observed": f.observed,
+                "reason": f.reason,
+            })
+        })
+        .collect();
+    json!({
+        "action": evaluation.action.as_str(),
+        "findings": findings,
+        "inflectionPolicyId": evaluation.inflection.map(|i| evaluation.findings[i].policy_id.clone()),
+        "terminationReason": evaluation.termination_reason().map(|r| r.as_str()),
+        "contentMatches": evaluation.content_matches,
+    })
+}
+
+/// The step row as it will be (or would have been) recorded.
+fn step_row(
+    run: &run::Model,
+    index: i64,
+    input: &RecordStep,
+    timestamp: DateTime<Utc>,
+    evaluation: &Evaluation,
+) -> trace_step::Model {
+    let mut step = trace_step::Model {
+        pk: 0,
+        tenant_id: run.tenant_id.clone(),
+        run_id: run.id.clone(),
+        step_index: index,
+        timestamp,
+        step_type: input.step_type,
+        tokens: input.tokens,
+        cost_micros: input.cost_micros,
+        tool_name: input.tool_name.clone(),
+        content_hash: content_hash(input.content.as_deref()),
+        status: evaluation.status,
+        is_inflection: evaluation.action == DecisionAction::Stop,
+        decision: evaluation.action,
+        policies_checked: evaluation.policies_checked,
+        reason: evaluation.reason.clone(),
+        decision_json: decision_detail(evaluation),
+        prev_hash: run.trace_head_hash.clone(),
+        entry_hash: String::new(),
+        created_at: now(),
+    };
+    step.entry_hash = chain::entry_hash(&step.prev_hash, &chain::step_document(&run.id, &step));
+    step
+}
+
+/// Load (or compile once) the run's snapshot.
+pub async fn compiled_snapshot<C: ConnectionTrait>(
+    conn: &C,
+    cache: &SnapshotCache,
+    run: &run::Model,
+) -> CoreResult<std::sync::Arc<CompiledSnapshot>> {
+    let snap = runs::snapshot_of(conn, run).await?;
+    cache.get_or_compile(&snap.content_hash, &snap.policies_json)
+}
+
+/// Record a step. On a failure to commit, the answer is STOP with `SYSTEM_FAILURE` (fail-closed),
+/// and the run is stopped if that can still be recorded.
+pub async fn record(
+    store: &Store,
+    cache: &SnapshotCache,
+    tenant_id: &str,
+    input: RecordStep,
+) -> CoreResult<Committed<StepOutcome>> {
+    validate(&input)?;
+    match record_committed(store, cache, tenant_id, &input).await {
+        Ok(committed) => Ok(Committed {
+            value: StepOutcome::Recorded(committed.value),
+            events: committed.events,
+            follow_ups: committed.follow_ups,
+        }),
+        Err(CoreError::Internal(err)) => fail_closed(store, tenant_id, &input, err).await,
+        Err(other) => Err(other),
+    }
+}
+
+async fn fail_closed(
+    store: &Store,
+    tenant_id: &str,
+    input: &RecordStep,
+    err: anyhow::Error,
+) -> CoreResult<Committed<StepOutcome>> {
+    let reference = new_id("err");
+    tracing::error!(error = ?err, reference = %reference, run_id = %input.run_id, "cannot record step; failing closed");
+    let reason = format!(
+        "the decision could not be recorded (reference {reference}); failing closed: STOP ({})",
+        TerminationReason::SystemFailure
+    );
+    // Best effort: stop the run so later steps are refused too. This may fail as well.
+    let stopped = runs::stop_for_system_failure(store, tenant_id, &input.run_id, &reason).await;
+    let (run, events, follow_ups) = match stopped {
+        Ok(committed) => (
+            Some(committed.value),
+            committed.events,
+            committed.follow_ups,
+        ),
+        Err(stop_err) => {
+            tracing::error!(error = %stop_err, run_id = %input.run_id, "cannot record the fail-closed stop either");
+            let run = runs::get(store.db(), tenant_id, &input.run_id).await.ok();
+            (run, Vec::new(), Vec::new())
+        }
+    };
+    let step = trace_step::Model {
+        pk: 0,
+        tenant_id: tenant_id.to_string(),
+        run_id: input.run_id.clone(),
+        step_index: input
+            .step_index
+            .or(run.as_ref().map(|r| r.step_count))
+            .unwrap_or(0),
+        timestamp: input.timestamp.map(to_millis).unwrap_or_else(now),
+        step_type: input.step_type,
+        tokens: input.tokens,
+        cost_micros: input.cost_micros,
+        tool_name: input.tool_name.clone(),
+        content_hash: content_hash(input.content.as_deref()),
+        status: StepStatus::Violation,
+        is_inflection: false,
+        decision: DecisionAction::Stop,
+        policies_checked: 0,
+        reason: reason.clone(),
+        decision_json: json!({ "action": "STOP", "terminationReason": "SYSTEM_FAILURE", "recorded": false }),
+        prev_hash: run
+            .as_ref()
+            .map(|r| r.trace_head_hash.clone())
+            .unwrap_or_default(),
+        entry_hash: String::new(),
+        created_at: now(),
+    };
+    Ok(Committed {
+        value: StepOutcome::FailClosed { run, step, reason },
+        events,
+        follow_ups,
+    })
+}
+
+async fn record_committed(
+    store: &Store,
+    cache: &SnapshotCache,
+    tenant_id: &str,
+    input: &RecordStep,
+) -> CoreResult<Committed<StepRecord>> {
+    let txn = store.begin().await?;
+    let run = runs::get_for_update(&*txn, tenant_id, &input.run_id).await?;
+
+    // An index already recorded: the same step again gets the recorded decision; a different
+    // step under that index is a conflict. Nothing is counted twice.
+    if let Some(index) = input.step_index
+        && index < run.step_count
+    {
+        let recorded = trace_step::Entity::find()
+            .filter(trace_step::Column::RunId.eq(run.id.as_str()))
+            .filter(trace_step::Column::StepIndex.eq(index))
+            .one(&*txn)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("run {} has no step {index} below its count", run.id))?;
+        if !same_step(&recorded, input) {
+            return Err(CoreError::Conflict(format!(
+                "step {index} of run `{}` is already recorded with different content; send the same step to get its decision, or the next index ({})",
+                run.id, run.step_count
+            )));
+        }
+        let (violations, incident) = step_extras(&*txn, &recorded).await?;
+        return Ok(Committed::new(StepRecord {
+            run,
+            step: recorded,
+            violations,
+            incident,
+            replayed: true,
+        }));
+    }
+
+    if run.status.is_terminal() {
+        // Refused, and the attempt is on the record.
+        policy_enforcement::ActiveModel {
+            id: Set(new_id(prefix::ENFORCEMENT)),
+            tenant_id: Set(tenant_id.to_string()),
+            policy_id: Set(run.violation_policy_id.clone()),
+            run_id: Set(run.id.clone()),
+            step_index: Set(Some(input.step_index.unwrap_or(run.step_count))),
+            action_taken: Set(EnforcementAction::Blocked),
+            details: Set(json!({
+                "reason": "step reported after the run ended",
+                "runStatus": run.status.as_str(),
+                "terminationReason": run.termination_reason.map(|r| r.as_str()),
+                "attemptedStepIndex": input.step_index,
+                "stepType": input.step_type.as_str(),
+                "tokens": input.tokens,
+                "costMicros": input.cost_micros,
+            })),
+            created_at: Set(now()),
+        }
+        .insert(&*txn)
+        .await?;
+        txn.commit().await?;
+        return Err(CoreError::RunTerminated(format!(
+            "run `{}` has ended ({}{}); the step was not added to the trace",
+            run.id,
+            run.status,
+            run.termination_reason
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default()
+        )));
+    }
+
+    let index = input.step_index.unwrap_or(run.step_count);
+    if index != run.step_count {
+        return Err(CoreError::bad_field(
+            "input.stepIndex",
+            format!(
+                "step {index} cannot be recorded yet: the next step of run `{}` is {}",
+                run.id, run.step_count
+            ),
+        ));
+    }
+    let timestamp = input.timestamp.map(to_millis).unwrap_or_else(now);
+    if timestamp < run.started_at {
+        return Err(CoreError::bad_field(
+            "input.timestamp",
+            "`timestamp` is before the run started",
+        ));
+    }
+
+    let snapshot = compiled_snapshot(&*txn, cache, &run).await?;
+    let recent = match snapshot.max_rate_window_seconds() {
+        Some(window) => {
+            step_times_since(
+                &*txn,
+                &run.id,
+                timestamp - chrono::Duration::seconds(window),
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    let evaluation = evaluate(
+        &snapshot,
+        &RunState {
+            run_id: &run.id,
+            workflow_id: &run.workflow_id,
+            agent: run.agent.as_deref(),
+            started_at: run.started_at,
+            tokens_used: run.tokens_used,
+            cost_micros: run.cost_micros,
+            step_count: run.step_count,
+            is_synthetic: run.is_synthetic,
+            metadata: run.metadata.as_ref(),
+            recent_step_timestamps: &recent,
+        },
+        &StepInput {
+            index,
+            step_type: input.step_type,
+            tokens: input.tokens,
+            cost_micros: input.cost_micros,
+            tool_name: input.tool_name.as_deref(),
+            content: ContentInput::Text(input.content.as_deref()),
+            timestamp,
+        },
+    );
+    let committed = apply(&txn, run, index, input, timestamp, evaluation).await?;
+    // Only a committed decision is answered.
+    txn.commit().await?;
+    Ok(committed)
+}
+
+/// Write the step and its consequences in the caller's transaction (the caller commits).
+async fn apply(
+    txn: &crate::store::WriteTxn,
+    run: run::Model,
+    index: i64,
+    input: &RecordStep,
+    timestamp: DateTime<Utc>,
+    evaluation: Evaluation,
+) -> CoreResult<Committed<StepRecord>> {
+    let tenant_id = run.tenant_id.clone();
+    let step = step_row(&run, index, input, timestamp, &evaluation);
+    let mut active: trace_step::ActiveModel = step.clone().into();
+    active.pk = sea_orm::ActiveValue::NotSet;
+    let stored_step = active.reset_all_but_pk().insert(&**txn).await?;
+
+    let at = now();
+    let mut violations = Vec::with_capacity(evaluation.findings.len());
+    let mut inflection: Option<(violation::Model, evidence::Model, &Finding)> = None;
+    let mut events_out = Vec::new();
+    for (i, finding) in evaluation.findings.iter().enumerate() {
+        let violation = violation::ActiveModel {
+            id: Set(new_id(prefix::VIOLATION)),
+            tenant_id: Set(tenant_id.clone()),
+            run_id: Set(run.id.clone()),
+            policy_id: Set(finding.policy_id.clone()),
+            policy_version: Set(finding.policy_version),
+            policy_type: Set(finding.kind),
+            violated_rule: Set(finding.violated_rule.clone()),
+            evaluated_value: Set(finding.evaluated_value.clone()),
+            threshold_condition: Set(finding.threshold_condition.clone()),
+            severity: Set(finding.severity),
+            severity_rank: Set(finding.severity.rank()),
+            action: Set(finding.action),
+            reason: Set(finding.reason.clone()),
+            step_index: Set(index),
+            snapshot_id: Set(run.policy_snapshot_id.clone()),
+            timestamp: Set(timestamp),
+            created_at: Set(at),
+        }
+        .insert(&**txn)
+        .await?;
+        let content = json!({
+            "policyId": finding.policy_id,
+            "stepIndex": index,
+            "stepContentHash": stored_step.content_hash,
+            "threshold": finding.threshold,
+            "observed": finding.observed,
+            "detail": finding.evidence,
+        });
+        let evidence = evidence::ActiveModel {
+            id: Set(new_id(prefix::EVIDENCE)),
+            tenant_id: Set(tenant_id.clone()),
+            violation_id: Set(violation.id.clone()),
+            run_id: Set(run.id.clone()),
+            content_hash: Set(sha256_hex(crate::canonical::to_string(&content))),
+            content: Set(content),
+            created_at: Set(at),
+        }
+        .insert(&**txn)
+        .await?;
+        if finding.action == PolicyAction::Warn {
+            enforcement(&**txn, &run, index, finding, EnforcementAction::Warned).await?;
+        }
+        if evaluation.inflection == Some(i) {
+            inflection = Some((violation.clone(), evidence, finding));
+        }
+        violations.push(violation);
+    }
+
+    let mut active_run: run::ActiveModel = run.clone().into();
+    active_run.tokens_used = Set(run.tokens_used + input.tokens);
+    active_run.cost_micros = Set(run.cost_micros + input.cost_micros);
+    active_run.step_count = Set(run.step_count + 1);
+    active_run.trace_head_hash = Set(stored_step.entry_hash.clone());
+    active_run.updated_at = Set(at);
+    let mut incident_out = None;
+    let mut follow_ups = Vec::new();
+    if let Some((violation, evidence, finding)) = inflection {
+        let termination = finding.termination_reason;
+        active_run.status = Set(RunStatus::FailedPolicy);
+        active_run.termination_reason = Set(Some(termination));
+        active_run.completed_at = Set(Some(timestamp.max(run.started_at)));
+        active_run.stopped_at_step = Set(Some(index));
+        active_run.violation_policy_id = Set(Some(finding.policy_id.clone()));
+        active_run.violation_step_index = Set(Some(index));
+        active_run.violation_timestamp = Set(Some(timestamp));
+        active_run.violation_reason = Set(Some(finding.reason.clone()));
+        enforcement(&**txn, &run, index, finding, EnforcementAction::Stopped).await?;
+        let incident = incident::ActiveModel {
+            id: Set(new_id(prefix::INCIDENT)),
+            tenant_id: Set(tenant_id.clone()),
+            run_id: Set(run.id.clone()),
+            violation_id: Set(violation.id.clone()),
+            evidence_id: Set(Some(evidence.id.clone())),
+            severity: Set(finding.severity),
+            severity_rank: Set(finding.severity.rank()),
+            title: Set(format!(
+                "{} stopped run {} at step {index}",
+                finding.policy_name, run.id
+            )),
+            status: Set(IncidentStatus::Open),
+            note: Set(None),
+            created_at: Set(at),
+            detected_at: Set(at),
+            acknowledged_at: Set(None),
+            resolved_at: Set(None),
+            updated_at: Set(at),
+        }
+        .insert(&**txn)
+        .await?;
+        follow_ups.push(FollowUp::RecordEvaluation {
+            tenant_id: tenant_id.clone(),
+            run_id: run.id.clone(),
+        });
+        incident_out = Some(incident);
+    }
+    let updated_run = active_run.update(&**txn).await?;
+    if let Some(incident) = &incident_out {
+        events_out.push(
+            events::append(
+                &**txn,
+                &tenant_id,
+                runs::run_event(EventKind::RunStopped, &updated_run),
+            )
+            .await?,
+        );
+        events_out.push(
+            events::append(
+                &**txn,
+                &tenant_id,
+                NewEvent {
+                    kind: EventKind::IncidentCreated,
+                    subject_id: incident.id.clone(),
+                    run_id: Some(run.id.clone()),
+                    severity_rank: Some(incident.severity_rank),
+                    payload: json!({
+                        "incidentId": incident.id,
+                        "runId": run.id,
+                        "violationId": incident.violation_id,
+                        "severity": incident.severity.as_str(),
+                        "status": incident.status.as_str(),
+                        "title": incident.title,
+                    }),
+                },
+            )
+            .await?,
+        );
+    }
+    Ok(Committed {
+        value: StepRecord {
+            run: updated_run,
+            step: stored_step,
+            violations,
+            incident: incident_out,
+            replayed: false,
+        },
+        events: events_out,
+        follow_ups,
+    })
+}
+
+async fn enforcement<C: ConnectionTrait>(
+    conn: &C,
+    run: &run::Model,
+    index: i64,
+    finding: &Finding,
+    action: EnforcementAction,
+) -> CoreResult<()> {
+    policy_enforcement::ActiveModel {
+        id: Set(new_id(prefix::ENFORCEMENT)),
+        tenant_id: Set(run.tenant_id.clone()),
+        policy_id: Set(Some(finding.policy_id.clone())),
+        run_id: Set(run.id.clone()),
+        step_index: Set(Some(index)),
+        action_taken: Set(action),
+        details: Set(json!({
+            "policyVersion": finding.policy_version,
+            "reason": finding.reason,
+            "thresholdCondition": finding.threshold_condition,
+            "evaluatedValue": finding.evaluated_value,
+        })),
+        created_at: Set(now()),
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
+trait ResetAllButPk {
+    fn reset_all_but_pk(self) -> Self;
+}
+
+impl ResetAllButPk for trace_step::ActiveModel {
+    /// Mark every column but the database-generated key as set, so the insert writes them.
+    fn reset_all_but_pk(self) -> Self {
+        let mut active = self.reset_all();
+        active.pk = sea_orm::ActiveValue::NotSet;
+        active
+    }
+}
