@@ -1,6 +1,7 @@
 //! Steps and their proof: `recordStep` (the decision for each step, in the run's path), the
 //! trace with its hash chain and inflection, violations, incidents, and `verifyRun`.
 
+use async_graphql::ErrorExtensions;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use governance_core::{
     CoreError,
@@ -319,7 +320,7 @@ pub struct StepDecision {
     step: trace_step::Model,
     violations: Vec<violation::Model>,
     incident: Option<incident::Model>,
-    run: Option<run::Model>,
+    run: run::Model,
 }
 
 #[Object]
@@ -356,8 +357,8 @@ impl StepDecision {
         self.incident.clone().map(Incident)
     }
     /// The run after this step.
-    async fn run(&self) -> Option<Run> {
-        self.run.clone().map(Run)
+    async fn run(&self) -> Run {
+        Run(self.run.clone())
     }
 }
 
@@ -497,9 +498,13 @@ impl StepMutation {
                 step: record.step,
                 violations: record.violations,
                 incident: record.incident,
-                run: Some(record.run),
+                run: record.run,
             },
-            StepOutcome::FailClosed { run, step, reason } => StepDecision {
+            StepOutcome::FailClosed {
+                run: Some(run),
+                step,
+                reason,
+            } => StepDecision {
                 action: DecisionAction::Stop,
                 reason,
                 recorded: false,
@@ -510,6 +515,16 @@ impl StepMutation {
                 incident: None,
                 run,
             },
+            // Not even the run could be read: still fail closed, as an error that says STOP.
+            StepOutcome::FailClosed {
+                run: None, reason, ..
+            } => {
+                return Err(async_graphql::Error::new(reason).extend_with(|_, ext| {
+                    ext.set("code", "INTERNAL");
+                    ext.set("action", "STOP");
+                    ext.set("terminationReason", "SYSTEM_FAILURE");
+                }));
+            }
         })
     }
 }

@@ -647,3 +647,66 @@ async fn evaluation_records_say_advisory_and_no_violation() {
         assert_eq!(data["run"]["evaluation"]["policiesChecked"], 1);
     }
 }
+
+#[tokio::test]
+async fn cancelled_runs_end_with_user_abort_and_the_evaluation_job_writes_once() {
+    let app = spawn_app().await;
+    let run = app.start_run("wf-cancel").await;
+    app.step_ok(&run, json!({ "type": "LLM_CALL", "tokens": 3 }))
+        .await;
+    let data = app
+        .gql_ok(
+            "mutation($id: ID!) { cancelRun(id: $id, reason: \"operator stopped it\") { status terminationReason error completedAt } }",
+            json!({ "id": run }),
+        )
+        .await;
+    assert_eq!(data["cancelRun"]["status"], "CANCELLED");
+    assert_eq!(data["cancelRun"]["terminationReason"], "USER_ABORT");
+    assert_eq!(data["cancelRun"]["error"], "operator stopped it");
+    // Completing a cancelled run is refused; cancelling again is harmless.
+    let again = app
+        .gql(
+            "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { id } }",
+            json!({ "id": run }),
+        )
+        .await;
+    assert_eq!(again.error_code().as_deref(), Some("RUN_TERMINATED"));
+    let late = app
+        .record_step(&run, json!({ "type": "LLM_CALL", "tokens": 1 }))
+        .await;
+    assert_eq!(late.error_code().as_deref(), Some("RUN_TERMINATED"));
+
+    let data = app
+        .poll_until(RUN, json!({ "id": run }), Duration::from_secs(30), |d| {
+            !d["run"]["evaluation"].is_null()
+        })
+        .await;
+    assert_eq!(data["run"]["evaluation"]["outcome"], "NOT_APPLICABLE");
+
+    // The job's handler run again (a retry, a duplicate delivery) writes nothing more.
+    let job = governance_workers::jobs::RecordEvaluation {
+        tenant_id: governance_core::runs::get(&app.db, &tenant_of(&app).await, &run)
+            .await
+            .unwrap()
+            .tenant_id,
+        run_id: run.clone(),
+    };
+    for _ in 0..2 {
+        let outcome = governance_workers::jobs::record_evaluation(&job, &app.store)
+            .await
+            .unwrap();
+        assert_eq!(outcome, governance_workers::jobs::Outcome::AlreadyDone);
+    }
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let rows = governance_entities::policy_evaluation::Entity::find()
+        .filter(governance_entities::policy_evaluation::Column::RunId.eq(run.as_str()))
+        .count(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+async fn tenant_of(app: &TestApp) -> String {
+    let me = app.gql_ok("{ me { tenant { id } } }", json!({})).await;
+    me["me"]["tenant"]["id"].as_str().unwrap().to_string()
+}
