@@ -13,6 +13,7 @@ pub mod ids;
 pub mod outcome;
 pub mod policies;
 pub mod policy;
+pub mod records;
 pub mod runs;
 pub mod snapshot;
 pub mod steps;

@@ -281,6 +281,18 @@ pub async fn complete(
         }
         Completion::Failed => (RunStatus::Failed, TerminationReason::SystemFailure),
     };
+    transition(store, tenant_id, run_id, status, reason, error).await
+}
+
+/// Lock the run, end it, commit: the shared path of every terminal transition.
+async fn transition(
+    store: &Store,
+    tenant_id: &str,
+    run_id: &str,
+    status: RunStatus,
+    reason: TerminationReason,
+    error: Option<String>,
+) -> CoreResult<Committed<run::Model>> {
     let txn = store.begin().await?;
     let run = get_for_update(&*txn, tenant_id, run_id).await?;
     let committed = finish(&*txn, run, status, reason, error).await?;
@@ -295,18 +307,15 @@ pub async fn cancel(
     run_id: &str,
     reason: Option<String>,
 ) -> CoreResult<Committed<run::Model>> {
-    let txn = store.begin().await?;
-    let run = get_for_update(&*txn, tenant_id, run_id).await?;
-    let committed = finish(
-        &*txn,
-        run,
+    transition(
+        store,
+        tenant_id,
+        run_id,
         RunStatus::Cancelled,
         TerminationReason::UserAbort,
         reason,
     )
-    .await?;
-    txn.commit().await?;
-    Ok(committed)
+    .await
 }
 
 /// Fail-closed: the service could not record a decision for this run, so the run stops
@@ -317,18 +326,15 @@ pub async fn stop_for_system_failure(
     run_id: &str,
     reason: &str,
 ) -> CoreResult<Committed<run::Model>> {
-    let txn = store.begin().await?;
-    let run = get_for_update(&*txn, tenant_id, run_id).await?;
-    let committed = finish(
-        &*txn,
-        run,
+    transition(
+        store,
+        tenant_id,
+        run_id,
         RunStatus::Failed,
         TerminationReason::SystemFailure,
         Some(reason.to_string()),
     )
-    .await?;
-    txn.commit().await?;
-    Ok(committed)
+    .await
 }
 
 /// Ended runs that have no evaluation record yet (e.g. the process died between the commit and

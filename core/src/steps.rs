@@ -473,9 +473,10 @@ async fn apply(
 ) -> CoreResult<Committed<StepRecord>> {
     let tenant_id = run.tenant_id.clone();
     let step = step_row(&run, index, input, timestamp, &evaluation);
-    let mut active: trace_step::ActiveModel = step.clone().into();
+    // Every column is written except the database-generated key.
+    let mut active = trace_step::ActiveModel::from(step).reset_all();
     active.pk = sea_orm::ActiveValue::NotSet;
-    let stored_step = active.reset_all_but_pk().insert(&**txn).await?;
+    let stored_step = active.insert(&**txn).await?;
 
     let at = now();
     let mut violations = Vec::with_capacity(evaluation.findings.len());
@@ -648,17 +649,4 @@ async fn enforcement<C: ConnectionTrait>(
     .insert(conn)
     .await?;
     Ok(())
-}
-
-trait ResetAllButPk {
-    fn reset_all_but_pk(self) -> Self;
-}
-
-impl ResetAllButPk for trace_step::ActiveModel {
-    /// Mark every column but the database-generated key as set, so the insert writes them.
-    fn reset_all_but_pk(self) -> Self {
-        let mut active = self.reset_all();
-        active.pk = sea_orm::ActiveValue::NotSet;
-        active
-    }
 }

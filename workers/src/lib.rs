@@ -9,11 +9,7 @@ pub mod queue;
 mod runner;
 pub mod sweeper;
 
-use governance_core::{
-    outcome::{Committed, FollowUp},
-    policy::SnapshotCache,
-    store::Store,
-};
+use governance_core::{outcome::Committed, policy::SnapshotCache, store::Store};
 
 pub use queue::{JobQueue, QueueSettings};
 pub use runner::run;
@@ -55,9 +51,4 @@ impl Dispatcher {
         }
         committed.value
     }
-}
-
-/// Convenience for callers that only have a follow-up.
-pub async fn enqueue(jobs: &JobQueue, follow_up: &FollowUp) -> anyhow::Result<()> {
-    jobs.enqueue(follow_up).await
 }

@@ -1,8 +1,8 @@
 //! `node(id)`: any object by its global id, within the caller's tenant.
 
 use async_graphql::{Context, ID, Interface, Object};
-use governance_core::{CoreError, ids, runs};
-use governance_entities::{incident, policy_snapshot, tenant, violation};
+use governance_core::{CoreError, ids, records, runs};
+use governance_entities::{policy_snapshot, tenant};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::{
@@ -65,24 +65,14 @@ impl NodeQuery {
                 Ok(Node::Policy(Policy(found)))
             }
             Some(ids::prefix::VIOLATION) => {
-                let found = violation::Entity::find_by_id(id.to_string())
-                    .filter(violation::Column::TenantId.eq(principal.tenant_id.as_str()))
-                    .one(db)
+                let found = records::violation(db, &principal.tenant_id, &id)
                     .await
-                    .map_err(CoreError::from)
-                    .gql()?
-                    .ok_or_else(not_found)
                     .gql()?;
                 Ok(Node::Violation(Violation(found)))
             }
             Some(ids::prefix::INCIDENT) => {
-                let found = incident::Entity::find_by_id(id.to_string())
-                    .filter(incident::Column::TenantId.eq(principal.tenant_id.as_str()))
-                    .one(db)
+                let found = records::incident(db, &principal.tenant_id, &id)
                     .await
-                    .map_err(CoreError::from)
-                    .gql()?
-                    .ok_or_else(not_found)
                     .gql()?;
                 Ok(Node::Incident(Incident(found)))
             }

@@ -4,7 +4,7 @@
 use async_graphql::ErrorExtensions;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use governance_core::{
-    CoreError,
+    CoreError, records,
     steps::{self, RecordStep, StepOutcome},
     verify,
 };
@@ -228,13 +228,8 @@ impl Incident {
         Ok(Run(run))
     }
     async fn violation(&self, ctx: &Context<'_>) -> async_graphql::Result<Violation> {
-        let found = violation::Entity::find_by_id(self.0.violation_id.clone())
-            .filter(violation::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .one(&state(ctx).db)
+        let found = records::violation(&state(ctx).db, &self.0.tenant_id, &self.0.violation_id)
             .await
-            .map_err(CoreError::from)
-            .gql()?
-            .ok_or_else(|| CoreError::not_found("Violation", self.0.violation_id.clone()))
             .gql()?;
         Ok(Violation(found))
     }
@@ -438,13 +433,8 @@ impl StepQuery {
     /// One incident of the tenant.
     async fn incident(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Incident> {
         let principal = principal(ctx)?;
-        let found = incident::Entity::find_by_id(id.to_string())
-            .filter(incident::Column::TenantId.eq(principal.tenant_id.as_str()))
-            .one(&state(ctx).db)
+        let found = records::incident(&state(ctx).db, &principal.tenant_id, &id)
             .await
-            .map_err(CoreError::from)
-            .gql()?
-            .ok_or_else(|| CoreError::not_found("Incident", id.to_string()))
             .gql()?;
         Ok(Incident(found))
     }
