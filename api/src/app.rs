@@ -97,7 +97,13 @@ impl Application {
     /// Build everything and bind the listener; nothing is served until [`Self::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let db = open_database(&config).await?;
+        let metrics = Arc::new(Metrics::new()?);
+        let mut db = open_database(&config).await?;
+        let statements = metrics.db_statements.clone();
+        db.set_metric_callback(move |info| {
+            let outcome = if info.failed { "failed" } else { "ok" };
+            statements.with_label_values(&[outcome]).inc();
+        });
         migrate(&db).await?;
         let jobs = open_queue(&config, &db).await?;
         let store = Store::new(db.clone());
@@ -113,7 +119,6 @@ impl Application {
             );
         }
         let bus = EventBus::new();
-        let metrics = Arc::new(Metrics::new()?);
         let state = AppState {
             db,
             store,

@@ -9,6 +9,7 @@ use async_graphql::{BatchRequest, BatchResponse, ServerError, http::GraphiQLSour
 use futures::StreamExt;
 use serde_json::json;
 
+use crate::graphql::loaders;
 use crate::{auth, graphql::GovernanceSchema, state::AppState, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -103,7 +104,10 @@ async fn graphql(
             );
         }
     };
-    let response = schema.execute_batch(request.data(principal)).await;
+    let loader = loaders::for_tenant(state.db.clone(), principal.tenant_id.clone());
+    let response = schema
+        .execute_batch(request.data(principal).data(loader))
+        .await;
     let errors: Vec<&ServerError> = match &response {
         BatchResponse::Single(r) => r.errors.iter().collect(),
         BatchResponse::Batch(rs) => rs.iter().flat_map(|r| r.errors.iter()).collect(),

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub graphql_errors: IntCounterVec,
     /// WebSocket connections open now.
     pub ws_connections: IntGauge,
+    /// SQL statements executed through the ORM (reads and writes of the service; the job
+    /// queue's own statements are not counted).
+    pub db_statements: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,6 +48,14 @@ impl Metrics {
             &["code"],
         )?;
         let ws_connections = IntGauge::new("ws_connections", "open WebSocket connections")?;
+        let db_statements = IntCounterVec::new(
+            Opts::new(
+                "db_statements_total",
+                "SQL statements executed by the service, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(db_statements.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(graphql_errors.clone()))?;
@@ -55,6 +66,7 @@ impl Metrics {
             http_duration,
             graphql_errors,
             ws_connections,
+            db_statements,
         })
     }
 

@@ -19,6 +19,7 @@ use async_graphql::{
 };
 use futures::{StreamExt, channel::mpsc};
 
+use crate::graphql::loaders;
 use crate::{auth, graphql::GovernanceSchema, state::AppState};
 
 /// The close code graphql-transport-ws assigns to a refused `connection_init`.
@@ -76,6 +77,7 @@ async fn serve_connection(
             match auth::from_connection_init(&db, &payload).await {
                 Ok(principal) => {
                     let mut data = Data::default();
+                    data.insert(loaders::for_tenant(db.clone(), principal.tenant_id.clone()));
                     data.insert(principal);
                     Ok(data)
                 }

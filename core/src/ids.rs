@@ -20,6 +20,8 @@ pub mod prefix {
     pub const EXPORT: &str = "exp";
     pub const WEBHOOK: &str = "whk";
     pub const DELIVERY: &str = "dlv";
+    /// Trace steps are named by their place: `stp_<run ulid>_<step index>`.
+    pub const STEP: &str = "stp";
     /// Snapshots are named by content, not randomly: `SNAP-<12 hex of the content hash>`.
     pub const SNAPSHOT: &str = "SNAP";
 }
@@ -36,6 +38,20 @@ pub fn prefix_of(id: &str) -> Option<&str> {
     }
     let (prefix, rest) = id.split_once('_')?;
     (!prefix.is_empty() && !rest.is_empty()).then_some(prefix)
+}
+
+/// The global id of step `index` of run `run_id`: `stp_<run ulid>_<index>`.
+pub fn step_id(run_id: &str, index: i64) -> String {
+    let ulid = run_id.strip_prefix("run_").unwrap_or(run_id);
+    format!("{}_{ulid}_{index}", prefix::STEP)
+}
+
+/// The run id and step index behind a step id, if it is one.
+pub fn parse_step_id(id: &str) -> Option<(String, i64)> {
+    let rest = id.strip_prefix("stp_")?;
+    let (ulid, index) = rest.rsplit_once('_')?;
+    let index = index.parse::<i64>().ok().filter(|i| *i >= 0)?;
+    (!ulid.is_empty()).then(|| (format!("run_{ulid}"), index))
 }
 
 #[cfg(test)]
@@ -59,5 +75,16 @@ mod tests {
         assert_eq!(prefix_of("nounderscore"), None);
         assert_eq!(prefix_of("_x"), None);
         assert_eq!(prefix_of("run_"), None);
+    }
+
+    #[test]
+    fn step_ids_round_trip() {
+        let run = new_id(prefix::RUN);
+        let id = step_id(&run, 7);
+        assert_eq!(prefix_of(&id), Some(prefix::STEP));
+        assert_eq!(parse_step_id(&id), Some((run, 7)));
+        assert_eq!(parse_step_id("stp_abc_x"), None);
+        assert_eq!(parse_step_id("stp_abc_-1"), None);
+        assert_eq!(parse_step_id("stp__1"), None);
     }
 }

@@ -4,18 +4,22 @@
 
 pub mod canonical;
 pub mod chain;
+pub mod compare;
 pub mod db;
 pub mod error;
 pub mod evaluation;
 pub mod events;
+pub mod explain;
 pub mod hashing;
 pub mod ids;
+pub mod incidents;
 pub mod outcome;
 pub mod policies;
 pub mod policy;
 pub mod records;
 pub mod runs;
 pub mod snapshot;
+pub mod status;
 pub mod steps;
 pub mod store;
 pub mod tenancy;

@@ -9,8 +9,8 @@ use governance_entities::{
     policy, policy_enforcement, policy_version,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, Statement,
 };
 use serde_json::Value;
 
@@ -311,62 +311,51 @@ pub async fn set_enabled(
     .await
 }
 
-/// Every version of a policy, newest first.
-pub async fn history<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: &str,
-    id: &str,
-) -> CoreResult<Vec<policy_version::Model>> {
-    Ok(policy_version::Entity::find()
-        .filter(policy_version::Column::TenantId.eq(tenant_id))
-        .filter(policy_version::Column::PolicyId.eq(id))
-        .order_by_desc(policy_version::Column::Version)
-        .all(conn)
-        .await?)
+/// How often a policy fired (stopped or warned a run) since some instant, and when it last did
+/// (at any time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TriggerStats {
+    pub count: u64,
+    pub last: Option<DateTime<Utc>>,
 }
 
-/// How often a policy fired (stopped or warned a run) since `since`, and when it last did.
+/// [`TriggerStats`] of many policies at once (two statements however many policies): what a
+/// page of policies needs. Policies that never fired are absent from the map.
 pub async fn trigger_stats<C: ConnectionTrait>(
     conn: &C,
     tenant_id: &str,
-    policy_id: &str,
+    policy_ids: &[String],
     since: DateTime<Utc>,
-) -> CoreResult<(u64, Option<DateTime<Utc>>)> {
+) -> CoreResult<std::collections::HashMap<String, TriggerStats>> {
+    use policy_enforcement::Column as E;
     let fired = || {
         policy_enforcement::Entity::find()
-            .filter(policy_enforcement::Column::TenantId.eq(tenant_id))
-            .filter(policy_enforcement::Column::PolicyId.eq(policy_id))
-            .filter(
-                policy_enforcement::Column::ActionTaken
-                    .is_in([EnforcementAction::Stopped, EnforcementAction::Warned]),
-            )
+            .select_only()
+            .column(E::PolicyId)
+            .filter(E::TenantId.eq(tenant_id))
+            .filter(E::PolicyId.is_in(policy_ids.iter().cloned()))
+            .filter(E::ActionTaken.is_in([EnforcementAction::Stopped, EnforcementAction::Warned]))
+            .group_by(E::PolicyId)
     };
-    let count = fired()
-        .filter(policy_enforcement::Column::CreatedAt.gte(since))
-        .count(conn)
-        .await?;
-    let last = fired()
-        .order_by_desc(policy_enforcement::Column::CreatedAt)
-        .one(conn)
-        .await?
-        .map(|e| e.created_at);
-    Ok((count, last))
-}
-
-/// The enforcement log of a policy, newest first.
-pub async fn enforcements<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: &str,
-    policy_id: &str,
-    limit: u64,
-) -> CoreResult<Vec<policy_enforcement::Model>> {
-    Ok(policy_enforcement::Entity::find()
-        .filter(policy_enforcement::Column::TenantId.eq(tenant_id))
-        .filter(policy_enforcement::Column::PolicyId.eq(policy_id))
-        .order_by_desc(policy_enforcement::Column::CreatedAt)
-        .limit(limit)
+    let counts: Vec<(String, i64)> = fired()
+        .column_as(E::Id.count(), "count")
+        .filter(E::CreatedAt.gte(since))
+        .into_tuple()
         .all(conn)
-        .await?)
+        .await?;
+    let lasts: Vec<(String, Option<DateTime<Utc>>)> = fired()
+        .column_as(E::CreatedAt.max(), "last")
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let mut stats = std::collections::HashMap::<String, TriggerStats>::new();
+    for (id, last) in lasts {
+        stats.entry(id).or_default().last = last;
+    }
+    for (id, count) in counts {
+        stats.entry(id).or_default().count = count.max(0) as u64;
+    }
+    Ok(stats)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::{
     chain,
     error::{CoreError, CoreResult},
-    events::{self, EventKind, NewEvent},
+    events::{self, EventKind},
     hashing::sha256_hex,
     ids::{new_id, prefix},
     outcome::{Committed, FollowUp},
@@ -593,20 +593,7 @@ async fn apply(
             events::append(
                 &**txn,
                 &tenant_id,
-                NewEvent {
-                    kind: EventKind::IncidentCreated,
-                    subject_id: incident.id.clone(),
-                    run_id: Some(run.id.clone()),
-                    severity_rank: Some(incident.severity_rank),
-                    payload: json!({
-                        "incidentId": incident.id,
-                        "runId": run.id,
-                        "violationId": incident.violation_id,
-                        "severity": incident.severity.as_str(),
-                        "status": incident.status.as_str(),
-                        "title": incident.title,
-                    }),
-                },
+                crate::incidents::incident_event(EventKind::IncidentCreated, incident),
             )
             .await?,
         );

@@ -79,3 +79,27 @@ impl Related<super::run::Entity> for Entity {
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// An export without its rendered bytes: what lists and status reads need.
+#[derive(Clone, Debug, PartialEq, Eq, DerivePartialModel)]
+#[sea_orm(entity = "Entity")]
+pub struct Summary {
+    pub id: String,
+    pub tenant_id: String,
+    pub incident_id: String,
+    pub run_id: String,
+    pub kind: ExportKind,
+    pub format: ExportFormat,
+    pub status: ExportStatus,
+    pub progress: i32,
+    pub reason: Option<String>,
+    pub requested_by: String,
+    pub sha256: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub content_type: Option<String>,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub completed_at: Option<DateTimeUtc>,
+}

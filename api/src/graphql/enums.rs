@@ -46,12 +46,19 @@ mirror!(
 mirror!(
     /// Why a run ended.
     TerminationReason {
+        /// The integrator reported success.
         Completed,
+        /// A BLOCK policy (content, tools, expression, step limit) stopped the run.
         PolicyBlock,
+        /// A token or cost budget was exceeded.
         BudgetExceeded,
+        /// Too many steps in the rate-limit window.
         RateLimited,
+        /// A user cancelled the run.
         UserAbort,
+        /// The integrator reported a failure, or the service failed closed.
         SystemFailure,
+        /// The run exceeded its duration limit (also when it fell silent).
         Timeout,
     }
 );
@@ -105,9 +112,13 @@ mirror!(
 mirror!(
     /// How serious a violation is.
     Severity {
+        /// Informational.
         Low,
+        /// Needs attention.
         Medium,
+        /// Needs prompt attention.
         High,
+        /// Needs immediate attention.
         Critical,
     }
 );
@@ -115,9 +126,13 @@ mirror!(
 mirror!(
     /// What kind of work a step was.
     StepType {
+        /// A call to a language model.
         LlmCall,
+        /// A call to a tool.
         ToolCall,
+        /// A retrieval (search, RAG lookup).
         Retrieval,
+        /// Anything else (also service-written steps such as a timeout).
         Other,
     }
 );
@@ -125,8 +140,11 @@ mirror!(
 mirror!(
     /// The outcome of checking a step.
     StepStatus {
+        /// No policy violated.
         Ok,
+        /// Only WARN policies violated.
         Warning,
+        /// A BLOCK policy violated: the run stopped here.
         Violation,
     }
 );
@@ -146,8 +164,11 @@ mirror!(
 mirror!(
     /// Where an incident is in its handling.
     IncidentStatus {
+        /// Opened, nobody has taken it yet.
         Open,
+        /// Someone is on it.
         Acknowledged,
+        /// Closed, with a note.
         Resolved,
     }
 );
@@ -163,5 +184,42 @@ mirror!(
         Blocked,
         /// A WARN policy was violated.
         Warned,
+    }
+);
+
+mirror!(
+    /// Which bundle an export holds.
+    ExportKind {
+        /// The run, incident, snapshot and every trace step with hashes.
+        Evidence,
+        /// Evidence plus control objectives, attestation and compliance period.
+        #[graphql(name = "SOC2")]
+        Soc2,
+        /// A plain-language summary for executives.
+        ExecutiveDebrief,
+    }
+);
+
+mirror!(
+    /// How an export is rendered.
+    ExportFormat {
+        /// Machine-readable JSON.
+        Json,
+        /// A PDF rendered by Typst.
+        Pdf,
+    }
+);
+
+mirror!(
+    /// Where an export is.
+    ExportStatus {
+        /// Requested, waiting for a worker.
+        Pending,
+        /// Being built.
+        Running,
+        /// Built: download it.
+        Ready,
+        /// Failed for good; `error` says why.
+        Failed,
     }
 );

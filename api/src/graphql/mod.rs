@@ -3,11 +3,17 @@
 
 pub mod enums;
 pub mod error;
+pub mod explain;
+pub mod exports;
+pub mod incidents;
+pub mod loaders;
 pub mod node;
 pub mod pagination;
 pub mod policies;
 pub mod runs;
 pub mod scalars;
+pub mod snapshots;
+pub mod status;
 pub mod steps;
 pub mod tenancy;
 
@@ -26,6 +32,10 @@ pub struct Query(
     runs::RunQuery,
     policies::PolicyQuery,
     steps::StepQuery,
+    snapshots::SnapshotQuery,
+    incidents::IncidentQuery,
+    exports::ExportQuery,
+    status::StatusQuery,
 );
 
 /// The root mutation.
@@ -34,6 +44,7 @@ pub struct Mutation(
     runs::RunMutation,
     policies::PolicyMutation,
     steps::StepMutation,
+    incidents::IncidentMutation,
 );
 
 /// The root subscription.

@@ -1,101 +1,154 @@
 //! `node(id)`: any object by its global id, within the caller's tenant.
 
 use async_graphql::{Context, ID, Interface, Object};
-use governance_core::{CoreError, ids, records, runs};
-use governance_entities::{policy_snapshot, tenant};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use governance_core::{CoreError, ids};
+use governance_entities::{
+    api_key, policy_enforcement, policy_evaluation, policy_version, tenant, trace_step,
+};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::{
     error::GqlResultExt,
-    policies::Policy,
+    exports::Export,
+    incidents::{Evidence, Incident, Violation},
+    loaders::{self, loader},
+    policies::{Policy, PolicyEnforcement, PolicyVersion},
     principal,
-    runs::{PolicySnapshot, Run},
+    runs::{PolicyEvaluation, Run},
+    snapshots::PolicySnapshot,
     state,
-    steps::{Incident, Violation},
-    tenancy::Tenant,
+    steps::TraceStep,
+    tenancy::{ApiKey, Tenant},
 };
 
-/// An object with a global id. Ids are prefixed strings (`run_…`, `SNAP-…`); `node` dispatches
-/// on the prefix.
+/// An object with a global id. Ids are prefixed strings (`run_…`, `SNAP-…`, `stp_…`); `node`
+/// dispatches on the prefix.
 // A `Node` lives for one field resolution; boxing its largest variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Interface)]
 #[graphql(field(name = "id", ty = "ID", desc = "The global id."))]
 pub enum Node {
     Tenant(Tenant),
+    ApiKey(ApiKey),
     Run(Run),
+    TraceStep(TraceStep),
     PolicySnapshot(PolicySnapshot),
     Policy(Policy),
+    PolicyVersion(PolicyVersion),
     Violation(Violation),
+    Evidence(Evidence),
     Incident(Incident),
+    PolicyEvaluation(PolicyEvaluation),
+    PolicyEnforcement(PolicyEnforcement),
+    Export(Export),
 }
 
 #[derive(Default)]
 pub struct NodeQuery;
+
+/// One row of `$entity` by id within the tenant.
+macro_rules! by_id {
+    ($db:expr, $tenant:expr, $entity:ident, $id:expr) => {
+        $entity::Entity::find_by_id($id.to_string())
+            .filter($entity::Column::TenantId.eq($tenant))
+            .one($db)
+            .await
+            .map_err(CoreError::from)
+    };
+}
+
+async fn step(
+    db: &DatabaseConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<trace_step::Model>, CoreError> {
+    let Some((run_id, index)) = ids::parse_step_id(id) else {
+        return Ok(None);
+    };
+    trace_step::Entity::find()
+        .filter(trace_step::Column::TenantId.eq(tenant_id))
+        .filter(trace_step::Column::RunId.eq(run_id))
+        .filter(trace_step::Column::StepIndex.eq(index))
+        .one(db)
+        .await
+        .map_err(CoreError::from)
+}
 
 #[Object]
 impl NodeQuery {
     /// Any object of the caller's tenant by its id. Another tenant's object is `NOT_FOUND`.
     async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Node> {
         let principal = principal(ctx)?;
+        let tenant_id = principal.tenant_id.as_str();
         let db = &state(ctx).db;
-        let not_found = || CoreError::not_found("Node", id.to_string());
-        match ids::prefix_of(&id) {
-            Some(ids::prefix::TENANT) => {
-                if *id != principal.tenant_id {
-                    return Err(not_found()).gql();
-                }
-                let found = tenant::Entity::find_by_id(id.to_string())
-                    .one(db)
-                    .await
-                    .map_err(CoreError::from)
-                    .gql()?
-                    .ok_or_else(not_found)
-                    .gql()?;
-                Ok(Node::Tenant(found.into()))
+        let loader = loader(ctx)?;
+        let key = id.to_string();
+        use ids::prefix as p;
+        let found: Option<Node> = match ids::prefix_of(&id) {
+            Some(p::TENANT) if key == tenant_id => tenant::Entity::find_by_id(key)
+                .one(db)
+                .await
+                .map_err(CoreError::from)
+                .gql()?
+                .map(|t| Node::Tenant(t.into())),
+            Some(p::TENANT) => None,
+            Some(p::API_KEY) => by_id!(db, tenant_id, api_key, key)
+                .gql()?
+                .map(|k| Node::ApiKey(k.into())),
+            Some(p::RUN) => loader
+                .load_one(loaders::RunId(key))
+                .await?
+                .map(|r| Node::Run(Run(r))),
+            Some(p::STEP) => step(db, tenant_id, &key)
+                .await
+                .gql()?
+                .map(|s| Node::TraceStep(TraceStep(s))),
+            Some(p::SNAPSHOT) => loader
+                .load_one(loaders::SnapshotId(key))
+                .await?
+                .map(|s| Node::PolicySnapshot(PolicySnapshot(s))),
+            Some(p::POLICY) => loader
+                .load_one(loaders::PolicyId(key))
+                .await?
+                .map(|x| Node::Policy(Policy(x))),
+            Some(p::POLICY_VERSION) => by_id!(db, tenant_id, policy_version, key)
+                .gql()?
+                .map(|v| Node::PolicyVersion(PolicyVersion(v))),
+            Some(p::VIOLATION) => loader
+                .load_one(loaders::ViolationId(key))
+                .await?
+                .map(|v| Node::Violation(Violation(v))),
+            Some(p::EVIDENCE) => loader
+                .load_one(loaders::EvidenceId(key))
+                .await?
+                .map(|e| Node::Evidence(Evidence(e))),
+            Some(p::INCIDENT) => loader
+                .load_one(loaders::IncidentId(key))
+                .await?
+                .map(|i| Node::Incident(Incident(i))),
+            Some(p::EVALUATION) => by_id!(db, tenant_id, policy_evaluation, key)
+                .gql()?
+                .map(|e| Node::PolicyEvaluation(PolicyEvaluation(e))),
+            Some(p::ENFORCEMENT) => by_id!(db, tenant_id, policy_enforcement, key)
+                .gql()?
+                .map(|e| Node::PolicyEnforcement(PolicyEnforcement(e))),
+            Some(p::EXPORT) => loader
+                .load_one(loaders::ExportId(key))
+                .await?
+                .map(|e| Node::Export(Export(e))),
+            _ => {
+                return Err(CoreError::bad_field(
+                    "id",
+                    format!(
+                        "`{}` is not an id this API issues (ids look like `run_…` or `SNAP-…`)",
+                        *id
+                    ),
+                ))
+                .gql();
             }
-            Some(ids::prefix::RUN) => {
-                let run = runs::get(db, &principal.tenant_id, &id).await.gql()?;
-                Ok(Node::Run(Run(run)))
-            }
-            Some(ids::prefix::POLICY) => {
-                let found = governance_core::policies::get(db, &principal.tenant_id, &id)
-                    .await
-                    .gql()?;
-                Ok(Node::Policy(Policy(found)))
-            }
-            Some(ids::prefix::VIOLATION) => {
-                let found = records::violation(db, &principal.tenant_id, &id)
-                    .await
-                    .gql()?;
-                Ok(Node::Violation(Violation(found)))
-            }
-            Some(ids::prefix::INCIDENT) => {
-                let found = records::incident(db, &principal.tenant_id, &id)
-                    .await
-                    .gql()?;
-                Ok(Node::Incident(Incident(found)))
-            }
-            Some(ids::prefix::SNAPSHOT) => {
-                let snap = policy_snapshot::Entity::find()
-                    .filter(policy_snapshot::Column::TenantId.eq(principal.tenant_id.as_str()))
-                    .filter(policy_snapshot::Column::SnapshotId.eq(id.as_str()))
-                    .one(db)
-                    .await
-                    .map_err(CoreError::from)
-                    .gql()?
-                    .ok_or_else(not_found)
-                    .gql()?;
-                Ok(Node::PolicySnapshot(PolicySnapshot(snap)))
-            }
-            _ => Err(CoreError::bad_field(
-                "id",
-                format!(
-                    "`{}` is not an id this API issues (ids look like `run_…` or `SNAP-…`)",
-                    *id
-                ),
-            ))
-            .gql(),
-        }
+        };
+        found
+            .ok_or_else(|| CoreError::not_found("Node", id.to_string()))
+            .gql()
     }
 }

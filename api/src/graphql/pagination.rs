@@ -1,119 +1,442 @@
-//! Relay connections over keyset pagination by id. Ids are ULID-based, so ordering by id is
-//! ordering by creation time, stable under inserts; cursors are opaque to clients.
+//! Relay connections. Every list of the API is a connection with `first`/`after` (forwards) or
+//! `last`/`before` (backwards), `edges`, `pageInfo` and `totalCount`.
+//!
+//! Two strategies share one set of rules:
+//! - [`keyset`]: a page straight from SQL, ordered by one unique key column (ids are ULID-based,
+//!   so ordering by id is ordering by creation; step indexes and version numbers are unique per
+//!   parent). Stable under inserts: a cursor names a key, not an offset.
+//! - [`in_memory`]: a page of a list already loaded in full by a DataLoader (the small per-object
+//!   lists: a run's violations, enforcements and exports), so a page of parents costs one
+//!   statement per link however many parents there are.
+//!
+//! Cursors are opaque (hex of a versioned key); one that this API did not issue, or that belongs
+//! to another list, is refused with `BAD_USER_INPUT`. A page holds at most `limits.maxPageSize`
+//! items; asking for more is refused rather than silently cut.
 
 use async_graphql::{
     Context, OutputType, SimpleObject,
     connection::{Connection, Edge, EmptyFields},
 };
 use governance_core::CoreError;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Select};
+use sea_orm::{
+    ColumnTrait, EntityTrait, Order as SqlOrder, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select,
+};
 
 use super::{error::GqlResultExt, state};
 
-/// Fields every connection has besides edges and pageInfo.
+/// Fields every connection has besides `edges` and `pageInfo`.
 #[derive(SimpleObject, Default)]
 pub struct Page {
     /// How many items match, across all pages.
     pub total_count: u64,
 }
 
+/// A connection of `N`, as every list of the API returns it.
+pub type Conn<N> = Connection<String, N, Page, EmptyFields>;
+
 /// The direction of a list.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Order {
     Asc,
     Desc,
 }
 
-const CURSOR_PREFIX: &str = "c1:";
+impl Order {
+    fn reversed(self) -> Self {
+        match self {
+            Order::Asc => Order::Desc,
+            Order::Desc => Order::Asc,
+        }
+    }
 
-/// The cursor of an item.
-pub fn encode_cursor(id: &str) -> String {
-    hex::encode(format!("{CURSOR_PREFIX}{id}"))
+    fn sql(self) -> SqlOrder {
+        match self {
+            Order::Asc => SqlOrder::Asc,
+            Order::Desc => SqlOrder::Desc,
+        }
+    }
 }
 
-/// The id behind a cursor, or `BAD_USER_INPUT`.
-pub fn decode_cursor(cursor: &str) -> Result<String, CoreError> {
+/// How a key column's values travel in cursors.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeyKind {
+    Text,
+    Int,
+}
+
+/// The pagination arguments of a connection field.
+#[derive(Default, Clone, Debug)]
+pub struct PageArgs {
+    pub first: Option<i32>,
+    pub after: Option<String>,
+    pub last: Option<i32>,
+    pub before: Option<String>,
+}
+
+impl PageArgs {
+    pub fn new(
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Self {
+        Self {
+            first,
+            after,
+            last,
+            before,
+        }
+    }
+}
+
+const CURSOR_PREFIX: &str = "c1:";
+const DEFAULT_PAGE_SIZE: usize = 50;
+
+/// The cursor of an item.
+pub fn encode_cursor(key: &str) -> String {
+    hex::encode(format!("{CURSOR_PREFIX}{key}"))
+}
+
+/// The key behind a cursor, or `BAD_USER_INPUT` naming the argument.
+pub fn decode_cursor(argument: &str, cursor: &str) -> Result<String, CoreError> {
     let invalid = || {
         CoreError::bad_field(
-            "after",
+            argument,
             format!("`{cursor}` is not a cursor of this list: pass a cursor from a previous page"),
         )
     };
     let bytes = hex::decode(cursor).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     text.strip_prefix(CURSOR_PREFIX)
-        .filter(|id| !id.is_empty())
+        .filter(|key| !key.is_empty())
         .map(str::to_string)
         .ok_or_else(invalid)
 }
 
-/// One page of `query` (already filtered and ordered by `id_column` in `order`).
+/// What a request asks for, checked.
+#[derive(Debug, PartialEq, Eq)]
+struct Window {
+    /// How many items at most.
+    limit: usize,
+    /// Counting from the end (`last`) rather than the start (`first`).
+    from_end: bool,
+    after: Option<String>,
+    before: Option<String>,
+}
+
+fn count_arg(name: &str, value: Option<i32>, max: usize) -> Result<Option<usize>, CoreError> {
+    match value {
+        None => Ok(None),
+        Some(n) if n < 0 => Err(CoreError::bad_field(
+            name,
+            format!("`{name}` must be 0 or more"),
+        )),
+        Some(n) if n as usize > max => Err(CoreError::bad_field(
+            name,
+            format!(
+                "`{name}` is {n}, more than the largest page ({max}): ask for {max} or fewer and follow the cursors"
+            ),
+        )),
+        Some(n) => Ok(Some(n as usize)),
+    }
+}
+
+impl Window {
+    fn of(args: &PageArgs, max: usize) -> Result<Self, CoreError> {
+        let first = count_arg("first", args.first, max)?;
+        let last = count_arg("last", args.last, max)?;
+        if first.is_some() && last.is_some() {
+            return Err(CoreError::bad_field(
+                "last",
+                "pass `first` (with `after`) to page forwards or `last` (with `before`) to page backwards, not both",
+            ));
+        }
+        let after = args
+            .after
+            .as_deref()
+            .map(|c| decode_cursor("after", c))
+            .transpose()?;
+        let before = args
+            .before
+            .as_deref()
+            .map(|c| decode_cursor("before", c))
+            .transpose()?;
+        Ok(match last {
+            Some(limit) => Window {
+                limit,
+                from_end: true,
+                after,
+                before,
+            },
+            None => Window {
+                limit: first.unwrap_or(DEFAULT_PAGE_SIZE.min(max)),
+                from_end: false,
+                after,
+                before,
+            },
+        })
+    }
+
+    /// `(hasPreviousPage, hasNextPage)` given whether more items lay beyond the limit.
+    fn page_info(&self, more: bool) -> (bool, bool) {
+        if self.from_end {
+            (more, self.before.is_some())
+        } else {
+            (self.after.is_some(), more)
+        }
+    }
+}
+
+fn key_value(kind: KeyKind, argument: &str, key: &str) -> Result<sea_orm::Value, CoreError> {
+    match kind {
+        KeyKind::Text => Ok(key.to_string().into()),
+        KeyKind::Int => key
+            .parse::<i64>()
+            .map(Into::into)
+            .map_err(|_| CoreError::bad_field(argument, "the cursor is not a cursor of this list")),
+    }
+}
+
+fn max_page_size(ctx: &Context<'_>) -> usize {
+    state(ctx).config.limits.max_page_size
+}
+
+/// One page of `query` (filtered, not ordered) by the unique key column `key` in `order`.
 #[allow(clippy::too_many_arguments)]
-pub async fn by_id<E, N>(
+pub async fn keyset<E, N>(
     ctx: &Context<'_>,
     query: Select<E>,
-    id_column: E::Column,
+    key: E::Column,
+    kind: KeyKind,
     order: Order,
-    first: Option<i32>,
-    after: Option<String>,
-    id_of: impl Fn(&E::Model) -> String,
+    args: PageArgs,
+    key_of: impl Fn(&E::Model) -> String,
     wrap: impl Fn(E::Model) -> N,
-) -> async_graphql::Result<Connection<String, N, Page, EmptyFields>>
+) -> async_graphql::Result<Conn<N>>
 where
     E: EntityTrait,
     E::Model: Sync,
     N: OutputType,
 {
-    let state = state(ctx);
-    let max = state.config.limits.max_page_size;
-    let limit = match first {
-        None => max.min(50),
-        Some(n) if n < 0 => {
-            return Err(CoreError::bad_field("first", "`first` must be 0 or more")).gql();
-        }
-        Some(n) => (n as usize).min(max),
-    };
+    let window = Window::of(&args, max_page_size(ctx)).gql()?;
+    let db = &state(ctx).db;
     let total_count = query
         .clone()
-        .count(&state.db)
+        .count(db)
         .await
         .map_err(CoreError::from)
         .gql()?;
-    let mut page_query = query;
-    if let Some(cursor) = &after {
-        let id = decode_cursor(cursor).gql()?;
-        page_query = match order {
-            Order::Asc => page_query.filter(id_column.gt(id)),
-            Order::Desc => page_query.filter(id_column.lt(id)),
-        };
+    let mut page = query;
+    // `after` and `before` bound the list in its own order; both may be given.
+    let (after_op, before_op) = match order {
+        Order::Asc => (true, false),
+        Order::Desc => (false, true),
+    };
+    if let Some(after) = &window.after {
+        let value = key_value(kind, "after", after).gql()?;
+        page = page.filter(if after_op {
+            key.gt(value)
+        } else {
+            key.lt(value)
+        });
     }
-    let mut rows = page_query
-        .limit(limit as u64 + 1)
-        .all(&state.db)
+    if let Some(before) = &window.before {
+        let value = key_value(kind, "before", before).gql()?;
+        page = page.filter(if before_op {
+            key.gt(value)
+        } else {
+            key.lt(value)
+        });
+    }
+    let scan = if window.from_end {
+        order.reversed()
+    } else {
+        order
+    };
+    let mut rows = page
+        .order_by(key, scan.sql())
+        .limit(window.limit as u64 + 1)
+        .all(db)
         .await
         .map_err(CoreError::from)
         .gql()?;
-    let has_next = rows.len() > limit;
-    rows.truncate(limit);
+    let more = rows.len() > window.limit;
+    rows.truncate(window.limit);
+    if window.from_end {
+        rows.reverse();
+    }
+    Ok(connection(&window, more, total_count, rows, key_of, wrap))
+}
+
+/// One page of `items` (already in the list's order, each with a unique key).
+pub fn in_memory<T, N>(
+    ctx: &Context<'_>,
+    items: Vec<T>,
+    args: PageArgs,
+    key_of: impl Fn(&T) -> String,
+    wrap: impl Fn(T) -> N,
+) -> async_graphql::Result<Conn<N>>
+where
+    N: OutputType,
+{
+    let window = Window::of(&args, max_page_size(ctx)).gql()?;
+    let (rows, more, total) = slice(&window, items, &key_of).gql()?;
+    Ok(connection(&window, more, total as u64, rows, key_of, wrap))
+}
+
+/// The window's part of `items`, whether more lay beyond it, and how many there are in all.
+fn slice<T>(
+    window: &Window,
+    items: Vec<T>,
+    key_of: &impl Fn(&T) -> String,
+) -> Result<(Vec<T>, bool, usize), CoreError> {
+    let total = items.len();
+    let position = |argument: &str, key: &str| {
+        items
+            .iter()
+            .position(|item| key_of(item) == key)
+            .ok_or_else(|| {
+                CoreError::bad_field(
+                    argument,
+                    "the cursor is not a cursor of this list: pass a cursor from a previous page",
+                )
+            })
+    };
+    let start = match &window.after {
+        Some(key) => position("after", key)? + 1,
+        None => 0,
+    };
+    let end = match &window.before {
+        Some(key) => position("before", key)?,
+        None => total,
+    };
+    let mut items = items;
+    let range: Vec<T> = if start >= end {
+        Vec::new()
+    } else {
+        items.drain(start..end).collect()
+    };
+    let more = range.len() > window.limit;
+    let rows = if window.from_end {
+        let skip = range.len().saturating_sub(window.limit);
+        range.into_iter().skip(skip).collect()
+    } else {
+        range.into_iter().take(window.limit).collect()
+    };
+    Ok((rows, more, total))
+}
+
+fn connection<T, N: OutputType>(
+    window: &Window,
+    more: bool,
+    total_count: u64,
+    rows: Vec<T>,
+    key_of: impl Fn(&T) -> String,
+    wrap: impl Fn(T) -> N,
+) -> Conn<N> {
+    let (has_previous, has_next) = window.page_info(more);
     let mut connection =
-        Connection::with_additional_fields(after.is_some(), has_next, Page { total_count });
-    connection.edges.extend(
-        rows.into_iter()
-            .map(|row| Edge::new(encode_cursor(&id_of(&row)), wrap(row))),
-    );
-    Ok(connection)
+        Connection::with_additional_fields(has_previous, has_next, Page { total_count });
+    connection.edges.extend(rows.into_iter().map(|row| {
+        let cursor = encode_cursor(&key_of(&row));
+        Edge::new(cursor, wrap(row))
+    }));
+    connection
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn args(
+        first: Option<i32>,
+        after: Option<&str>,
+        last: Option<i32>,
+        before: Option<&str>,
+    ) -> PageArgs {
+        PageArgs::new(
+            first,
+            after.map(encode_cursor),
+            last,
+            before.map(encode_cursor),
+        )
+    }
+
+    fn keys(window: &Window, items: &[&str]) -> (Vec<String>, bool) {
+        let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        let (rows, more, _) = slice(window, items, &|s: &String| s.clone()).unwrap();
+        (rows, more)
+    }
+
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
         let c = encode_cursor("run_01abc");
-        assert_eq!(decode_cursor(&c).unwrap(), "run_01abc");
-        assert!(decode_cursor("zz").is_err());
-        assert!(decode_cursor(&hex::encode("nope")).is_err());
-        assert_eq!(decode_cursor("zz").unwrap_err().code(), "BAD_USER_INPUT");
+        assert_eq!(decode_cursor("after", &c).unwrap(), "run_01abc");
+        assert!(decode_cursor("after", "zz").is_err());
+        assert!(decode_cursor("after", &hex::encode("nope")).is_err());
+        assert_eq!(
+            decode_cursor("after", "zz").unwrap_err().code(),
+            "BAD_USER_INPUT"
+        );
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        assert!(Window::of(&args(Some(-1), None, None, None), 100).is_err());
+        assert!(Window::of(&args(Some(101), None, None, None), 100).is_err());
+        assert!(Window::of(&args(None, None, Some(101), None), 100).is_err());
+        assert!(Window::of(&args(Some(1), None, Some(1), None), 100).is_err());
+        assert_eq!(
+            Window::of(&args(None, None, None, None), 100)
+                .unwrap()
+                .limit,
+            50
+        );
+        assert_eq!(
+            Window::of(&args(None, None, None, None), 20).unwrap().limit,
+            20
+        );
+    }
+
+    #[test]
+    fn forwards_and_backwards_in_memory() {
+        let all = ["a", "b", "c", "d", "e"];
+        let w = Window::of(&args(Some(2), None, None, None), 100).unwrap();
+        assert_eq!(keys(&w, &all), (vec!["a".into(), "b".into()], true));
+        let w = Window::of(&args(Some(2), Some("d"), None, None), 100).unwrap();
+        assert_eq!(keys(&w, &all), (vec!["e".into()], false));
+        let w = Window::of(&args(None, None, Some(2), None), 100).unwrap();
+        assert_eq!(keys(&w, &all), (vec!["d".into(), "e".into()], true));
+        let w = Window::of(&args(None, None, Some(2), Some("c")), 100).unwrap();
+        assert_eq!(keys(&w, &all), (vec!["a".into(), "b".into()], false));
+        let w = Window::of(&args(None, Some("a"), None, Some("e")), 100).unwrap();
+        assert_eq!(
+            keys(&w, &all),
+            (vec!["b".into(), "c".into(), "d".into()], false)
+        );
+        let w = Window::of(&args(Some(0), None, None, None), 100).unwrap();
+        assert_eq!(keys(&w, &all), (vec![], true));
+        let w = Window::of(&args(Some(3), None, None, None), 100).unwrap();
+        assert_eq!(keys(&w, &[]), (vec![], false));
+    }
+
+    #[test]
+    fn a_cursor_of_another_list_is_refused_in_memory() {
+        let w = Window::of(&args(Some(2), Some("zz"), None, None), 100).unwrap();
+        let (result, code) = {
+            let r = slice(&w, vec!["a".to_string()], &|s: &String| s.clone());
+            (r.is_err(), r.err().map(|e| e.code()))
+        };
+        assert!(result);
+        assert_eq!(code, Some("BAD_USER_INPUT"));
+    }
+
+    #[test]
+    fn page_info_follows_the_direction() {
+        let w = Window::of(&args(Some(2), Some("a"), None, None), 100).unwrap();
+        assert_eq!(w.page_info(true), (true, true));
+        let w = Window::of(&args(None, None, Some(2), None), 100).unwrap();
+        assert_eq!(w.page_info(false), (false, false));
     }
 }

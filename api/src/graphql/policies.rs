@@ -1,40 +1,42 @@
 //! Policies: create, update (a new version each time), enable/disable, read with history and
 //! enforcement statistics.
 
-use async_graphql::{
-    Context, ID, InputObject, Json, MaybeUndefined, Object,
-    connection::{Connection, EmptyFields},
-};
-use chrono::Duration;
+use async_graphql::{Context, ID, InputObject, Json, MaybeUndefined, Object};
 use governance_core::policies::{self, NewPolicy, PolicyPatch};
 use governance_entities::{policy, policy_enforcement, policy_version};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
 
 use super::{
     enums::{EnforcementAction, PolicyAction, PolicyKind, Severity},
     error::GqlResultExt,
-    pagination::{self, Order, Page},
+    incidents::{Violation, ViolationFilter, violation_page},
+    loaders::{self, loader},
+    pagination::{self, Conn, KeyKind, Order, PageArgs},
     principal,
+    runs::{Run, load_run},
     scalars::DateTime,
     state,
 };
 
-/// A rule that governs runs. Every change writes a new version; old versions are kept.
 pub struct Policy(pub policy::Model);
 
+/// A rule that governs runs. Every change writes a new version; old versions are kept.
 #[Object]
 impl Policy {
     /// `pol_…`
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The policy's name.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// What the policy is for, in words.
     async fn description(&self) -> Option<&str> {
         self.0.description.as_deref()
     }
+    /// What the policy checks.
     async fn kind(&self) -> PolicyKind {
         self.0.kind.into()
     }
@@ -42,9 +44,11 @@ impl Policy {
     async fn rule(&self) -> Json<Value> {
         Json(self.0.rule.clone())
     }
+    /// BLOCK stops the run on a violation; WARN records it and lets the run go on.
     async fn action(&self) -> PolicyAction {
         self.0.action.into()
     }
+    /// How serious a violation is.
     async fn severity(&self) -> Severity {
         self.0.severity.into()
     }
@@ -52,6 +56,7 @@ impl Policy {
     async fn workflow_id(&self) -> Option<&str> {
         self.0.workflow_id.as_deref()
     }
+    /// Disabled policies are left out of new snapshots.
     async fn enabled(&self) -> bool {
         self.0.enabled
     }
@@ -59,88 +64,155 @@ impl Policy {
     async fn version(&self) -> i32 {
         self.0.version
     }
+    /// When the policy was created.
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
     }
+    /// When the policy last changed.
     async fn updated_at(&self) -> DateTime {
         self.0.updated_at.into()
     }
     /// Every version, newest first.
-    async fn history(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<PolicyVersion>> {
-        let versions = policies::history(&state(ctx).db, &self.0.tenant_id, &self.0.id)
-            .await
-            .gql()?;
-        Ok(versions.into_iter().map(PolicyVersion).collect())
+    async fn history(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<PolicyVersion>> {
+        let versions = loader(ctx)?
+            .load_one(loaders::HistoryOfPolicy(self.0.id.clone()))
+            .await?
+            .unwrap_or_default();
+        pagination::in_memory(
+            ctx,
+            versions,
+            PageArgs::new(first, after, last, before),
+            |v| v.version.to_string(),
+            PolicyVersion,
+        )
     }
-    /// How many runs this policy stopped or warned in the last 30 days.
+    /// How many times this policy stopped or warned a run in the last 30 days.
     #[graphql(name = "triggerCount30d")]
     async fn trigger_count_30d(&self, ctx: &Context<'_>) -> async_graphql::Result<u64> {
-        let since = governance_core::time::now() - Duration::days(30);
-        let (count, _) =
-            policies::trigger_stats(&state(ctx).db, &self.0.tenant_id, &self.0.id, since)
-                .await
-                .gql()?;
-        Ok(count)
+        Ok(self.trigger_stats(ctx).await?.count)
     }
-    /// When this policy last stopped or warned a run.
+    /// When this policy last stopped or warned a run (at any time).
     async fn last_triggered_at(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<DateTime>> {
-        let since = governance_core::time::now() - Duration::days(30);
-        let (_, last) =
-            policies::trigger_stats(&state(ctx).db, &self.0.tenant_id, &self.0.id, since)
-                .await
-                .gql()?;
-        Ok(last.map(Into::into))
+        Ok(self.trigger_stats(ctx).await?.last.map(Into::into))
     }
     /// The append-only log of what this policy did, newest first.
     async fn enforcements(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 50)] first: u64,
-    ) -> async_graphql::Result<Vec<PolicyEnforcement>> {
-        let rows = policies::enforcements(
-            &state(ctx).db,
-            &self.0.tenant_id,
-            &self.0.id,
-            first.min(state(ctx).config.limits.max_page_size as u64),
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<PolicyEnforcement>> {
+        let query = policy_enforcement::Entity::find()
+            .filter(policy_enforcement::Column::TenantId.eq(self.0.tenant_id.as_str()))
+            .filter(policy_enforcement::Column::PolicyId.eq(self.0.id.as_str()));
+        pagination::keyset(
+            ctx,
+            query,
+            policy_enforcement::Column::Id,
+            KeyKind::Text,
+            Order::Desc,
+            PageArgs::new(first, after, last, before),
+            |e| e.id.clone(),
+            PolicyEnforcement,
         )
         .await
-        .gql()?;
-        Ok(rows.into_iter().map(PolicyEnforcement).collect())
+    }
+    /// Violations of this policy (any version), newest first.
+    async fn violations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<Violation>> {
+        let filter = ViolationFilter {
+            policy_id: Some(ID(self.0.id.clone())),
+            ..Default::default()
+        };
+        violation_page(
+            ctx,
+            filter,
+            &self.0.tenant_id,
+            PageArgs::new(first, after, last, before),
+        )
+        .await
     }
 }
 
-/// One version of a policy, as it was written.
+impl Policy {
+    async fn trigger_stats(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<policies::TriggerStats> {
+        Ok(loader(ctx)?
+            .load_one(loaders::TriggerStatsOfPolicy(self.0.id.clone()))
+            .await?
+            .unwrap_or_default())
+    }
+}
+
 pub struct PolicyVersion(pub policy_version::Model);
 
+/// One version of a policy, as it was written.
 #[Object]
 impl PolicyVersion {
+    /// `pv_…`
+    pub async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// The policy this is a version of.
+    async fn policy(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Policy>> {
+        Ok(loader(ctx)?
+            .load_one(loaders::PolicyId(self.0.policy_id.clone()))
+            .await?
+            .map(Policy))
+    }
+    /// The version number (1, 2, …).
     async fn version(&self) -> i32 {
         self.0.version
     }
+    /// The name in this version.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// The description in this version.
     async fn description(&self) -> Option<&str> {
         self.0.description.as_deref()
     }
+    /// The kind in this version.
     async fn kind(&self) -> PolicyKind {
         self.0.kind.into()
     }
+    /// The rule (thresholds) in this version.
     async fn rule(&self) -> Json<Value> {
         Json(self.0.rule.clone())
     }
+    /// The action in this version.
     async fn action(&self) -> PolicyAction {
         self.0.action.into()
     }
+    /// The severity in this version.
     async fn severity(&self) -> Severity {
         self.0.severity.into()
     }
+    /// The workflow scope in this version.
     async fn workflow_id(&self) -> Option<&str> {
         self.0.workflow_id.as_deref()
     }
+    /// Whether this version was enabled.
     async fn enabled(&self) -> bool {
         self.0.enabled
     }
@@ -148,35 +220,56 @@ impl PolicyVersion {
     async fn policy_set_version(&self) -> &str {
         &self.0.policy_set_version
     }
+    /// When this version was written.
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
     }
 }
 
-/// An entry of the append-only enforcement log.
 pub struct PolicyEnforcement(pub policy_enforcement::Model);
 
+/// An entry of the append-only enforcement log.
 #[Object]
 impl PolicyEnforcement {
     /// `enf_…`
-    async fn id(&self) -> ID {
+    pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The policy enforced (null for a refused step that no policy names).
+    async fn policy(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Policy>> {
+        let Some(id) = &self.0.policy_id else {
+            return Ok(None);
+        };
+        Ok(loader(ctx)?
+            .load_one(loaders::PolicyId(id.clone()))
+            .await?
+            .map(Policy))
+    }
+    /// The run enforced on.
+    async fn run(&self, ctx: &Context<'_>) -> async_graphql::Result<Run> {
+        load_run(ctx, &self.0.run_id).await
+    }
+    /// The id of the policy enforced.
     async fn policy_id(&self) -> Option<&str> {
         self.0.policy_id.as_deref()
     }
+    /// The id of the run enforced on.
     async fn run_id(&self) -> &str {
         &self.0.run_id
     }
+    /// The step it happened at.
     async fn step_index(&self) -> Option<i64> {
         self.0.step_index
     }
+    /// What was done.
     async fn action_taken(&self) -> EnforcementAction {
         self.0.action_taken.into()
     }
+    /// Details: the finding, or the refused step.
     async fn details(&self) -> Json<Value> {
         Json(self.0.details.clone())
     }
+    /// When it happened.
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
     }
@@ -185,30 +278,44 @@ impl PolicyEnforcement {
 /// Input of `createPolicy`.
 #[derive(InputObject)]
 pub struct CreatePolicyInput {
+    /// A name for people (1–200 characters).
     pub name: String,
+    /// What the policy checks.
     pub kind: PolicyKind,
     /// The rule for the kind, e.g. `{"maxTokens": 1000}`, `{"patterns": ["sk-[A-Za-z0-9]{20,}"]}`,
     /// `{"expression": "step.tokens > 500"}`.
     pub rule: Json<Value>,
+    /// BLOCK stops the run on a violation; WARN records it.
     pub action: PolicyAction,
+    /// How serious a violation is.
     pub severity: Severity,
     /// Limit the policy to runs of one workflow.
     pub workflow_id: Option<String>,
+    /// Disabled policies are left out of new snapshots.
     #[graphql(default = true)]
     pub enabled: bool,
+    /// What the policy is for.
     pub description: Option<String>,
 }
 
 /// Input of `updatePolicy`: only the fields given change (null clears `workflowId`/`description`).
 #[derive(InputObject)]
 pub struct UpdatePolicyInput {
+    /// A new name.
     pub name: Option<String>,
+    /// A new kind (give a rule for it too).
     pub kind: Option<PolicyKind>,
+    /// A new rule, validated for the kind.
     pub rule: Option<Json<Value>>,
+    /// A new action.
     pub action: Option<PolicyAction>,
+    /// A new severity.
     pub severity: Option<Severity>,
+    /// A new workflow scope; null makes the policy apply to every workflow.
     pub workflow_id: MaybeUndefined<String>,
+    /// Enable or disable.
     pub enabled: Option<bool>,
+    /// A new description; null clears it.
     pub description: MaybeUndefined<String>,
 }
 
@@ -223,8 +330,11 @@ fn maybe(value: MaybeUndefined<String>) -> Option<Option<String>> {
 /// Filter of `policies`.
 #[derive(InputObject, Default)]
 pub struct PolicyFilter {
+    /// Policies of this kind.
     pub kind: Option<PolicyKind>,
+    /// Only enabled (true) or disabled (false) policies.
     pub enabled: Option<bool>,
+    /// Policies scoped to this workflow.
     pub workflow_id: Option<String>,
 }
 
@@ -240,7 +350,9 @@ impl PolicyQuery {
         filter: Option<PolicyFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Policy, Page, EmptyFields>> {
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<Policy>> {
         let principal = principal(ctx)?;
         let filter = filter.unwrap_or_default();
         let mut query = policy::Entity::find()
@@ -256,15 +368,14 @@ impl PolicyQuery {
         if let Some(workflow_id) = filter.workflow_id {
             query = query.filter(policy::Column::WorkflowId.eq(workflow_id));
         }
-        let query = query.order_by_asc(policy::Column::Id);
-        pagination::by_id(
+        pagination::keyset(
             ctx,
             query,
             policy::Column::Id,
+            KeyKind::Text,
             Order::Asc,
-            first,
-            after,
-            |m: &policy::Model| m.id.clone(),
+            PageArgs::new(first, after, last, before),
+            |m| m.id.clone(),
             Policy,
         )
         .await

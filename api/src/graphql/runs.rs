@@ -5,44 +5,52 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use governance_core::{
-    CoreError, evaluation, events,
+    CoreError, events,
     runs::{self, Completion, StartRun},
 };
-use governance_entities::{
-    incident, policy_enforcement, policy_evaluation, policy_snapshot, run, violation,
-};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use governance_entities::{enums as db, incident, policy_evaluation, run};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
 use serde_json::Value;
 
 use super::{
     enums::{EvaluationOutcome, RunStatus, TerminationReason},
     error::GqlResultExt,
+    explain::RunExplanation,
+    exports::Export,
+    incidents::{Incident, Violation},
+    loaders::{self, loader},
+    pagination::{self, Conn, KeyKind, Order, PageArgs},
     policies::PolicyEnforcement,
     principal,
     scalars::DateTime,
+    snapshots::PolicySnapshot,
     state,
-    steps::{Incident, Trace, Violation},
+    steps::Trace,
 };
+
+pub struct Run(pub run::Model);
 
 /// One execution of an agent or workflow, checked step by step against the policy snapshot
 /// taken when it started.
-pub struct Run(pub run::Model);
-
 #[Object]
 impl Run {
     /// `run_…`
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The workflow this run executes; workflow-scoped policies apply to it.
     async fn workflow_id(&self) -> &str {
         &self.0.workflow_id
     }
+    /// The agent that executes the run.
     async fn agent(&self) -> Option<&str> {
         self.0.agent.as_deref()
     }
+    /// Who or what started the run (user, schedule, upstream system).
     async fn triggered_by(&self) -> Option<&str> {
         self.0.triggered_by.as_deref()
     }
+    /// Where the run is in its life.
     async fn status(&self) -> RunStatus {
         self.0.status.into()
     }
@@ -54,9 +62,11 @@ impl Run {
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
+    /// When the run started (and its snapshot was taken).
     async fn started_at(&self) -> DateTime {
         self.0.started_at.into()
     }
+    /// When the run ended; null while it runs.
     async fn completed_at(&self) -> Option<DateTime> {
         self.0.completed_at.map(Into::into)
     }
@@ -66,6 +76,7 @@ impl Run {
             .completed_at
             .map(|end| (end - self.0.started_at).num_milliseconds())
     }
+    /// Tokens used by the recorded steps.
     async fn tokens_used(&self) -> i64 {
         self.0.tokens_used
     }
@@ -73,6 +84,7 @@ impl Run {
     async fn cost_micros(&self) -> i64 {
         self.0.cost_micros
     }
+    /// How many steps are recorded.
     async fn step_count(&self) -> i64 {
         self.0.step_count
     }
@@ -80,12 +92,15 @@ impl Run {
     async fn stopped_at_step(&self) -> Option<i64> {
         self.0.stopped_at_step
     }
+    /// True for test and simulation runs.
     async fn is_synthetic(&self) -> bool {
         self.0.is_synthetic
     }
+    /// The scenario a synthetic run plays.
     async fn synthetic_scenario_id(&self) -> Option<&str> {
         self.0.synthetic_scenario_id.as_deref()
     }
+    /// Free-form JSON the integrator attached at the start.
     async fn metadata(&self) -> Option<Json<Value>> {
         self.0.metadata.clone().map(Json)
     }
@@ -99,120 +114,137 @@ impl Run {
     }
     /// The immutable policy snapshot the run is checked against.
     async fn policy_snapshot(&self, ctx: &Context<'_>) -> async_graphql::Result<PolicySnapshot> {
-        let snap = runs::snapshot_of(&state(ctx).db, &self.0).await.gql()?;
-        Ok(PolicySnapshot(snap))
+        loader(ctx)?
+            .load_one(loaders::SnapshotId(self.0.policy_snapshot_id.clone()))
+            .await?
+            .map(PolicySnapshot)
+            .ok_or_else(|| {
+                CoreError::Internal(anyhow::anyhow!(
+                    "run {} names snapshot {} which does not exist",
+                    self.0.id,
+                    self.0.policy_snapshot_id
+                ))
+            })
+            .gql()
     }
     /// The run's trace: steps, inflection, head of the hash chain.
     async fn trace(&self) -> Trace {
         Trace(self.0.clone())
     }
     /// Every violation of the run, in step order.
-    async fn violations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Violation>> {
-        let rows = violation::Entity::find()
-            .filter(violation::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .filter(violation::Column::RunId.eq(self.0.id.as_str()))
-            .order_by_asc(violation::Column::StepIndex)
-            .order_by_asc(violation::Column::Id)
-            .all(&state(ctx).db)
-            .await
-            .map_err(CoreError::from)
-            .gql()?;
-        Ok(rows.into_iter().map(Violation).collect())
+    async fn violations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<Violation>> {
+        let rows = loader(ctx)?
+            .load_one(loaders::ViolationsOfRun(self.0.id.clone()))
+            .await?
+            .unwrap_or_default();
+        pagination::in_memory(
+            ctx,
+            rows,
+            PageArgs::new(first, after, last, before),
+            |v| v.id.clone(),
+            Violation,
+        )
     }
     /// The incident opened when the run was stopped.
     async fn incident(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Incident>> {
-        let row = incident::Entity::find()
-            .filter(incident::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .filter(incident::Column::RunId.eq(self.0.id.as_str()))
-            .one(&state(ctx).db)
-            .await
-            .map_err(CoreError::from)
-            .gql()?;
-        Ok(row.map(Incident))
+        Ok(loader(ctx)?
+            .load_one(loaders::IncidentOfRun(self.0.id.clone()))
+            .await?
+            .map(Incident))
     }
     /// The run's enforcement log (stops, warnings, refused steps), oldest first.
     async fn enforcements(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<Vec<PolicyEnforcement>> {
-        let rows = policy_enforcement::Entity::find()
-            .filter(policy_enforcement::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .filter(policy_enforcement::Column::RunId.eq(self.0.id.as_str()))
-            .order_by_asc(policy_enforcement::Column::CreatedAt)
-            .order_by_asc(policy_enforcement::Column::Id)
-            .all(&state(ctx).db)
-            .await
-            .map_err(CoreError::from)
-            .gql()?;
-        Ok(rows.into_iter().map(PolicyEnforcement).collect())
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<PolicyEnforcement>> {
+        let rows = loader(ctx)?
+            .load_one(loaders::EnforcementsOfRun(self.0.id.clone()))
+            .await?
+            .unwrap_or_default();
+        pagination::in_memory(
+            ctx,
+            rows,
+            PageArgs::new(first, after, last, before),
+            |e| e.id.clone(),
+            PolicyEnforcement,
+        )
     }
-    /// The run's evaluation record, written once the run has ended.
+    /// The run's evaluation record, written once the run has ended (null until then).
     async fn evaluation(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<PolicyEvaluation>> {
-        let found = evaluation::of_run(&state(ctx).db, &self.0.tenant_id, &self.0.id)
-            .await
-            .gql()?;
-        Ok(found.map(PolicyEvaluation))
+        Ok(loader(ctx)?
+            .load_one(loaders::EvaluationOfRun(self.0.id.clone()))
+            .await?
+            .map(PolicyEvaluation))
+    }
+    /// Exports of the run's incident, oldest first.
+    async fn exports(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<Export>> {
+        let rows = loader(ctx)?
+            .load_one(loaders::ExportsOfRun(self.0.id.clone()))
+            .await?
+            .unwrap_or_default();
+        pagination::in_memory(
+            ctx,
+            rows,
+            PageArgs::new(first, after, last, before),
+            |e| e.id.clone(),
+            Export,
+        )
+    }
+    /// What governed the run at instant `at`: the snapshot and thresholds in force, the last
+    /// decision at or before `at` and why, the run's status then, and where that decision sits
+    /// in the hash chain. Before the first step and after the end, `phase` and `note` say so.
+    async fn explain(
+        &self,
+        ctx: &Context<'_>,
+        at: DateTime,
+    ) -> async_graphql::Result<RunExplanation> {
+        let explanation =
+            governance_core::explain::explain(&state(ctx).db, &self.0.tenant_id, &self.0.id, at.0)
+                .await
+                .gql()?;
+        Ok(RunExplanation(explanation))
     }
 }
 
-/// An immutable, content-addressed set of policies: what a run is checked against.
-pub struct PolicySnapshot(pub policy_snapshot::Model);
-
-#[Object]
-impl PolicySnapshot {
-    /// `SNAP-` + the first 12 hex characters of `contentHash`.
-    pub async fn id(&self) -> ID {
-        ID(self.0.snapshot_id.clone())
-    }
-    /// sha256(policiesJson ‖ thresholdsJson), 64 hex characters.
-    async fn content_hash(&self) -> &str {
-        &self.0.content_hash
-    }
-    /// The policy-set version (semver) when the snapshot was first taken.
-    async fn version(&self) -> &str {
-        &self.0.version
-    }
-    async fn policy_count(&self) -> i32 {
-        self.0.policy_count
-    }
-    /// The canonical JSON text of the policies, exactly as hashed.
-    async fn policies_json(&self) -> &str {
-        &self.0.policies_json
-    }
-    /// The canonical JSON text of the thresholds (policy id → rule), exactly as hashed.
-    async fn thresholds_json(&self) -> &str {
-        &self.0.thresholds_json
-    }
-    /// The thresholds as a JSON object.
-    async fn thresholds(&self) -> async_graphql::Result<Json<Value>> {
-        serde_json::from_str(&self.0.thresholds_json)
-            .map(Json)
-            .map_err(|e| CoreError::Internal(e.into()))
-            .gql()
-    }
-    async fn created_at(&self) -> DateTime {
-        self.0.created_at.into()
-    }
-}
-
-/// What governance concluded about an ended run. Exactly one per run.
 pub struct PolicyEvaluation(pub policy_evaluation::Model);
 
+/// What governance concluded about an ended run. Exactly one per run.
 #[Object]
 impl PolicyEvaluation {
     /// `eval_…`
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The verdict on the whole run.
     async fn outcome(&self) -> EvaluationOutcome {
         self.0.outcome.into()
     }
+    /// How many policies of the snapshot applied.
     async fn policies_checked(&self) -> i32 {
         self.0.policies_checked
     }
+    /// The verdict in words.
     async fn reason(&self) -> &str {
         &self.0.reason
     }
@@ -220,9 +252,11 @@ impl PolicyEvaluation {
     async fn draft_candidate(&self) -> bool {
         self.0.draft_candidate
     }
+    /// True when the run was synthetic.
     async fn is_synthetic(&self) -> bool {
         self.0.is_synthetic
     }
+    /// The scenario of a synthetic run.
     async fn synthetic_scenario_id(&self) -> Option<&str> {
         self.0.synthetic_scenario_id.as_deref()
     }
@@ -230,8 +264,101 @@ impl PolicyEvaluation {
     async fn snapshot_id(&self) -> &str {
         &self.0.snapshot_id
     }
+    /// The snapshot the verdict was reached under.
+    async fn snapshot(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<PolicySnapshot>> {
+        Ok(loader(ctx)?
+            .load_one(loaders::SnapshotId(self.0.snapshot_id.clone()))
+            .await?
+            .map(PolicySnapshot))
+    }
+    /// The run evaluated.
+    async fn run(&self, ctx: &Context<'_>) -> async_graphql::Result<Run> {
+        load_run(ctx, &self.0.run_id).await
+    }
+    /// When the record was written.
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
+    }
+}
+
+/// A run of the caller's tenant through the loader (batched with its siblings).
+pub async fn load_run(ctx: &Context<'_>, id: &str) -> async_graphql::Result<Run> {
+    loader(ctx)?
+        .load_one(loaders::RunId(id.to_string()))
+        .await?
+        .map(Run)
+        .ok_or_else(|| CoreError::not_found("Run", id))
+        .gql()
+}
+
+/// Filter of `runs`. Every field narrows the list; lists match any of their values.
+#[derive(InputObject, Default)]
+pub struct RunFilter {
+    /// Runs in any of these statuses.
+    pub status: Option<Vec<RunStatus>>,
+    /// Runs that ended for any of these reasons.
+    pub termination_reason: Option<Vec<TerminationReason>>,
+    /// Runs of this workflow.
+    pub workflow_id: Option<String>,
+    /// Runs of this agent.
+    pub agent: Option<String>,
+    /// Runs started at or after this instant.
+    pub from: Option<DateTime>,
+    /// Runs started before this instant.
+    pub to: Option<DateTime>,
+    /// Runs checked against this snapshot (`SNAP-…`).
+    pub policy_snapshot_id: Option<String>,
+    /// True: only runs with an incident; false: only runs without one.
+    pub has_incident: Option<bool>,
+    /// True: only synthetic (test) runs; false: only real ones.
+    pub is_synthetic: Option<bool>,
+}
+
+impl RunFilter {
+    /// The filter as a SQL condition, within `tenant_id`.
+    pub fn condition(self, tenant_id: &str) -> Condition {
+        let mut cond = Condition::all().add(run::Column::TenantId.eq(tenant_id));
+        if let Some(statuses) = self.status {
+            cond =
+                cond.add(run::Column::Status.is_in(statuses.into_iter().map(db::RunStatus::from)));
+        }
+        if let Some(reasons) = self.termination_reason {
+            cond = cond.add(
+                run::Column::TerminationReason
+                    .is_in(reasons.into_iter().map(db::TerminationReason::from)),
+            );
+        }
+        if let Some(workflow) = self.workflow_id {
+            cond = cond.add(run::Column::WorkflowId.eq(workflow));
+        }
+        if let Some(agent) = self.agent {
+            cond = cond.add(run::Column::Agent.eq(agent));
+        }
+        if let Some(from) = self.from {
+            cond = cond.add(run::Column::StartedAt.gte(from.0));
+        }
+        if let Some(to) = self.to {
+            cond = cond.add(run::Column::StartedAt.lt(to.0));
+        }
+        if let Some(snapshot) = self.policy_snapshot_id {
+            cond = cond.add(run::Column::PolicySnapshotId.eq(snapshot));
+        }
+        if let Some(has) = self.has_incident {
+            let with_incident = incident::Entity::find()
+                .select_only()
+                .column(incident::Column::RunId)
+                .filter(incident::Column::TenantId.eq(tenant_id))
+                .into_query();
+            cond = cond.add(if has {
+                run::Column::Id.in_subquery(with_incident)
+            } else {
+                run::Column::Id.not_in_subquery(with_incident)
+            });
+        }
+        if let Some(synthetic) = self.is_synthetic {
+            cond = cond.add(run::Column::IsSynthetic.eq(synthetic));
+        }
+        cond
     }
 }
 
@@ -240,10 +367,14 @@ impl PolicyEvaluation {
 pub struct StartRunInput {
     /// The workflow this run executes; policies scoped to it apply.
     pub workflow_id: String,
+    /// The agent that executes the run.
     pub agent: Option<String>,
+    /// Who or what started the run.
     pub triggered_by: Option<String>,
+    /// True for a test or simulation run (kept apart in KPIs and filters).
     #[graphql(default = false)]
     pub is_synthetic: bool,
+    /// The scenario a synthetic run plays.
     pub synthetic_scenario_id: Option<String>,
     /// Free-form JSON object kept with the run.
     pub metadata: Option<Json<Value>>,
@@ -263,6 +394,32 @@ pub struct RunQuery;
 
 #[Object]
 impl RunQuery {
+    /// The tenant's runs, newest first.
+    #[allow(clippy::too_many_arguments)]
+    async fn runs(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<RunFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<Run>> {
+        let principal = principal(ctx)?;
+        let cond = filter.unwrap_or_default().condition(&principal.tenant_id);
+        pagination::keyset(
+            ctx,
+            run::Entity::find().filter(cond),
+            run::Column::Id,
+            KeyKind::Text,
+            Order::Desc,
+            PageArgs::new(first, after, last, before),
+            |r| r.id.clone(),
+            Run,
+        )
+        .await
+    }
+
     /// One run of the caller's tenant.
     async fn run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
         let principal = principal(ctx)?;
@@ -343,8 +500,11 @@ impl RunMutation {
 /// Something that happened to a run.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
 pub enum RunEventKind {
+    /// The run started.
     Started,
+    /// The run ended without a stop (succeeded, failed or cancelled).
     Completed,
+    /// Governance stopped the run at a step.
     Stopped,
 }
 
@@ -353,9 +513,13 @@ pub enum RunEventKind {
 pub struct RunEvent {
     /// The tenant-wide event sequence number: resume after it.
     pub cursor: String,
+    /// What happened.
     pub kind: RunEventKind,
+    /// The run.
     pub run_id: ID,
+    /// The run's status after the event.
     pub status: RunStatus,
+    /// When it happened.
     pub occurred_at: DateTime,
 }
 

@@ -4,49 +4,62 @@
 use async_graphql::ErrorExtensions;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use governance_core::{
-    CoreError, records,
+    ids,
     steps::{self, RecordStep, StepOutcome},
     verify,
 };
-use governance_entities::{evidence, incident, policy, run, trace_step, violation};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use governance_entities::{incident, run, trace_step, violation};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
 
 use super::{
-    enums::{
-        DecisionAction, IncidentStatus, PolicyKind, Severity, StepStatus, StepType,
-        TerminationReason,
-    },
+    enums::{DecisionAction, StepStatus, StepType, TerminationReason},
     error::GqlResultExt,
+    incidents::{Incident, Violation},
+    loaders::{self, loader},
+    pagination::{self, Conn, KeyKind, Order, PageArgs},
     policies::Policy,
     principal,
-    runs::Run,
+    runs::{Run, load_run},
     scalars::DateTime,
     state,
 };
 
-/// One step of a run, as recorded, with its decision and its link in the hash chain.
 pub struct TraceStep(pub trace_step::Model);
 
+/// One step of a run, as recorded, with its decision and its link in the hash chain.
 #[Object]
 impl TraceStep {
+    /// `stp_<run ulid>_<step index>`.
+    pub async fn id(&self) -> ID {
+        ID(ids::step_id(&self.0.run_id, self.0.step_index))
+    }
+    /// The run the step belongs to.
+    async fn run(&self, ctx: &Context<'_>) -> async_graphql::Result<Run> {
+        load_run(ctx, &self.0.run_id).await
+    }
     /// 0-based.
     async fn step_index(&self) -> i64 {
         self.0.step_index
     }
+    /// When the step happened (as reported, or when it was recorded).
     async fn timestamp(&self) -> DateTime {
         self.0.timestamp.into()
     }
+    /// What kind of work the step was.
     #[graphql(name = "type")]
     async fn step_type(&self) -> StepType {
         self.0.step_type.into()
     }
+    /// Tokens the step used.
     async fn tokens(&self) -> i64 {
         self.0.tokens
     }
+    /// Cost of the step in micro-dollars.
     async fn cost_micros(&self) -> i64 {
         self.0.cost_micros
     }
+    /// The tool called, for TOOL_CALL steps.
     async fn tool_name(&self) -> Option<&str> {
         self.0.tool_name.as_deref()
     }
@@ -54,6 +67,7 @@ impl TraceStep {
     async fn content_hash(&self) -> &str {
         &self.0.content_hash
     }
+    /// OK, WARNING (a WARN policy fired) or VIOLATION (the run stopped here).
     async fn status(&self) -> StepStatus {
         self.0.status.into()
     }
@@ -61,12 +75,15 @@ impl TraceStep {
     async fn is_inflection(&self) -> bool {
         self.0.is_inflection
     }
+    /// The decision taken for the step.
     async fn decision(&self) -> DecisionAction {
         self.0.decision.into()
     }
+    /// Why, in words.
     async fn reason(&self) -> &str {
         &self.0.reason
     }
+    /// How many policies the step was checked against.
     async fn policies_checked(&self) -> i32 {
         self.0.policies_checked
     }
@@ -84,176 +101,31 @@ impl TraceStep {
     }
 }
 
-/// A violated policy at one step: the fact, persisted before any incident.
-pub struct Violation(pub violation::Model);
-
-#[Object]
-impl Violation {
-    /// `vio_…`
-    pub async fn id(&self) -> ID {
-        ID(self.0.id.clone())
-    }
-    async fn policy_id(&self) -> &str {
-        &self.0.policy_id
-    }
-    /// The policy as it is now (its version at the time is `policyVersion`).
-    async fn policy(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Policy>> {
-        let found = policy::Entity::find_by_id(self.0.policy_id.clone())
-            .filter(policy::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .one(&state(ctx).db)
-            .await
-            .map_err(CoreError::from)
-            .gql()?;
-        Ok(found.map(Policy))
-    }
-    async fn policy_version(&self) -> i32 {
-        self.0.policy_version
-    }
-    async fn policy_type(&self) -> PolicyKind {
-        self.0.policy_type.into()
-    }
-    async fn violated_rule(&self) -> &str {
-        &self.0.violated_rule
-    }
-    async fn evaluated_value(&self) -> &str {
-        &self.0.evaluated_value
-    }
-    async fn threshold_condition(&self) -> &str {
-        &self.0.threshold_condition
-    }
-    async fn severity(&self) -> Severity {
-        self.0.severity.into()
-    }
-    async fn action(&self) -> super::enums::PolicyAction {
-        self.0.action.into()
-    }
-    async fn reason(&self) -> &str {
-        &self.0.reason
-    }
-    async fn step_index(&self) -> i64 {
-        self.0.step_index
-    }
-    async fn timestamp(&self) -> DateTime {
-        self.0.timestamp.into()
-    }
-    /// The snapshot (`SNAP-…`) the step was checked against.
-    async fn snapshot_id(&self) -> &str {
-        &self.0.snapshot_id
-    }
-    /// What was checked (content matches masked).
-    async fn evidence(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Evidence>> {
-        let found = evidence::Entity::find()
-            .filter(evidence::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .filter(evidence::Column::ViolationId.eq(self.0.id.as_str()))
-            .one(&state(ctx).db)
-            .await
-            .map_err(CoreError::from)
-            .gql()?;
-        Ok(found.map(Evidence))
-    }
-    async fn run(&self, ctx: &Context<'_>) -> async_graphql::Result<Run> {
-        let run = governance_core::runs::get(&state(ctx).db, &self.0.tenant_id, &self.0.run_id)
-            .await
-            .gql()?;
-        Ok(Run(run))
-    }
-    /// The incident this violation opened (only the stopping violation opens one).
-    async fn incident(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Incident>> {
-        let found = incident::Entity::find()
-            .filter(incident::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .filter(incident::Column::ViolationId.eq(self.0.id.as_str()))
-            .one(&state(ctx).db)
-            .await
-            .map_err(CoreError::from)
-            .gql()?;
-        Ok(found.map(Incident))
-    }
-}
-
-/// What a violation was decided on. Matched content is masked, never stored in full.
-pub struct Evidence(pub evidence::Model);
-
-#[Object]
-impl Evidence {
-    /// `evi_…`
-    async fn id(&self) -> ID {
-        ID(self.0.id.clone())
-    }
-    async fn content(&self) -> Json<Value> {
-        Json(self.0.content.clone())
-    }
-    /// sha256 of the canonical content.
-    async fn content_hash(&self) -> &str {
-        &self.0.content_hash
-    }
-}
-
-/// An incident: opened once, when a run is stopped by a violation.
-pub struct Incident(pub incident::Model);
-
-#[Object]
-impl Incident {
-    /// `inc_…`
-    pub async fn id(&self) -> ID {
-        ID(self.0.id.clone())
-    }
-    async fn title(&self) -> &str {
-        &self.0.title
-    }
-    async fn severity(&self) -> Severity {
-        self.0.severity.into()
-    }
-    async fn status(&self) -> IncidentStatus {
-        self.0.status.into()
-    }
-    async fn note(&self) -> Option<&str> {
-        self.0.note.as_deref()
-    }
-    async fn created_at(&self) -> DateTime {
-        self.0.created_at.into()
-    }
-    async fn detected_at(&self) -> DateTime {
-        self.0.detected_at.into()
-    }
-    async fn acknowledged_at(&self) -> Option<DateTime> {
-        self.0.acknowledged_at.map(Into::into)
-    }
-    async fn resolved_at(&self) -> Option<DateTime> {
-        self.0.resolved_at.map(Into::into)
-    }
-    async fn run(&self, ctx: &Context<'_>) -> async_graphql::Result<Run> {
-        let run = governance_core::runs::get(&state(ctx).db, &self.0.tenant_id, &self.0.run_id)
-            .await
-            .gql()?;
-        Ok(Run(run))
-    }
-    async fn violation(&self, ctx: &Context<'_>) -> async_graphql::Result<Violation> {
-        let found = records::violation(&state(ctx).db, &self.0.tenant_id, &self.0.violation_id)
-            .await
-            .gql()?;
-        Ok(Violation(found))
-    }
-}
-
 /// The stopping point of a run.
 #[derive(SimpleObject)]
 pub struct Inflection {
+    /// The 0-based index of the stopping step.
     pub step_index: i64,
+    /// When the stopping step happened.
     pub timestamp: DateTime,
+    /// The policy that stopped the run, as it is now.
     pub policy: Option<Policy>,
+    /// The id of the policy that stopped the run.
     pub policy_id: Option<String>,
+    /// Why the run was stopped.
     pub reason: Option<String>,
 }
 
-/// A run's trace: its steps in order and the head of its hash chain.
 pub struct Trace(pub run::Model);
 
+/// A run's trace: its steps in order and the head of its hash chain.
 #[Object]
 impl Trace {
     /// `entryHash` of the last step (the genesis hash before the first step).
     async fn head_hash(&self) -> &str {
         &self.0.trace_head_hash
     }
+    /// How many steps are recorded.
     async fn step_count(&self) -> i64 {
         self.0.step_count
     }
@@ -265,12 +137,9 @@ impl Trace {
             return Ok(None);
         };
         let policy = match &self.0.violation_policy_id {
-            Some(id) => policy::Entity::find_by_id(id.clone())
-                .filter(policy::Column::TenantId.eq(self.0.tenant_id.as_str()))
-                .one(&state(ctx).db)
-                .await
-                .map_err(CoreError::from)
-                .gql()?
+            Some(id) => loader(ctx)?
+                .load_one(loaders::PolicyId(id.clone()))
+                .await?
                 .map(Policy),
             None => None,
         };
@@ -282,30 +151,32 @@ impl Trace {
             reason: self.0.violation_reason.clone(),
         }))
     }
-    /// The steps in order (0-based), `first` at most the page limit, from `after` (a step index).
+    /// The steps in order (0-based). Cursors are stable: a step, once recorded, never moves.
     async fn steps(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 100)] first: i64,
-        #[graphql(default = -1)] after: i64,
-    ) -> async_graphql::Result<Vec<TraceStep>> {
-        use sea_orm::QuerySelect;
-        let limit = first.clamp(0, 1000) as u64;
-        let rows = trace_step::Entity::find()
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<TraceStep>> {
+        let query = trace_step::Entity::find()
             .filter(trace_step::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .filter(trace_step::Column::RunId.eq(self.0.id.as_str()))
-            .filter(trace_step::Column::StepIndex.gt(after))
-            .order_by_asc(trace_step::Column::StepIndex)
-            .limit(limit)
-            .all(&state(ctx).db)
-            .await
-            .map_err(CoreError::from)
-            .gql()?;
-        Ok(rows.into_iter().map(TraceStep).collect())
+            .filter(trace_step::Column::RunId.eq(self.0.id.as_str()));
+        pagination::keyset(
+            ctx,
+            query,
+            trace_step::Column::StepIndex,
+            KeyKind::Int,
+            Order::Asc,
+            PageArgs::new(first, after, last, before),
+            |s| s.step_index.to_string(),
+            TraceStep,
+        )
+        .await
     }
 }
 
-/// The answer to `recordStep`: what to do now, and why.
 pub struct StepDecision {
     action: DecisionAction,
     reason: String,
@@ -318,12 +189,14 @@ pub struct StepDecision {
     run: run::Model,
 }
 
+/// The answer to `recordStep`: what to do now, and why.
 #[Object]
 impl StepDecision {
     /// CONTINUE, WARN, or STOP (stop executing the run now).
     async fn action(&self) -> DecisionAction {
         self.action
     }
+    /// Why, in words.
     async fn reason(&self) -> &str {
         &self.reason
     }
@@ -340,6 +213,7 @@ impl StepDecision {
     async fn termination_reason(&self) -> Option<TerminationReason> {
         self.termination_reason
     }
+    /// The step as recorded (or, when failing closed, as it would have been).
     async fn step(&self) -> TraceStep {
         TraceStep(self.step.clone())
     }
@@ -360,17 +234,22 @@ impl StepDecision {
 /// Input of `recordStep`.
 #[derive(InputObject)]
 pub struct RecordStepInput {
+    /// The running run the step belongs to.
     pub run_id: ID,
     /// 0-based; omitted means the next one. Re-sending a recorded index with the same step
     /// returns its recorded decision; with a different step it is a `CONFLICT`.
     pub step_index: Option<i64>,
+    /// What kind of work the step was.
     #[graphql(name = "type")]
     pub step_type: StepType,
+    /// Tokens the step used (0 or more).
     pub tokens: i64,
+    /// Cost of the step in micro-dollars (0 or more).
     #[graphql(default = 0)]
     pub cost_micros: i64,
     /// The step's content (prompt, output, tool arguments); only its sha256 is stored.
     pub content: Option<String>,
+    /// The tool called, for TOOL_CALL steps (checked by tool allowlists).
     pub tool_name: Option<String>,
     /// Default: now.
     pub timestamp: Option<DateTime>,
@@ -379,9 +258,13 @@ pub struct RecordStepInput {
 /// One difference `verifyRun` found.
 #[derive(SimpleObject)]
 pub struct VerificationMismatch {
+    /// The step where it was found (null for the run or snapshot as a whole).
     pub step_index: Option<i64>,
+    /// What differs, e.g. `ENTRY_HASH`, `DECISION`, `SNAPSHOT_HASH`.
     pub kind: String,
+    /// What recomputing gives.
     pub expected: String,
+    /// What is stored.
     pub found: String,
 }
 
@@ -392,8 +275,11 @@ pub struct RunVerification {
     pub intact: bool,
     /// Replaying each step against the snapshot reproduces every recorded decision.
     pub reproduced: bool,
+    /// The recomputed head of the hash chain.
     pub head_hash: String,
+    /// How many steps were recomputed and replayed.
     pub steps_checked: i64,
+    /// Every difference found; empty when the run is intact and reproduced.
     pub mismatches: Vec<VerificationMismatch>,
 }
 
@@ -428,15 +314,6 @@ impl StepQuery {
                 })
                 .collect(),
         })
-    }
-
-    /// One incident of the tenant.
-    async fn incident(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Incident> {
-        let principal = principal(ctx)?;
-        let found = records::incident(&state(ctx).db, &principal.tenant_id, &id)
-            .await
-            .gql()?;
-        Ok(Incident(found))
     }
 }
 

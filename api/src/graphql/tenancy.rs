@@ -10,19 +10,21 @@ use governance_core::CoreError;
 #[derive(Default)]
 pub struct TenancyQuery;
 
-/// A tenant: the unit of isolation. Every object belongs to exactly one.
 #[derive(Clone)]
 pub struct Tenant(pub tenant::Model);
 
+/// A tenant: the unit of isolation. Every object belongs to exactly one.
 #[Object]
 impl Tenant {
     /// `ten_…`
     pub async fn id(&self) -> ID {
         ID(self.0.id.clone())
     }
+    /// The tenant's unique name.
     async fn name(&self) -> &str {
         &self.0.name
     }
+    /// When the tenant was created.
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
     }
@@ -37,11 +39,16 @@ impl From<tenant::Model> for Tenant {
 /// An API key, as it may be shown: never the key itself, only its prefix.
 #[derive(SimpleObject, Clone)]
 pub struct ApiKey {
+    /// `key_…`
+    #[graphql(owned)]
     pub id: ID,
+    /// The key's name, for people.
     pub name: String,
     /// The first characters of the key, to tell keys apart.
     pub prefix: String,
+    /// When the key was issued.
     pub created_at: DateTime,
+    /// When the key was revoked; a revoked key authenticates nothing.
     pub revoked_at: Option<DateTime>,
 }
 
@@ -60,7 +67,9 @@ impl From<api_key::Model> for ApiKey {
 /// The caller: its tenant and the key it authenticated with.
 #[derive(SimpleObject)]
 pub struct Me {
+    /// The caller's tenant.
     pub tenant: Tenant,
+    /// The key this request authenticated with.
     pub api_key: ApiKey,
 }
 

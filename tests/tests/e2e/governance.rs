@@ -16,10 +16,10 @@ fn at(started: &str, plus_ms: i64) -> String {
 
 const RUN: &str = "query($id: ID!) { run(id: $id) {
     status terminationReason stoppedAtStep tokensUsed stepCount policySnapshotId policyVersion
-    trace { headHash stepCount inflection { stepIndex policyId reason } steps { stepIndex status isInflection decision } }
-    violations { id policyId stepIndex action }
+    trace { headHash stepCount inflection { stepIndex policyId reason } steps { nodes { stepIndex status isInflection decision } } }
+    violations { nodes { id policyId stepIndex action } }
     incident { id status severity violation { id } }
-    enforcements { actionTaken policyId stepIndex }
+    enforcements { nodes { actionTaken policyId stepIndex } }
     evaluation { outcome policiesChecked reason draftCandidate }
 } }";
 
@@ -228,10 +228,10 @@ async fn the_stop_path_records_everything_and_later_steps_are_refused() {
     assert_eq!(r["stoppedAtStep"], 1);
     assert_eq!(r["trace"]["inflection"]["stepIndex"], 1);
     assert_eq!(r["trace"]["inflection"]["policyId"], policy_id);
-    assert_eq!(r["trace"]["steps"][1]["isInflection"], true);
+    assert_eq!(r["trace"]["steps"]["nodes"][1]["isInflection"], true);
     assert_eq!(r["trace"]["headHash"], d["step"]["entryHash"]);
     assert_eq!(r["incident"]["status"], "OPEN");
-    let actions: Vec<&str> = r["enforcements"]
+    let actions: Vec<&str> = r["enforcements"]["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -254,7 +254,7 @@ async fn the_stop_path_records_everything_and_later_steps_are_refused() {
     );
     let data = app.gql_ok(RUN, json!({ "id": run })).await;
     assert_eq!(data["run"]["stepCount"], 2);
-    let last = data["run"]["enforcements"]
+    let last = data["run"]["enforcements"]["nodes"]
         .as_array()
         .unwrap()
         .last()
@@ -275,7 +275,7 @@ async fn the_stop_path_records_everything_and_later_steps_are_refused() {
     // The policy knows it fired.
     let p = app
         .gql_ok(
-            "query($id: ID!) { policy(id: $id) { triggerCount30d lastTriggeredAt enforcements { actionTaken } } }",
+            "query($id: ID!) { policy(id: $id) { triggerCount30d lastTriggeredAt enforcements { nodes { actionTaken } } } }",
             json!({ "id": policy_id }),
         )
         .await;
@@ -367,13 +367,19 @@ async fn fifty_concurrent_steps_never_overrun_the_budget_and_open_one_incident()
     assert_eq!(data["run"]["stepCount"], 21);
     let incidents = app
         .gql_ok(
-            "query($id: ID!) { run(id: $id) { violations { id } incident { id } } }",
+            "query($id: ID!) { run(id: $id) { violations { nodes { id } } incident { id } } }",
             json!({ "id": run }),
         )
         .await;
-    assert_eq!(incidents["run"]["violations"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        incidents["run"]["violations"]["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(incidents["run"]["incident"]["id"].is_string());
-    let blocked = data["run"]["enforcements"]
+    let blocked = data["run"]["enforcements"]["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -429,7 +435,7 @@ async fn silent_runs_past_their_duration_limit_are_stopped() {
     let r = &data["run"];
     assert_eq!(r["terminationReason"], "TIMEOUT");
     assert_eq!(r["trace"]["inflection"]["stepIndex"], 0);
-    assert_eq!(r["trace"]["steps"][0]["decision"], "STOP");
+    assert_eq!(r["trace"]["steps"]["nodes"][0]["decision"], "STOP");
     assert_eq!(r["incident"]["status"], "OPEN");
     let v = app
         .gql_ok(
@@ -551,11 +557,13 @@ async fn runs_keep_their_snapshot_while_policies_change_and_versions_are_counted
     .await;
     let p = app
         .gql_ok(
-            "mutation($id: ID!) { setPolicyEnabled(id: $id, enabled: false) { version enabled history { version policySetVersion rule enabled } } }",
+            "mutation($id: ID!) { setPolicyEnabled(id: $id, enabled: false) { version enabled history { nodes { version policySetVersion rule enabled } } } }",
             json!({ "id": id }),
         )
         .await;
-    let history = p["setPolicyEnabled"]["history"].as_array().unwrap();
+    let history = p["setPolicyEnabled"]["history"]["nodes"]
+        .as_array()
+        .unwrap();
     let versions: Vec<&str> = history
         .iter()
         .map(|h| h["policySetVersion"].as_str().unwrap())

@@ -133,6 +133,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Start the application in-process for `env` with `config`.
 pub async fn spawn_in(env: TestEnv, config: Config) -> TestApp {
+    start(env, config, None).await
+}
+
+/// Start the application; `key` is the tenant key when the database was bootstrapped before.
+async fn start(env: TestEnv, config: Config, key: Option<String>) -> TestApp {
     // Server logs go to the test's output (shown for failing tests); RUST_LOG sets the level.
     governance_api::telemetry::init(LogFormat::Human, "warn");
     let app = Application::build(config)
@@ -141,6 +146,7 @@ pub async fn spawn_in(env: TestEnv, config: Config) -> TestApp {
     let key = app
         .bootstrap_key()
         .map(|k| k.secret.clone())
+        .or(key)
         .expect("a fresh database bootstraps the default tenant");
     let port = app.port();
     let db = app.state().db.clone();
@@ -348,6 +354,43 @@ impl TestApp {
             .await
             .expect("send init");
         WsClient { socket }
+    }
+
+    /// Stop the server and start it again on the same data with a changed configuration.
+    pub async fn restart(self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let key = self.key.clone();
+        let env = self.stop().await;
+        let mut config = env.config();
+        configure(&mut config);
+        start(env, config, Some(key)).await
+    }
+
+    /// A second tenant in the same service; returns its `Bearer …` header value.
+    pub async fn other_tenant(&self, name: &str) -> String {
+        let issued = governance_core::tenancy::create_tenant(&self.store, name)
+            .await
+            .expect("tenant created");
+        format!("Bearer {}", issued.secret)
+    }
+
+    /// A counter of `/metrics` (summed over its label sets), e.g. `governance_db_statements_total`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
     }
 
     /// Stop the server gracefully and wait for it.

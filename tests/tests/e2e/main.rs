@@ -7,6 +7,7 @@ mod helpers;
 
 mod auth;
 mod governance;
+mod graph;
 mod jobs;
 mod operations;
 mod persistence;

@@ -126,3 +126,48 @@ async fn unknown_ids_and_missing_objects_have_codes() {
         "input.workflowId"
     );
 }
+
+#[tokio::test]
+async fn every_type_field_and_value_is_documented_for_graphiql() {
+    let app = crate::helpers::spawn_app().await;
+    let data = app
+        .gql_ok(
+            "{ __schema { types { name kind description
+                fields { name description args { name description } }
+                inputFields { name description }
+                enumValues { name description } } } }",
+            json!({}),
+        )
+        .await;
+    let builtin = ["String", "Int", "Float", "Boolean", "ID"];
+    let blank = |v: &serde_json::Value| v.as_str().is_none_or(|s| s.trim().is_empty());
+    let mut missing = Vec::new();
+    for t in data["__schema"]["types"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        if name.starts_with("__") || builtin.contains(&name) {
+            continue;
+        }
+        // async-graphql's generic `…Connection` types carry no type description (their fields
+        // do); everything of ours must.
+        if blank(&t["description"]) && !name.ends_with("Connection") {
+            missing.push(name.to_string());
+        }
+        for (list, what) in [
+            ("fields", "field"),
+            ("inputFields", "input"),
+            ("enumValues", "value"),
+        ] {
+            for f in t[list].as_array().into_iter().flatten() {
+                if blank(&f["description"]) {
+                    missing.push(format!("{what} {name}.{}", f["name"].as_str().unwrap()));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} undocumented:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+}
