@@ -2,6 +2,8 @@
 //! the trace hash chain, the run lifecycle, audits and export bundles. `api` and `workers` are thin
 //! adapters that authenticate, translate and call into this crate. No HTTP, GraphQL or apalis here.
 
+pub mod auditing;
+pub mod audits;
 pub mod canonical;
 pub mod chain;
 pub mod compare;

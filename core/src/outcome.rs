@@ -9,6 +9,8 @@ use governance_entities::event;
 pub enum FollowUp {
     /// Write the run's one evaluation record.
     RecordEvaluation { tenant_id: String, run_id: String },
+    /// Run an audit's checks and store its verdict.
+    RunAudit { tenant_id: String, audit_id: String },
 }
 
 /// The result of a committed change.

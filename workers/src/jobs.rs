@@ -1,7 +1,12 @@
 //! Job payloads and their handlers. A handler is a plain async function over its payload and
 //! dependencies; tests call it directly, apalis only adapts it.
 
-use governance_core::{CoreError, evaluation, store::Store};
+use governance_core::{
+    CoreError,
+    audits::{self, Performed},
+    evaluation,
+    store::Store,
+};
 use serde::{Deserialize, Serialize};
 
 /// Write a run's one evaluation record.
@@ -9,6 +14,13 @@ use serde::{Deserialize, Serialize};
 pub struct RecordEvaluation {
     pub tenant_id: String,
     pub run_id: String,
+}
+
+/// Run an audit's checks and store its verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAudit {
+    pub tenant_id: String,
+    pub audit_id: String,
 }
 
 /// What a handler did.
@@ -54,4 +66,29 @@ pub async fn record_evaluation(job: &RecordEvaluation, store: &Store) -> Result<
     } else {
         Outcome::AlreadyDone
     })
+}
+
+/// Handler of [`RunAudit`]. Returns what was committed, so the caller can publish its event.
+pub async fn run_audit(
+    job: &RunAudit,
+    store: &Store,
+) -> Result<governance_core::outcome::Committed<Performed>, JobError> {
+    let committed = audits::perform(store, &job.tenant_id, &job.audit_id).await?;
+    match &committed.value {
+        Performed::Completed(audit) => tracing::info!(
+            audit_id = %audit.id,
+            job_id = %audit.job_id,
+            verdict = ?audit.verdict,
+            "audit completed"
+        ),
+        Performed::Failed(audit) => tracing::warn!(
+            audit_id = %audit.id,
+            error = ?audit.error,
+            "audit could not run"
+        ),
+        Performed::AlreadyDone(audit) => {
+            tracing::info!(audit_id = %audit.id, "audit already done")
+        }
+    }
+    Ok(committed)
 }

@@ -13,7 +13,7 @@ use apalis_sqlite::SqliteStorage;
 use governance_core::outcome::FollowUp;
 use sea_orm::{DatabaseConnection, DbBackend};
 
-use crate::jobs::RecordEvaluation;
+use crate::jobs::{RecordEvaluation, RunAudit};
 
 /// How to reach the queues.
 #[derive(Clone)]
@@ -35,6 +35,7 @@ pub enum Storage<T> {
 #[derive(Clone)]
 pub struct JobQueue {
     pub evaluation: Storage<RecordEvaluation>,
+    pub audit: Storage<RunAudit>,
     redis: Option<redis::aio::ConnectionManager>,
     db: DatabaseConnection,
     namespace: String,
@@ -47,6 +48,42 @@ fn queue_name(namespace: &str, job: &str) -> String {
     format!("{namespace}.{job}")
 }
 
+/// Where the queues live.
+enum Backend {
+    Sqlite(sqlx_pool::Sqlite),
+    Postgres(sqlx_pool::Postgres),
+    Redis(redis::aio::ConnectionManager),
+}
+
+mod sqlx_pool {
+    pub type Sqlite = sea_orm::sqlx::SqlitePool;
+    pub type Postgres = sea_orm::sqlx::PgPool;
+}
+
+impl Backend {
+    /// The storage of one job type on this backend, under `namespace.job`.
+    fn storage<T>(&self, namespace: &str, job: &str) -> Storage<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
+    {
+        let queue = queue_name(namespace, job);
+        match self {
+            Backend::Sqlite(pool) => Storage::Sqlite(
+                SqliteStorage::new(pool)
+                    .with_config(apalis_sqlite::Config::default().queue(&queue)),
+            ),
+            Backend::Postgres(pool) => Storage::Postgres(
+                PostgresStorage::new(pool)
+                    .with_config(apalis_postgres::Config::default().queue(&queue)),
+            ),
+            Backend::Redis(manager) => Storage::Redis(
+                RedisStorage::new(manager.clone())
+                    .with_config(apalis_redis::Config::default().queue(&queue)),
+            ),
+        }
+    }
+}
+
 impl JobQueue {
     /// Connect the configured storage and apply its migrations (SQLite/PostgreSQL). On SQLite only
     /// the storage's migrations run, never its `setup`, which would weaken our pragmas
@@ -57,56 +94,46 @@ impl JobQueue {
             redis_url,
             namespace,
         } = settings;
-        let evaluation_queue = queue_name(&namespace, "evaluation");
-        if let Some(url) = redis_url {
-            let client = redis::Client::open(url.as_str()).with_context(|| {
-                format!("invalid Redis URL `{}`", governance_core::db::redact(&url))
-            })?;
-            let manager = redis::aio::ConnectionManager::new(client)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot connect to Redis at {}",
-                        governance_core::db::redact(&url)
-                    )
+        let backend = match (&redis_url, db.get_database_backend()) {
+            (Some(url), _) => {
+                let client = redis::Client::open(url.as_str()).with_context(|| {
+                    format!("invalid Redis URL `{}`", governance_core::db::redact(url))
                 })?;
-            let evaluation = RedisStorage::new(manager.clone())
-                .with_config(apalis_redis::Config::default().queue(&evaluation_queue));
-            return Ok(Self {
-                evaluation: Storage::Redis(evaluation),
-                redis: Some(manager),
-                db,
-                namespace,
-            });
-        }
-        let evaluation = match db.get_database_backend() {
-            DbBackend::Sqlite => {
+                let manager = redis::aio::ConnectionManager::new(client)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot connect to Redis at {}",
+                            governance_core::db::redact(url)
+                        )
+                    })?;
+                Backend::Redis(manager)
+            }
+            (None, DbBackend::Sqlite) => {
                 let pool = db.get_sqlite_connection_pool();
                 SqliteStorage::migrations()
                     .run(pool)
                     .await
                     .context("job queue (SQLite) migration failed")?;
-                Storage::Sqlite(
-                    SqliteStorage::new(pool)
-                        .with_config(apalis_sqlite::Config::default().queue(&evaluation_queue)),
-                )
+                Backend::Sqlite(pool.clone())
             }
-            DbBackend::Postgres => {
+            (None, DbBackend::Postgres) => {
                 let pool = db.get_postgres_connection_pool();
                 PostgresStorage::migrations()
                     .run(pool)
                     .await
                     .context("job queue (PostgreSQL) migration failed")?;
-                Storage::Postgres(
-                    PostgresStorage::new(pool)
-                        .with_config(apalis_postgres::Config::default().queue(&evaluation_queue)),
-                )
+                Backend::Postgres(pool.clone())
             }
-            other => anyhow::bail!("unsupported database backend {other:?}"),
+            (None, other) => anyhow::bail!("unsupported database backend {other:?}"),
         };
         Ok(Self {
-            evaluation,
-            redis: None,
+            evaluation: backend.storage(&namespace, "evaluation"),
+            audit: backend.storage(&namespace, "audit"),
+            redis: match backend {
+                Backend::Redis(manager) => Some(manager),
+                _ => None,
+            },
             db,
             namespace,
         })
@@ -125,6 +152,19 @@ impl JobQueue {
                     RecordEvaluation {
                         tenant_id: tenant_id.clone(),
                         run_id: run_id.clone(),
+                    },
+                )
+                .await
+            }
+            FollowUp::RunAudit {
+                tenant_id,
+                audit_id,
+            } => {
+                push(
+                    &self.audit,
+                    RunAudit {
+                        tenant_id: tenant_id.clone(),
+                        audit_id: audit_id.clone(),
                     },
                 )
                 .await

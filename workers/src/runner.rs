@@ -14,8 +14,8 @@ use governance_core::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    WorkerDeps,
-    jobs::{self, JobError, RecordEvaluation},
+    Dispatcher, WorkerDeps,
+    jobs::{self, JobError, RecordEvaluation, RunAudit},
     queue::{POLL_INTERVAL, Storage},
     sweeper,
 };
@@ -57,6 +57,16 @@ async fn handle_evaluation(job: RecordEvaluation, store: Data<Store>) -> Result<
         .map_err(to_apalis)
 }
 
+async fn handle_audit(
+    job: RunAudit,
+    store: Data<Store>,
+    dispatcher: Data<Dispatcher>,
+) -> Result<(), BoxDynError> {
+    let committed = jobs::run_audit(&job, &store).await.map_err(to_apalis)?;
+    dispatcher.dispatch(committed).await;
+    Ok(())
+}
+
 /// A worker name unique to this process and this start (apalis refuses a name reused within
 /// its heartbeat interval, and tests run several servers in one process).
 fn worker_name(job: &str) -> String {
@@ -67,38 +77,69 @@ fn worker_name(job: &str) -> String {
     )
 }
 
+/// Register one worker for `$storage` on `$monitor`: polled (SQLite, Redis) or notified
+/// (PostgreSQL), with retries and backoff, `CONCURRENCY` jobs at once, and the handler's data.
+macro_rules! register {
+    ($monitor:expr, $storage:expr, $job:literal, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
+        let name = worker_name($job);
+        let backoff = $backoff.clone();
+        match $storage.clone() {
+            Storage::Sqlite(storage) => $monitor.register(move |run| {
+                WorkerBuilder::new(format!("{name}-{run}"))
+                    .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                    .concurrency(CONCURRENCY)
+                    .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
+                    $(.data($data.clone()))*
+                    .build($handler)
+            }),
+            Storage::Postgres(storage) => $monitor.register(move |run| {
+                WorkerBuilder::new(format!("{name}-{run}"))
+                    .backend(storage.clone().with_pubsub())
+                    .concurrency(CONCURRENCY)
+                    .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
+                    $(.data($data.clone()))*
+                    .build($handler)
+            }),
+            Storage::Redis(storage) => $monitor.register(move |run| {
+                WorkerBuilder::new(format!("{name}-{run}"))
+                    .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                    .concurrency(CONCURRENCY)
+                    .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
+                    $(.data($data.clone()))*
+                    .build($handler)
+            }),
+        }
+    }};
+}
+
 /// Build the monitor with one worker per job type on the configured storage.
 fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
     let backoff = backoff()?;
-    let store = deps.store.clone();
-    let name = worker_name("evaluation");
     let monitor = Monitor::new().shutdown_timeout(SHUTDOWN_TIMEOUT);
-    Ok(match deps.jobs.evaluation.clone() {
-        Storage::Sqlite(storage) => monitor.register(move |run| {
-            WorkerBuilder::new(format!("{name}-{run}"))
-                .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-                .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
-                .concurrency(CONCURRENCY)
-                .data(store.clone())
-                .build(handle_evaluation)
-        }),
-        Storage::Postgres(storage) => monitor.register(move |run| {
-            WorkerBuilder::new(format!("{name}-{run}"))
-                .backend(storage.clone().with_pubsub())
-                .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
-                .concurrency(CONCURRENCY)
-                .data(store.clone())
-                .build(handle_evaluation)
-        }),
-        Storage::Redis(storage) => monitor.register(move |run| {
-            WorkerBuilder::new(format!("{name}-{run}"))
-                .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-                .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
-                .concurrency(CONCURRENCY)
-                .data(store.clone())
-                .build(handle_evaluation)
-        }),
-    })
+    let monitor = {
+        let store = deps.store.clone();
+        register!(
+            monitor,
+            deps.jobs.evaluation,
+            "evaluation",
+            backoff,
+            handle_evaluation,
+            [store]
+        )
+    };
+    let monitor = {
+        let store = deps.store.clone();
+        let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
+        register!(
+            monitor,
+            deps.jobs.audit,
+            "audit",
+            backoff,
+            handle_audit,
+            [store, dispatcher]
+        )
+    };
+    Ok(monitor)
 }
 
 /// Run every worker until `shutdown` is cancelled. A worker that fails (its storage became

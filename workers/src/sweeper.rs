@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use governance_core::{outcome::FollowUp, runs, store::Store, timeouts};
+use governance_core::{audits, outcome::FollowUp, runs, store::Store, timeouts};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Dispatcher, WorkerDeps, queue::JobQueue};
@@ -18,15 +18,25 @@ pub const GRACE: Duration = Duration::from_secs(30);
 /// At most this many runs per sweep, oldest first.
 const BATCH: u64 = 200;
 
-/// One sweep: enqueue evaluation jobs for ended, unevaluated runs. Returns how many it enqueued.
+/// One sweep: enqueue evaluation jobs for ended, unevaluated runs, and audit jobs for audits
+/// still pending. Returns how many jobs it enqueued.
 pub async fn sweep_once(store: &Store, jobs: &JobQueue) -> anyhow::Result<usize> {
     // Leave the normal path time to do its work before repairing it.
     let cutoff = governance_core::time::now() - chrono::Duration::from_std(GRACE)?;
-    let pending = runs::ended_without_evaluation(store.db(), cutoff, BATCH).await?;
+    let unevaluated = runs::ended_without_evaluation(store.db(), cutoff, BATCH)
+        .await?
+        .into_iter()
+        .map(|(tenant_id, run_id)| FollowUp::RecordEvaluation { tenant_id, run_id });
+    let unaudited = audits::pending_before(store.db(), cutoff, BATCH)
+        .await?
+        .into_iter()
+        .map(|(tenant_id, audit_id)| FollowUp::RunAudit {
+            tenant_id,
+            audit_id,
+        });
     let mut enqueued = 0;
-    for (tenant_id, run_id) in pending {
-        jobs.enqueue(&FollowUp::RecordEvaluation { tenant_id, run_id })
-            .await?;
+    for follow_up in unevaluated.chain(unaudited) {
+        jobs.enqueue(&follow_up).await?;
         enqueued += 1;
     }
     Ok(enqueued)
@@ -72,7 +82,10 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
         }
         match sweep_once(&deps.store, &deps.jobs).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(enqueued = n, "sweeper enqueued evaluation jobs"),
+            Ok(n) => tracing::info!(
+                enqueued = n,
+                "sweeper enqueued lost evaluation and audit jobs"
+            ),
             Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next interval"),
         }
     }

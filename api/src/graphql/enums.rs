@@ -223,3 +223,41 @@ mirror!(
         Failed,
     }
 );
+
+mirror!(
+    /// Where an audit is.
+    AuditStatus {
+        /// Requested; the audit job has not finished.
+        Pending,
+        /// The audit job is checking.
+        Running,
+        /// The checks ran; `verdict` is set.
+        Completed,
+        /// The audit could not run; `error` says why.
+        Failed,
+    }
+);
+
+mirror!(
+    /// The outcome of an audit.
+    AuditVerdict {
+        /// Every check passed: the rollout may proceed.
+        Pass,
+        /// At least one check failed.
+        Fail,
+        /// No check failed, but at least one could not decide.
+        Inconclusive,
+    }
+);
+
+mirror!(
+    /// The result of one audit check.
+    CheckResult {
+        /// The check holds.
+        Pass,
+        /// The check does not hold.
+        Fail,
+        /// The input does not allow a decision.
+        Inconclusive,
+    }
+);

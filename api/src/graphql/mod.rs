@@ -1,6 +1,7 @@
 //! The GraphQL schema: one module per domain, merged into the root types. Resolvers stay thin:
 //! they read the principal, translate arguments, and call `governance_core`.
 
+pub mod audits;
 pub mod enums;
 pub mod error;
 pub mod explain;
@@ -36,6 +37,7 @@ pub struct Query(
     incidents::IncidentQuery,
     exports::ExportQuery,
     status::StatusQuery,
+    audits::AuditQuery,
 );
 
 /// The root mutation.
@@ -45,6 +47,7 @@ pub struct Mutation(
     policies::PolicyMutation,
     steps::StepMutation,
     incidents::IncidentMutation,
+    audits::AuditMutation,
 );
 
 /// The root subscription.

@@ -3,11 +3,13 @@
 use async_graphql::{Context, ID, Interface, Object};
 use governance_core::{CoreError, ids};
 use governance_entities::{
-    api_key, policy_enforcement, policy_evaluation, policy_version, tenant, trace_step,
+    api_key, audit, audit_check, policy_enforcement, policy_evaluation, policy_version, tenant,
+    trace_step,
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::{
+    audits::{Audit, AuditCheck},
     error::GqlResultExt,
     exports::Export,
     incidents::{Evidence, Incident, Violation},
@@ -41,6 +43,8 @@ pub enum Node {
     PolicyEvaluation(PolicyEvaluation),
     PolicyEnforcement(PolicyEnforcement),
     Export(Export),
+    Audit(Audit),
+    AuditCheck(AuditCheck),
 }
 
 #[derive(Default)]
@@ -136,6 +140,12 @@ impl NodeQuery {
                 .load_one(loaders::ExportId(key))
                 .await?
                 .map(|e| Node::Export(Export(e))),
+            Some(p::AUDIT) => by_id!(db, tenant_id, audit, key)
+                .gql()?
+                .map(|a| Node::Audit(Audit(a))),
+            Some(p::AUDIT_CHECK) => by_id!(db, tenant_id, audit_check, key)
+                .gql()?
+                .map(|c| Node::AuditCheck(AuditCheck(c))),
             _ => {
                 return Err(CoreError::bad_field(
                     "id",
