@@ -74,6 +74,22 @@ pub async fn open_queue(config: &Config, db: &DatabaseConnection) -> anyhow::Res
     .await
 }
 
+/// The event bus: in-process, or across replicas through Redis when a Redis URL is configured.
+/// Its relay runs until `shutdown`.
+pub async fn open_bus(config: &Config, shutdown: CancellationToken) -> anyhow::Result<EventBus> {
+    match &config.redis_url {
+        Some(url) => EventBus::with_redis(url, &config.namespace, shutdown)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect the event bus to Redis at {}",
+                    governance_core::db::redact(url)
+                )
+            }),
+        None => Ok(EventBus::new()),
+    }
+}
+
 /// Write the bootstrap key where only this user can read it.
 fn write_key_file(config: &Config, key: &IssuedKey) -> anyhow::Result<std::path::PathBuf> {
     use std::io::Write;
@@ -118,7 +134,8 @@ impl Application {
                 path.display()
             );
         }
-        let bus = EventBus::new();
+        let shutdown = CancellationToken::new();
+        let bus = open_bus(&config, shutdown.clone()).await?;
         let state = AppState {
             db,
             store,
@@ -146,7 +163,6 @@ impl Application {
         .shutdown_timeout(config.shutdown_timeout_secs)
         .run();
         let handle = server.handle();
-        let shutdown = CancellationToken::new();
 
         let workers = match config.workers {
             WorkersMode::Embedded => Some(tokio::spawn(governance_workers::run(

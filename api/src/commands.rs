@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use governance_core::{policy::SnapshotCache, store::Store, tenancy};
-use governance_workers::{WorkerDeps, events::EventBus};
+use governance_workers::WorkerDeps;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -41,12 +41,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let jobs = app::open_queue(&config, &db).await?;
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
+            let bus = app::open_bus(&config, shutdown.clone()).await?;
             tracing::info!("governance worker started");
             governance_workers::run(
                 WorkerDeps {
                     store: Store::new(db),
                     jobs,
-                    bus: EventBus::new(),
+                    bus,
                     cache: SnapshotCache::new(),
                 },
                 shutdown,

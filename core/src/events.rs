@@ -105,3 +105,20 @@ pub async fn of_run<C: ConnectionTrait>(
         .all(conn)
         .await?)
 }
+
+/// The stored events of a tenant after sequence number `after`, in sequence order, at most
+/// `limit`: what a subscriber replays, or catches up on.
+pub async fn after<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    after: i64,
+    limit: u64,
+) -> CoreResult<Vec<event::Model>> {
+    Ok(event::Entity::find()
+        .filter(event::Column::TenantId.eq(tenant_id))
+        .filter(event::Column::Seq.gt(after))
+        .order_by_asc(event::Column::Seq)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}

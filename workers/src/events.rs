@@ -1,19 +1,55 @@
-//! In-process fan-out of committed outbox events to live subscribers. The outbox table is the
-//! source of truth; this only spares subscribers from polling it.
+//! Fan-out of committed outbox events to live subscribers. The outbox table is the source of
+//! truth; the bus only spares subscribers from polling it.
+//!
+//! - In-process by default: a bounded broadcast channel. Publishing never blocks; a subscriber
+//!   that falls more than the buffer behind is told (`Lagged`) and catches up from the outbox.
+//! - With Redis: every committed event is also published on the channel `{namespace}:events`,
+//!   and every replica relays what it receives there into its own broadcast. So a subscriber on
+//!   any replica sees events committed on any replica. A replica's own events arrive twice
+//!   (locally at once, then through Redis); streams drop the second by its sequence number.
+//!   When the Redis subscription is (re)established, subscribers are told to resync from the
+//!   outbox, so an event published while it was down is not lost.
+//!
+//! [`tenant_stream`] turns the bus into what clients need: every event of one tenant after a
+//! cursor, in sequence order, with no gap and no duplicate, replayed from the outbox and then
+//! live.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
+use governance_core::events as outbox;
 use governance_entities::event;
+use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
-/// How many events a subscriber may fall behind before it is told it lagged.
+/// How many messages a subscriber may fall behind before it must catch up from the outbox.
 const CAPACITY: usize = 4096;
+/// Outbox rows read per catch-up query.
+const CATCH_UP_BATCH: u64 = 500;
+/// Pause before reconnecting a lost Redis subscription (doubling to a minute).
+const REDIS_RETRY: Duration = Duration::from_millis(500);
 
-/// A broadcast of committed events.
+/// What the bus carries.
+#[derive(Debug, Clone)]
+pub enum BusMessage {
+    /// A committed event.
+    Event(Arc<event::Model>),
+    /// Events may have been missed (the Redis relay reconnected): read the outbox.
+    Resync,
+}
+
+/// A broadcast of committed events, optionally across replicas through Redis.
 #[derive(Clone)]
 pub struct EventBus {
-    sender: broadcast::Sender<Arc<event::Model>>,
+    sender: broadcast::Sender<BusMessage>,
+    redis: Option<RedisRelay>,
+}
+
+#[derive(Clone)]
+struct RedisRelay {
+    publisher: redis::aio::ConnectionManager,
+    channel: String,
 }
 
 impl Default for EventBus {
@@ -23,47 +59,225 @@ impl Default for EventBus {
 }
 
 impl EventBus {
+    /// An in-process bus.
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(CAPACITY);
-        Self { sender }
+        Self {
+            sender,
+            redis: None,
+        }
     }
 
-    /// Publish a committed event to everyone subscribed now. Never blocks.
-    pub fn publish(&self, event: event::Model) {
+    /// A bus that also fans out through Redis pub/sub on `{namespace}:events`. The relay task
+    /// runs until `shutdown`.
+    pub async fn with_redis(
+        url: &str,
+        namespace: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
+        let channel = format!("{namespace}:events");
+        let bus = Self {
+            sender: broadcast::channel(CAPACITY).0,
+            redis: Some(RedisRelay {
+                publisher,
+                channel: channel.clone(),
+            }),
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(relay(
+            client,
+            channel,
+            bus.sender.clone(),
+            shutdown,
+            Some(ready_tx),
+        ));
+        // Subscribed before we serve: an event committed after start-up is not missed.
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        Ok(bus)
+    }
+
+    /// Publish a committed event to everyone subscribed now (and to other replicas). Never
+    /// blocks on subscribers; a failed Redis publish is logged (subscribers elsewhere pick the
+    /// event up from the outbox at their next catch-up).
+    pub async fn publish(&self, event: event::Model) {
+        let event = Arc::new(event);
         // No subscriber is not an error.
-        let _ = self.sender.send(Arc::new(event));
+        let _ = self.sender.send(BusMessage::Event(event.clone()));
+        if let Some(relay) = &self.redis {
+            let payload = match serde_json::to_string(&*event) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot encode an event for Redis");
+                    return;
+                }
+            };
+            let mut conn = relay.publisher.clone();
+            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(&relay.channel)
+                .arg(payload)
+                .query_async(&mut conn)
+                .await;
+            if let Err(err) = published {
+                tracing::warn!(error = %err, seq = event.seq, "cannot publish an event to Redis");
+            }
+        }
     }
 
-    /// Subscribe; events published from now on are received.
-    pub fn subscribe(&self) -> Subscription {
-        Subscription {
-            receiver: self.sender.subscribe(),
+    /// Subscribe; messages published from now on are received.
+    pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+        self.sender.subscribe()
+    }
+}
+
+/// Relay Redis messages into the local broadcast, reconnecting with backoff until `shutdown`.
+async fn relay(
+    client: redis::Client,
+    channel: String,
+    sender: broadcast::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut pause = REDIS_RETRY;
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        }
+        .await;
+        match subscribed {
+            Ok(mut pubsub) => {
+                pause = REDIS_RETRY;
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                // Anything published while we were not subscribed is in the outbox.
+                let _ = sender.send(BusMessage::Resync);
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(message) => forward(&sender, message),
+                            None => break,
+                        },
+                    }
+                }
+                tracing::warn!("Redis event subscription ended; reconnecting");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, ?pause, "cannot subscribe to Redis events; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
+fn forward(sender: &broadcast::Sender<BusMessage>, message: redis::Msg) {
+    let decoded = message
+        .get_payload::<String>()
+        .map_err(anyhow::Error::from)
+        .and_then(|text| Ok(serde_json::from_str::<event::Model>(&text)?));
+    match decoded {
+        Ok(event) => {
+            let _ = sender.send(BusMessage::Event(Arc::new(event)));
+        }
+        Err(err) => tracing::warn!(error = %err, "ignoring an undecodable Redis event"),
+    }
+}
+
+/// Where a tenant stream stands.
+struct StreamState {
+    db: DatabaseConnection,
+    tenant_id: String,
+    receiver: broadcast::Receiver<BusMessage>,
+    /// The last sequence number delivered (or skipped as seen).
+    last: i64,
+    /// Events read from the outbox, not yet delivered.
+    pending: std::collections::VecDeque<event::Model>,
+    /// Read the outbox before the next live message.
+    catch_up: bool,
+}
+
+impl StreamState {
+    /// Fill `pending` from the outbox after `last`. Returns false on a database error (the
+    /// stream then ends; the client resumes from its cursor).
+    async fn read_outbox(&mut self) -> bool {
+        match outbox::after(&self.db, &self.tenant_id, self.last, CATCH_UP_BATCH).await {
+            Ok(rows) => {
+                // A full batch means there may be more: read again once these are delivered.
+                self.catch_up = rows.len() as u64 == CATCH_UP_BATCH;
+                self.pending.extend(rows);
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the outbox; ending the stream");
+                false
+            }
         }
     }
 }
 
-/// One subscriber's view of the bus.
-pub struct Subscription {
-    receiver: broadcast::Receiver<Arc<event::Model>>,
-}
-
-impl Subscription {
-    /// The events as a stream. A subscriber that falls more than the buffer behind gets the
-    /// stream ended rather than a silent gap; it resumes from its last cursor.
-    pub fn into_stream(self) -> impl Stream<Item = Arc<event::Model>> + Send + 'static {
-        futures::stream::unfold(self.receiver, |mut receiver| async move {
-            match receiver.recv().await {
-                Ok(event) => Some((event, receiver)),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(
-                        missed,
-                        "subscriber lagged; ending its stream so it resumes from its cursor"
-                    );
-                    None
+/// Every event of `tenant_id` after sequence number `after`, in order, with no gap and no
+/// duplicate: first what the outbox holds, then live. The bus is subscribed before the outbox is
+/// read, so an event committed in between is in both and delivered once. A live event that
+/// skips sequence numbers (another request's publish overtook it, or a message was lost) and a
+/// lagged receiver both send the stream back to the outbox for what it missed.
+pub fn tenant_stream(
+    db: DatabaseConnection,
+    bus: &EventBus,
+    tenant_id: String,
+    after: i64,
+) -> impl Stream<Item = event::Model> + Send + use<> {
+    let state = StreamState {
+        db,
+        tenant_id,
+        receiver: bus.subscribe(),
+        last: after,
+        pending: Default::default(),
+        catch_up: true,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(event) = state.pending.pop_front() {
+                if event.seq <= state.last {
+                    continue;
                 }
-                Err(broadcast::error::RecvError::Closed) => None,
+                state.last = event.seq;
+                return Some((event, state));
             }
-        })
-        .boxed()
-    }
+            if state.catch_up {
+                if !state.read_outbox().await {
+                    return None;
+                }
+                continue;
+            }
+            match state.receiver.recv().await {
+                Ok(BusMessage::Event(event)) => {
+                    if event.tenant_id != state.tenant_id || event.seq <= state.last {
+                        continue;
+                    }
+                    if event.seq == state.last + 1 {
+                        state.last = event.seq;
+                        return Some(((*event).clone(), state));
+                    }
+                    // A gap: what lies between is committed (sequence numbers are taken in
+                    // commit order), so the outbox has it.
+                    state.catch_up = true;
+                }
+                Ok(BusMessage::Resync) => state.catch_up = true,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::info!(missed, "subscriber lagged; catching up from the outbox");
+                    state.catch_up = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
 }

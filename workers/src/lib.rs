@@ -42,7 +42,7 @@ impl Dispatcher {
     /// returned: the change is committed, and the sweeper enqueues the job again later.
     pub async fn dispatch<T>(&self, committed: Committed<T>) -> T {
         for event in committed.events {
-            self.bus.publish(event);
+            self.bus.publish(event).await;
         }
         for follow_up in committed.follow_ups {
             if let Err(err) = self.jobs.enqueue(&follow_up).await {

@@ -453,3 +453,128 @@ impl IncidentMutation {
         Ok(Incident(state.after_commit(committed).await))
     }
 }
+
+/// What happened to an incident.
+#[derive(async_graphql::Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum IncidentEventKind {
+    /// A run was stopped and the incident opened.
+    Created,
+    /// Someone acknowledged it.
+    Acknowledged,
+    /// It was resolved.
+    Resolved,
+}
+
+impl IncidentEventKind {
+    fn of(kind: &str) -> Option<Self> {
+        match kind {
+            "INCIDENT_CREATED" => Some(Self::Created),
+            "INCIDENT_ACKNOWLEDGED" => Some(Self::Acknowledged),
+            "INCIDENT_RESOLVED" => Some(Self::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// An incident event, as stored in the outbox.
+pub struct IncidentEvent {
+    event: governance_entities::event::Model,
+    kind: IncidentEventKind,
+}
+
+/// Something that happened to an incident. Resume a stream after `cursor` to lose nothing.
+#[Object]
+impl IncidentEvent {
+    /// The event's position in the tenant's event sequence: pass it as `after` to resume.
+    async fn cursor(&self) -> String {
+        self.event.seq.to_string()
+    }
+    /// CREATED, ACKNOWLEDGED or RESOLVED.
+    async fn kind(&self) -> IncidentEventKind {
+        self.kind
+    }
+    /// When it happened (committed).
+    async fn occurred_at(&self) -> DateTime {
+        self.event.created_at.into()
+    }
+    /// The incident's id.
+    async fn incident_id(&self) -> ID {
+        ID(self.event.subject_id.clone())
+    }
+    /// The incident's status right after the event.
+    async fn status(&self) -> Option<IncidentStatus> {
+        self.event
+            .payload
+            .get("status")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<db::IncidentStatus>().ok())
+            .map(Into::into)
+    }
+    /// The incident's severity.
+    async fn severity(&self) -> Option<Severity> {
+        self.event
+            .severity_rank
+            .and_then(db::Severity::from_rank)
+            .map(Into::into)
+    }
+    /// The incident as it is now.
+    async fn incident(&self, ctx: &Context<'_>) -> async_graphql::Result<Incident> {
+        loader(ctx)?
+            .load_one(loaders::IncidentId(self.event.subject_id.clone()))
+            .await?
+            .map(Incident)
+            .ok_or_else(|| CoreError::not_found("Incident", self.event.subject_id.as_str()))
+            .gql()
+    }
+}
+
+/// A cursor of the tenant's event sequence, or `BAD_USER_INPUT`.
+pub fn parse_event_cursor(cursor: Option<&str>) -> Result<i64, CoreError> {
+    match cursor {
+        None => Ok(0),
+        Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            CoreError::bad_field(
+                "after",
+                format!(
+                    "`{text}` is not an event cursor: pass the `cursor` of an event you received"
+                ),
+            )
+        }),
+    }
+}
+
+#[derive(Default)]
+pub struct IncidentSubscription;
+
+#[async_graphql::Subscription]
+impl IncidentSubscription {
+    /// Incident events of the tenant: first every stored event after `after` (from the
+    /// beginning when omitted), then live ones as they are committed, in sequence order, with
+    /// no gap and no duplicate. Reconnect with the last `cursor` you received to lose nothing.
+    /// `minSeverity` keeps only incidents at least that severe.
+    async fn incident_events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        min_severity: Option<Severity>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = IncidentEvent> + use<>> {
+        use futures::StreamExt;
+        let principal = principal(ctx)?;
+        let after = parse_event_cursor(after.as_deref()).gql()?;
+        let min_rank = min_severity
+            .map(|s| db::Severity::from(s).rank())
+            .unwrap_or(0);
+        let state = state(ctx);
+        let stream = governance_workers::events::tenant_stream(
+            state.db.clone(),
+            &state.bus,
+            principal.tenant_id.clone(),
+            after,
+        )
+        .filter_map(move |event| async move {
+            let kind = IncidentEventKind::of(&event.kind)?;
+            (event.severity_rank.unwrap_or(0) >= min_rank).then_some(IncidentEvent { event, kind })
+        });
+        Ok(stream)
+    }
+}

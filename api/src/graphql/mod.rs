@@ -52,7 +52,7 @@ pub struct Mutation(
 
 /// The root subscription.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(runs::RunSubscription);
+pub struct Subscription(runs::RunSubscription, incidents::IncidentSubscription);
 
 pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;
 

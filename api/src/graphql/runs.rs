@@ -1,7 +1,6 @@
 //! Runs: start, complete, cancel, read, and follow one run live.
 
 use async_graphql::{Context, Enum, ID, InputObject, Json, Object, SimpleObject, Subscription};
-use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use governance_core::{
@@ -536,9 +535,8 @@ impl RunSubscription {
     ) -> async_graphql::Result<impl Stream<Item = RunEvent> + use<>> {
         let principal = principal(ctx)?.clone();
         let state = state(ctx).clone();
-        // Subscribe first, then read what is stored: an event committed in between is in both,
-        // and the sequence number removes the duplicate. Nothing can fall in the gap.
-        let receiver = state.bus.subscribe();
+        // The run's stored events, then the tenant's live stream from the last of them: the
+        // stream is gap-free and de-duplicated by sequence number, on any replica.
         let run = runs::get(&state.db, &principal.tenant_id, &run_id)
             .await
             .gql()?;
@@ -547,13 +545,17 @@ impl RunSubscription {
             .gql()?;
         let replayed_up_to = stored.last().map(|e| e.seq).unwrap_or(0);
         let run_id = run.id.clone();
-        let live = receiver.into_stream().filter_map(move |event| {
-            let keep = event.tenant_id == principal.tenant_id
-                && event.run_id.as_deref() == Some(run_id.as_str())
-                && event.seq > replayed_up_to;
-            async move { keep.then_some(event) }
+        let live = governance_workers::events::tenant_stream(
+            state.db.clone(),
+            &state.bus,
+            principal.tenant_id.clone(),
+            replayed_up_to,
+        )
+        .filter(move |event| {
+            let keep = event.run_id.as_deref() == Some(run_id.as_str());
+            async move { keep }
         });
-        let stream = futures::stream::iter(stored.into_iter().map(Arc::new))
+        let stream = futures::stream::iter(stored)
             .chain(live)
             .filter_map(|event| async move {
                 let kind = match event.kind.as_str() {

@@ -328,7 +328,14 @@ impl TestApp {
 
     /// Open a graphql-transport-ws connection and send `connection_init` with `payload`.
     pub async fn ws_connect(&self, payload: Value) -> WsClient {
-        let mut request = format!("ws://127.0.0.1:{}/graphql", self.port)
+        ws_connect_to(self.port, payload).await
+    }
+}
+
+/// Open a graphql-transport-ws connection to the server on `port`.
+pub async fn ws_connect_to(port: u16, payload: Value) -> WsClient {
+    {
+        let mut request = format!("ws://127.0.0.1:{port}/graphql")
             .into_client_request()
             .expect("ws request");
         request.headers_mut().insert(
@@ -355,7 +362,9 @@ impl TestApp {
             .expect("send init");
         WsClient { socket }
     }
+}
 
+impl TestApp {
     /// Stop the server and start it again on the same data with a changed configuration.
     pub async fn restart(self, configure: impl FnOnce(&mut Config)) -> TestApp {
         let key = self.key.clone();

@@ -106,3 +106,274 @@ async fn invalid_subscriptions_get_an_error_with_a_code() {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+const INCIDENT_EVENTS: &str = "subscription($after: String, $min: Severity) {
+    incidentEvents(after: $after, minSeverity: $min) {
+        cursor kind incidentId status severity occurredAt incident { id run { id } } } }";
+
+/// A policy that stops any run whose step carries `content` with `secret-<severity>`.
+async fn secrets_policy(app: &crate::helpers::TestApp, severity: &str) {
+    app.create_policy(json!({
+        "name": format!("Secrets {severity}"), "kind": "CONTENT_RULE",
+        "rule": { "patterns": [format!("secret-{}", severity.to_lowercase())] },
+        "action": "BLOCK", "severity": severity,
+    }))
+    .await;
+}
+
+/// Start a run and stop it at once with a `severity` secret; returns the run id.
+async fn incident(app: &crate::helpers::TestApp, severity: &str) -> String {
+    let run = app.start_run("wf-incidents").await;
+    let decision = app
+        .step_ok(
+            &run,
+            json!({ "type": "LLM_CALL", "tokens": 1, "content": format!("leak secret-{}", severity.to_lowercase()) }),
+        )
+        .await;
+    assert_eq!(decision["action"], "STOP", "{decision}");
+    run
+}
+
+async fn subscribe_incidents(
+    app: &crate::helpers::TestApp,
+    authorization: &str,
+    variables: serde_json::Value,
+) -> crate::helpers::WsClient {
+    let mut ws = app
+        .ws_connect(json!({ "Authorization": authorization }))
+        .await;
+    ws.expect_ack().await;
+    ws.subscribe("1", INCIDENT_EVENTS, variables).await;
+    ws
+}
+
+fn cursor_of(event: &serde_json::Value) -> i64 {
+    event["incidentEvents"]["cursor"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn incident_events_replay_then_go_live_without_gap_or_duplicate() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    secrets_policy(&app, "HIGH").await;
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(incident(&app, "HIGH").await);
+    }
+    // More incidents are created while the subscriber replays the first three.
+    let creator = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut runs = Vec::new();
+            for _ in 0..5 {
+                runs.push(incident(&app, "HIGH").await);
+            }
+            runs
+        })
+    };
+    let bearer = format!("Bearer {}", app.key);
+    let mut ws = subscribe_incidents(&app, &bearer, json!({})).await;
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        seen.push(ws.next_data("1").await);
+    }
+    runs.extend(creator.await.unwrap());
+    let cursors: Vec<i64> = seen.iter().map(cursor_of).collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "in order: {cursors:?}"
+    );
+    let mut seen_runs: Vec<String> = seen
+        .iter()
+        .map(|e| {
+            e["incidentEvents"]["incident"]["run"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        seen.iter()
+            .all(|e| e["incidentEvents"]["kind"] == "CREATED")
+    );
+    seen_runs.sort();
+    runs.sort();
+    assert_eq!(seen_runs, runs, "every incident once");
+
+    // Live: an acknowledgement arrives next, and nothing else is pending.
+    let incident_id = seen[7]["incidentEvents"]["incidentId"].clone();
+    app.gql_ok(
+        "mutation($id: ID!) { acknowledgeIncident(id: $id) { status } }",
+        json!({ "id": incident_id }),
+    )
+    .await;
+    let ack = ws.next_data("1").await;
+    assert_eq!(ack["incidentEvents"]["kind"], "ACKNOWLEDGED");
+    assert_eq!(ack["incidentEvents"]["status"], "ACKNOWLEDGED");
+    assert_eq!(ack["incidentEvents"]["incidentId"], incident_id);
+    assert!(cursor_of(&ack) > cursors[7]);
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_with_its_cursor_loses_nothing() {
+    let app = spawn_app().await;
+    secrets_policy(&app, "HIGH").await;
+    incident(&app, "HIGH").await;
+    incident(&app, "HIGH").await;
+    let bearer = format!("Bearer {}", app.key);
+    let mut ws = subscribe_incidents(&app, &bearer, json!({})).await;
+    let first = ws.next_data("1").await;
+    let _second = ws.next_data("1").await;
+    // The client goes away after the first event it processed.
+    drop(ws);
+    let missed = incident(&app, "HIGH").await;
+    let mut ws = subscribe_incidents(
+        &app,
+        &bearer,
+        json!({ "after": first["incidentEvents"]["cursor"] }),
+    )
+    .await;
+    let again = ws.next_data("1").await;
+    assert_eq!(
+        again["incidentEvents"]["cursor"],
+        _second["incidentEvents"]["cursor"]
+    );
+    let next = ws.next_data("1").await;
+    assert_eq!(next["incidentEvents"]["incident"]["run"]["id"], missed);
+
+    // A cursor that is not one is refused with a code.
+    let mut bad = subscribe_incidents(&app, &bearer, json!({ "after": "yesterday" })).await;
+    match bad.next(Duration::from_secs(10)).await {
+        WsEvent::Json(v) => {
+            let errors = if v["type"] == "error" {
+                &v["payload"]
+            } else {
+                &v["payload"]["errors"]
+            };
+            assert_eq!(errors[0]["extensions"]["code"], "BAD_USER_INPUT", "{v}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn min_severity_filters_and_tenants_only_see_their_own_events() {
+    let mut app = spawn_app().await;
+    secrets_policy(&app, "LOW").await;
+    secrets_policy(&app, "CRITICAL").await;
+    let other = app.other_tenant("other").await;
+    let bearer = format!("Bearer {}", app.key);
+    let mut severe = subscribe_incidents(&app, &bearer, json!({ "min": "HIGH" })).await;
+    let mut theirs = subscribe_incidents(&app, &other, json!({})).await;
+    incident(&app, "LOW").await;
+    let critical = incident(&app, "CRITICAL").await;
+    let got = severe.next_data("1").await;
+    assert_eq!(got["incidentEvents"]["severity"], "CRITICAL");
+    assert_eq!(got["incidentEvents"]["incident"]["run"]["id"], critical);
+
+    // The other tenant's stream carries only its own incident, though ours came first.
+    let ours = std::mem::replace(
+        &mut app.key,
+        other.trim_start_matches("Bearer ").to_string(),
+    );
+    secrets_policy(&app, "LOW").await;
+    let their_run = incident(&app, "LOW").await;
+    let got = theirs.next_data("1").await;
+    assert_eq!(got["incidentEvents"]["incident"]["run"]["id"], their_run);
+    app.key = ours;
+}
+
+/// A second `governance serve` process (no workers) on the same database, Redis and namespace.
+async fn second_replica(app: &crate::helpers::TestApp) -> (tokio::process::Child, u16) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut args = vec![
+        "serve".to_string(),
+        "--bind".into(),
+        "127.0.0.1:0".into(),
+        "--workers".into(),
+        "off".into(),
+    ];
+    args.extend(app.env.cli_args());
+    let mut child = tokio::process::Command::new(crate::helpers::governance_bin())
+        .args(&args)
+        .env("GOVERNANCE_NAMESPACE", &app.env.namespace)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the second replica");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let port_re = regex::Regex::new(r"port=(\d+)").unwrap();
+    let port = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = err.next_line().await.expect("read stderr") {
+            if let Some(c) = port_re.captures(&line) {
+                return c[1].parse::<u16>().expect("port");
+            }
+        }
+        panic!("the second replica exited before listening");
+    })
+    .await
+    .expect("the second replica listens in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+    (child, port)
+}
+
+#[tokio::test]
+async fn an_incident_on_one_replica_reaches_a_subscriber_on_another() {
+    if crate::helpers::redis_url().is_none() {
+        eprintln!(
+            "skipped: fan-out across replicas needs PostgreSQL + Redis (scripts/test postgres)"
+        );
+        return;
+    }
+    let app = spawn_app().await;
+    secrets_policy(&app, "HIGH").await;
+    let (_replica, port) = second_replica(&app).await;
+    let bearer = format!("Bearer {}", app.key);
+    let mut on_b = crate::helpers::ws_connect_to(port, json!({ "Authorization": bearer })).await;
+    on_b.expect_ack().await;
+    on_b.subscribe("1", INCIDENT_EVENTS, json!({})).await;
+    let mut on_a = subscribe_incidents(&app, &bearer, json!({})).await;
+
+    // Created through replica A: B's subscriber sees it live.
+    let run = incident(&app, "HIGH").await;
+    let seen = on_b.next_data("1").await;
+    assert_eq!(seen["incidentEvents"]["kind"], "CREATED");
+    assert_eq!(seen["incidentEvents"]["incident"]["run"]["id"], run);
+    let created = on_a.next_data("1").await;
+    assert_eq!(
+        created["incidentEvents"]["cursor"],
+        seen["incidentEvents"]["cursor"]
+    );
+
+    // Acknowledged through replica B: A's subscriber sees it, once.
+    let client = reqwest::Client::new();
+    let ack: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .header("Authorization", &bearer)
+        .json(&json!({
+            "query": "mutation($id: ID!) { acknowledgeIncident(id: $id) { status } }",
+            "variables": { "id": seen["incidentEvents"]["incidentId"] },
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ack["data"]["acknowledgeIncident"]["status"], "ACKNOWLEDGED",
+        "{ack}"
+    );
+    let acked = on_a.next_data("1").await;
+    assert_eq!(acked["incidentEvents"]["kind"], "ACKNOWLEDGED");
+    let acked_b = on_b.next_data("1").await;
+    assert_eq!(
+        acked_b["incidentEvents"]["cursor"],
+        acked["incidentEvents"]["cursor"]
+    );
+}
