@@ -28,5 +28,6 @@ pub mod tenancy;
 pub mod time;
 pub mod timeouts;
 pub mod verify;
+pub mod webhooks;
 
 pub use error::{CoreError, CoreResult};

@@ -6,6 +6,7 @@ use governance_core::{
     audits::{self, Performed},
     evaluation,
     store::Store,
+    webhooks,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,21 @@ pub struct RecordEvaluation {
 pub struct RunAudit {
     pub tenant_id: String,
     pub audit_id: String,
+}
+
+/// Find the endpoints that want an outbox event; enqueue a delivery to each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOutWebhooks {
+    pub tenant_id: String,
+    pub event_id: i64,
+}
+
+/// Deliver an outbox event to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliverWebhook {
+    pub tenant_id: String,
+    pub webhook_id: String,
+    pub event_id: i64,
 }
 
 /// What a handler did.
@@ -91,4 +107,82 @@ pub async fn run_audit(
         }
     }
     Ok(committed)
+}
+
+/// Handler of [`FanOutWebhooks`]: the deliveries to enqueue.
+pub async fn fan_out_webhooks(
+    job: &FanOutWebhooks,
+    store: &Store,
+) -> Result<Vec<governance_core::outcome::FollowUp>, JobError> {
+    let event = webhooks::event(store.db(), &job.tenant_id, job.event_id).await?;
+    let hooks = webhooks::matching(store.db(), &event).await?;
+    Ok(hooks
+        .into_iter()
+        .map(|hook| governance_core::outcome::FollowUp::DeliverWebhook {
+            tenant_id: job.tenant_id.clone(),
+            webhook_id: hook.id,
+            event_id: event.id,
+        })
+        .collect())
+}
+
+/// Handler of [`DeliverWebhook`]: one signed attempt, recorded. A failed attempt is a transient
+/// error, so the job is retried with backoff; a message already delivered to the endpoint, or
+/// an endpoint since deleted, is done.
+pub async fn deliver_webhook(
+    job: &DeliverWebhook,
+    store: &Store,
+    http: &reqwest::Client,
+) -> Result<Outcome, JobError> {
+    let hook = match webhooks::get(store.db(), &job.tenant_id, &job.webhook_id).await {
+        Ok(hook) => hook,
+        Err(CoreError::NotFound { .. }) => return Ok(Outcome::AlreadyDone),
+        Err(err) => return Err(err.into()),
+    };
+    let event = webhooks::event(store.db(), &job.tenant_id, job.event_id).await?;
+    let (attempts, delivered) = webhooks::attempts(store.db(), &hook.id, event.id).await?;
+    if delivered {
+        return Ok(Outcome::AlreadyDone);
+    }
+    let body = webhooks::body(&event).to_string();
+    let message_id = webhooks::message_id(&event);
+    let timestamp = governance_core::time::now().timestamp();
+    let signature = webhooks::sign(&hook.secret, &message_id, timestamp, &body)?;
+    let sent = http
+        .post(&hook.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &message_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    let (succeeded, status_code, error) = match sent {
+        Ok(response) if response.status().is_success() => {
+            (true, Some(i32::from(response.status().as_u16())), None)
+        }
+        Ok(response) => (
+            false,
+            Some(i32::from(response.status().as_u16())),
+            Some(format!("the endpoint answered {}", response.status())),
+        ),
+        Err(err) if err.is_timeout() => (false, None, Some("timed out".to_string())),
+        Err(err) => (
+            false,
+            None,
+            Some(format!("cannot reach the endpoint: {err}")),
+        ),
+    };
+    let attempt = webhooks::Attempt {
+        attempt: i32::try_from(attempts + 1).unwrap_or(i32::MAX),
+        succeeded,
+        status_code,
+        error: error.clone(),
+        at: governance_core::time::now(),
+    };
+    webhooks::record_attempt(store, &hook, event.id, attempt).await?;
+    match error {
+        None => Ok(Outcome::Done),
+        Some(error) => Err(JobError::Transient(error)),
+    }
 }

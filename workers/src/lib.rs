@@ -9,7 +9,11 @@ pub mod queue;
 mod runner;
 pub mod sweeper;
 
-use governance_core::{outcome::Committed, policy::SnapshotCache, store::Store};
+use governance_core::{
+    outcome::{Committed, FollowUp},
+    policy::SnapshotCache,
+    store::Store,
+};
 
 pub use queue::{JobQueue, QueueSettings};
 pub use runner::run;
@@ -41,10 +45,17 @@ impl Dispatcher {
     /// Publish and enqueue, then return the committed value. A failed enqueue is logged, not
     /// returned: the change is committed, and the sweeper enqueues the job again later.
     pub async fn dispatch<T>(&self, committed: Committed<T>) -> T {
+        let mut follow_ups = committed.follow_ups;
         for event in committed.events {
+            if governance_core::webhooks::deliverable(&event.kind) {
+                follow_ups.push(FollowUp::FanOutWebhooks {
+                    tenant_id: event.tenant_id.clone(),
+                    event_id: event.id,
+                });
+            }
             self.bus.publish(event).await;
         }
-        for follow_up in committed.follow_ups {
+        for follow_up in follow_ups {
             if let Err(err) = self.jobs.enqueue(&follow_up).await {
                 tracing::warn!(error = %err, ?follow_up, "cannot enqueue; the sweeper will retry");
             }

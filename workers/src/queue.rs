@@ -13,7 +13,7 @@ use apalis_sqlite::SqliteStorage;
 use governance_core::outcome::FollowUp;
 use sea_orm::{DatabaseConnection, DbBackend};
 
-use crate::jobs::{RecordEvaluation, RunAudit};
+use crate::jobs::{DeliverWebhook, FanOutWebhooks, RecordEvaluation, RunAudit};
 
 /// How to reach the queues.
 #[derive(Clone)]
@@ -36,6 +36,8 @@ pub enum Storage<T> {
 pub struct JobQueue {
     pub evaluation: Storage<RecordEvaluation>,
     pub audit: Storage<RunAudit>,
+    pub fan_out: Storage<FanOutWebhooks>,
+    pub delivery: Storage<DeliverWebhook>,
     redis: Option<redis::aio::ConnectionManager>,
     db: DatabaseConnection,
     namespace: String,
@@ -130,6 +132,8 @@ impl JobQueue {
         Ok(Self {
             evaluation: backend.storage(&namespace, "evaluation"),
             audit: backend.storage(&namespace, "audit"),
+            fan_out: backend.storage(&namespace, "webhook-fan-out"),
+            delivery: backend.storage(&namespace, "webhook-delivery"),
             redis: match backend {
                 Backend::Redis(manager) => Some(manager),
                 _ => None,
@@ -152,6 +156,34 @@ impl JobQueue {
                     RecordEvaluation {
                         tenant_id: tenant_id.clone(),
                         run_id: run_id.clone(),
+                    },
+                )
+                .await
+            }
+            FollowUp::FanOutWebhooks {
+                tenant_id,
+                event_id,
+            } => {
+                push(
+                    &self.fan_out,
+                    FanOutWebhooks {
+                        tenant_id: tenant_id.clone(),
+                        event_id: *event_id,
+                    },
+                )
+                .await
+            }
+            FollowUp::DeliverWebhook {
+                tenant_id,
+                webhook_id,
+                event_id,
+            } => {
+                push(
+                    &self.delivery,
+                    DeliverWebhook {
+                        tenant_id: tenant_id.clone(),
+                        webhook_id: webhook_id.clone(),
+                        event_id: *event_id,
                     },
                 )
                 .await

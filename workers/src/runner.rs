@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Dispatcher, WorkerDeps,
-    jobs::{self, JobError, RecordEvaluation, RunAudit},
-    queue::{POLL_INTERVAL, Storage},
+    jobs::{self, DeliverWebhook, FanOutWebhooks, JobError, RecordEvaluation, RunAudit},
+    queue::{JobQueue, POLL_INTERVAL, Storage},
     sweeper,
 };
 
@@ -26,6 +26,8 @@ const RETRIES: usize = 5;
 const CONCURRENCY: usize = 4;
 /// The longest pause between restarts of failed workers.
 const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
+/// How long one webhook attempt may take.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight jobs.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -65,6 +67,44 @@ async fn handle_audit(
     let committed = jobs::run_audit(&job, &store).await.map_err(to_apalis)?;
     dispatcher.dispatch(committed).await;
     Ok(())
+}
+
+async fn handle_fan_out(
+    job: FanOutWebhooks,
+    store: Data<Store>,
+    jobs: Data<JobQueue>,
+) -> Result<(), BoxDynError> {
+    let deliveries = jobs::fan_out_webhooks(&job, &store)
+        .await
+        .map_err(to_apalis)?;
+    for delivery in deliveries {
+        // A failed enqueue fails the fan-out, which is retried; deliveries are idempotent.
+        jobs.enqueue(&delivery)
+            .await
+            .map_err(|e| -> BoxDynError { e.into() })?;
+    }
+    Ok(())
+}
+
+async fn handle_delivery(
+    job: DeliverWebhook,
+    store: Data<Store>,
+    http: Data<reqwest::Client>,
+) -> Result<(), BoxDynError> {
+    jobs::deliver_webhook(&job, &store, &http)
+        .await
+        .map(|_| ())
+        .map_err(to_apalis)
+}
+
+/// The client that delivers webhooks: a bounded wait per attempt, and no redirects (an endpoint
+/// is the URL it was registered with).
+fn webhook_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(WEBHOOK_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("governance-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()?)
 }
 
 /// A worker name unique to this process and this start (apalis refuses a name reused within
@@ -125,6 +165,30 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             backoff,
             handle_evaluation,
             [store]
+        )
+    };
+    let monitor = {
+        let store = deps.store.clone();
+        let jobs = deps.jobs.clone();
+        register!(
+            monitor,
+            deps.jobs.fan_out,
+            "webhook-fan-out",
+            backoff,
+            handle_fan_out,
+            [store, jobs]
+        )
+    };
+    let monitor = {
+        let store = deps.store.clone();
+        let http = webhook_client()?;
+        register!(
+            monitor,
+            deps.jobs.delivery,
+            "webhook-delivery",
+            backoff,
+            handle_delivery,
+            [store, http]
         )
     };
     let monitor = {

@@ -261,3 +261,15 @@ mirror!(
         Inconclusive,
     }
 );
+
+mirror!(
+    /// The state of one webhook delivery attempt.
+    DeliveryStatus {
+        /// Not answered yet.
+        Pending,
+        /// The endpoint answered 2xx.
+        Succeeded,
+        /// The endpoint answered otherwise, timed out, or could not be reached.
+        Failed,
+    }
+);

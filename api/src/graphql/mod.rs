@@ -17,6 +17,7 @@ pub mod snapshots;
 pub mod status;
 pub mod steps;
 pub mod tenancy;
+pub mod webhooks;
 
 use async_graphql::{
     Context, MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder,
@@ -38,6 +39,7 @@ pub struct Query(
     exports::ExportQuery,
     status::StatusQuery,
     audits::AuditQuery,
+    webhooks::WebhookQuery,
 );
 
 /// The root mutation.
@@ -48,6 +50,7 @@ pub struct Mutation(
     steps::StepMutation,
     incidents::IncidentMutation,
     audits::AuditMutation,
+    webhooks::WebhookMutation,
 );
 
 /// The root subscription.

@@ -4,7 +4,7 @@ use async_graphql::{Context, ID, Interface, Object};
 use governance_core::{CoreError, ids};
 use governance_entities::{
     api_key, audit, audit_check, policy_enforcement, policy_evaluation, policy_version, tenant,
-    trace_step,
+    trace_step, webhook, webhook_delivery,
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
@@ -21,6 +21,7 @@ use super::{
     state,
     steps::TraceStep,
     tenancy::{ApiKey, Tenant},
+    webhooks::{Webhook, WebhookDelivery},
 };
 
 /// An object with a global id. Ids are prefixed strings (`run_…`, `SNAP-…`, `stp_…`); `node`
@@ -45,6 +46,8 @@ pub enum Node {
     Export(Export),
     Audit(Audit),
     AuditCheck(AuditCheck),
+    Webhook(Webhook),
+    WebhookDelivery(WebhookDelivery),
 }
 
 #[derive(Default)]
@@ -146,6 +149,12 @@ impl NodeQuery {
             Some(p::AUDIT_CHECK) => by_id!(db, tenant_id, audit_check, key)
                 .gql()?
                 .map(|c| Node::AuditCheck(AuditCheck(c))),
+            Some(p::WEBHOOK) => by_id!(db, tenant_id, webhook, key)
+                .gql()?
+                .map(|w| Node::Webhook(Webhook(w))),
+            Some(p::DELIVERY) => by_id!(db, tenant_id, webhook_delivery, key)
+                .gql()?
+                .map(|d| Node::WebhookDelivery(WebhookDelivery(d))),
             _ => {
                 return Err(CoreError::bad_field(
                     "id",

@@ -14,3 +14,4 @@ mod operations;
 mod persistence;
 mod schema;
 mod subscriptions;
+mod webhooks;
