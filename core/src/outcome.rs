@@ -21,6 +21,15 @@ pub enum FollowUp {
     },
 }
 
+/// A step was recorded: live followers of the run read it from the trace (steps are not outbox
+/// events; the trace itself is their durable record).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepNotice {
+    pub tenant_id: String,
+    pub run_id: String,
+    pub step_index: i64,
+}
+
 /// The result of a committed change.
 #[derive(Debug)]
 pub struct Committed<T> {
@@ -28,6 +37,8 @@ pub struct Committed<T> {
     /// Outbox rows written by the transaction, in sequence order.
     pub events: Vec<event::Model>,
     pub follow_ups: Vec<FollowUp>,
+    /// Steps the transaction recorded.
+    pub steps: Vec<StepNotice>,
 }
 
 impl<T> Committed<T> {
@@ -36,6 +47,7 @@ impl<T> Committed<T> {
             value,
             events: Vec::new(),
             follow_ups: Vec::new(),
+            steps: Vec::new(),
         }
     }
 }

@@ -31,3 +31,21 @@ pub async fn incident<C: ConnectionTrait>(
         .await?
         .ok_or_else(|| CoreError::not_found("Incident", id))
 }
+
+/// The recorded steps of a run after step `after` (-1 for all), in order.
+pub async fn steps_after<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+    after: i64,
+) -> CoreResult<Vec<governance_entities::trace_step::Model>> {
+    use governance_entities::trace_step;
+    use sea_orm::QueryOrder;
+    Ok(trace_step::Entity::find()
+        .filter(trace_step::Column::TenantId.eq(tenant_id))
+        .filter(trace_step::Column::RunId.eq(run_id))
+        .filter(trace_step::Column::StepIndex.gt(after))
+        .order_by_asc(trace_step::Column::StepIndex)
+        .all(conn)
+        .await?)
+}

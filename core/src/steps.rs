@@ -27,7 +27,7 @@ use crate::{
     events::{self, EventKind},
     hashing::sha256_hex,
     ids::{new_id, prefix},
-    outcome::{Committed, FollowUp},
+    outcome::{Committed, FollowUp, StepNotice},
     policy::{
         CompiledSnapshot, ContentInput, Evaluation, Finding, RunState, SnapshotCache, StepInput,
         evaluate,
@@ -267,6 +267,7 @@ pub async fn record(
             value: StepOutcome::Recorded(committed.value),
             events: committed.events,
             follow_ups: committed.follow_ups,
+            steps: committed.steps,
         }),
         Err(CoreError::Internal(err)) => fail_closed(store, tenant_id, &input, err).await,
         Err(other) => Err(other),
@@ -330,6 +331,7 @@ async fn fail_closed(
         value: StepOutcome::FailClosed { run, step, reason },
         events,
         follow_ups,
+        steps: Vec::new(),
     })
 }
 
@@ -598,6 +600,11 @@ async fn apply(
             .await?,
         );
     }
+    let notice = StepNotice {
+        tenant_id: tenant_id.clone(),
+        run_id: updated_run.id.clone(),
+        step_index: stored_step.step_index,
+    };
     Ok(Committed {
         value: StepRecord {
             run: updated_run,
@@ -608,6 +615,7 @@ async fn apply(
         },
         events: events_out,
         follow_ups,
+        steps: vec![notice],
     })
 }
 

@@ -17,8 +17,8 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
-use governance_core::events as outbox;
-use governance_entities::event;
+use governance_core::{events as outbox, outcome::StepNotice};
+use governance_entities::{event, trace_step};
 use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -35,8 +35,18 @@ const REDIS_RETRY: Duration = Duration::from_millis(500);
 pub enum BusMessage {
     /// A committed event.
     Event(Arc<event::Model>),
-    /// Events may have been missed (the Redis relay reconnected): read the outbox.
+    /// A committed step (read it from the trace).
+    Step(Arc<StepNotice>),
+    /// Messages may have been missed (the Redis relay reconnected): read the database.
     Resync,
+}
+
+/// A bus message as it travels through Redis.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Wire {
+    Event(event::Model),
+    Step(StepNotice),
 }
 
 /// A broadcast of committed events, optionally across replicas through Redis.
@@ -61,7 +71,13 @@ impl Default for EventBus {
 impl EventBus {
     /// An in-process bus.
     pub fn new() -> Self {
-        let (sender, _) = broadcast::channel(CAPACITY);
+        Self::with_capacity(CAPACITY)
+    }
+
+    /// An in-process bus whose subscribers may fall `capacity` messages behind before they
+    /// must catch up from the database.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity);
         Self {
             sender,
             redis: None,
@@ -105,23 +121,34 @@ impl EventBus {
         let event = Arc::new(event);
         // No subscriber is not an error.
         let _ = self.sender.send(BusMessage::Event(event.clone()));
-        if let Some(relay) = &self.redis {
-            let payload = match serde_json::to_string(&*event) {
-                Ok(payload) => payload,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot encode an event for Redis");
-                    return;
-                }
-            };
-            let mut conn = relay.publisher.clone();
-            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(&relay.channel)
-                .arg(payload)
-                .query_async(&mut conn)
-                .await;
-            if let Err(err) = published {
-                tracing::warn!(error = %err, seq = event.seq, "cannot publish an event to Redis");
+        self.to_redis(&Wire::Event((*event).clone())).await;
+    }
+
+    /// Tell followers of a run that a step was recorded.
+    pub async fn notify_step(&self, notice: StepNotice) {
+        let _ = self.sender.send(BusMessage::Step(Arc::new(notice.clone())));
+        self.to_redis(&Wire::Step(notice)).await;
+    }
+
+    async fn to_redis(&self, message: &Wire) {
+        let Some(relay) = &self.redis else {
+            return;
+        };
+        let payload = match serde_json::to_string(message) {
+            Ok(payload) => payload,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot encode a bus message for Redis");
+                return;
             }
+        };
+        let mut conn = relay.publisher.clone();
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(&relay.channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = published {
+            tracing::warn!(error = %err, "cannot publish to Redis");
         }
     }
 
@@ -183,13 +210,16 @@ fn forward(sender: &broadcast::Sender<BusMessage>, message: redis::Msg) {
     let decoded = message
         .get_payload::<String>()
         .map_err(anyhow::Error::from)
-        .and_then(|text| Ok(serde_json::from_str::<event::Model>(&text)?));
-    match decoded {
-        Ok(event) => {
-            let _ = sender.send(BusMessage::Event(Arc::new(event)));
+        .and_then(|text| Ok(serde_json::from_str::<Wire>(&text)?));
+    let message = match decoded {
+        Ok(Wire::Event(event)) => BusMessage::Event(Arc::new(event)),
+        Ok(Wire::Step(notice)) => BusMessage::Step(Arc::new(notice)),
+        Err(err) => {
+            tracing::warn!(error = %err, "ignoring an undecodable Redis message");
+            return;
         }
-        Err(err) => tracing::warn!(error = %err, "ignoring an undecodable Redis event"),
-    }
+    };
+    let _ = sender.send(message);
 }
 
 /// Where a tenant stream stands.
@@ -272,9 +302,111 @@ pub fn tenant_stream(
                     state.catch_up = true;
                 }
                 Ok(BusMessage::Resync) => state.catch_up = true,
+                Ok(BusMessage::Step(_)) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "subscriber lagged; catching up from the outbox");
                     state.catch_up = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// What a follower of one run sees.
+#[derive(Debug, Clone)]
+pub enum RunItem {
+    /// An outbox event of the run (started, stopped, completed).
+    Event(event::Model),
+    /// A recorded step.
+    Step(trace_step::Model),
+}
+
+struct RunStreamState {
+    db: DatabaseConnection,
+    tenant_id: String,
+    run_id: String,
+    receiver: broadcast::Receiver<BusMessage>,
+    last_seq: i64,
+    last_step: i64,
+    pending: std::collections::VecDeque<RunItem>,
+    catch_up: bool,
+}
+
+impl RunStreamState {
+    /// Read what is new for the run: its events and its steps, in the order they belong in
+    /// (the start, then the steps, then the end; a stop and its step commit together).
+    async fn read(&mut self) -> anyhow::Result<()> {
+        let events = outbox::of_run(&self.db, &self.tenant_id, &self.run_id).await?;
+        let steps = governance_core::records::steps_after(
+            &self.db,
+            &self.tenant_id,
+            &self.run_id,
+            self.last_step,
+        )
+        .await?;
+        let (start, end): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .filter(|e| e.seq > self.last_seq)
+            .partition(|e| e.kind == "RUN_STARTED");
+        self.pending.extend(start.into_iter().map(RunItem::Event));
+        self.pending.extend(steps.into_iter().map(RunItem::Step));
+        self.pending.extend(end.into_iter().map(RunItem::Event));
+        self.catch_up = false;
+        Ok(())
+    }
+}
+
+/// Everything that happens to one run, from its start: its events (from the outbox) and its
+/// steps (from the trace), each once and in order, then live as they are committed, on any
+/// replica. Live messages only say "something is new"; the database says what.
+pub fn run_stream(
+    db: DatabaseConnection,
+    bus: &EventBus,
+    tenant_id: String,
+    run_id: String,
+) -> impl Stream<Item = RunItem> + Send + use<> {
+    let state = RunStreamState {
+        db,
+        tenant_id,
+        run_id,
+        receiver: bus.subscribe(),
+        last_seq: 0,
+        last_step: -1,
+        pending: Default::default(),
+        catch_up: true,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(item) = state.pending.pop_front() {
+                match &item {
+                    RunItem::Event(e) if e.seq <= state.last_seq => continue,
+                    RunItem::Event(e) => state.last_seq = e.seq,
+                    RunItem::Step(s) if s.step_index <= state.last_step => continue,
+                    RunItem::Step(s) => state.last_step = s.step_index,
+                }
+                return Some((item, state));
+            }
+            if state.catch_up {
+                if let Err(err) = state.read().await {
+                    tracing::warn!(error = %err, "cannot read the run; ending the stream");
+                    return None;
+                }
+                continue;
+            }
+            match state.receiver.recv().await {
+                Ok(BusMessage::Event(event)) => {
+                    state.catch_up = event.run_id.as_deref() == Some(state.run_id.as_str())
+                        && event.tenant_id == state.tenant_id
+                        && event.seq > state.last_seq;
+                }
+                Ok(BusMessage::Step(notice)) => {
+                    state.catch_up = notice.run_id == state.run_id
+                        && notice.tenant_id == state.tenant_id
+                        && notice.step_index > state.last_step;
+                }
+                Ok(BusMessage::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    state.catch_up = true
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -55,6 +55,9 @@ impl Dispatcher {
             }
             self.bus.publish(event).await;
         }
+        for notice in committed.steps {
+            self.bus.notify_step(notice).await;
+        }
         for follow_up in follow_ups {
             if let Err(err) = self.jobs.enqueue(&follow_up).await {
                 tracing::warn!(error = %err, ?follow_up, "cannot enqueue; the sweeper will retry");

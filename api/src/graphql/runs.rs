@@ -4,7 +4,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Json, Object, SimpleObject, 
 
 use futures::{Stream, StreamExt};
 use governance_core::{
-    CoreError, events,
+    CoreError,
     runs::{self, Completion, StartRun},
 };
 use governance_entities::{enums as db, incident, policy_evaluation, run};
@@ -24,8 +24,9 @@ use super::{
     scalars::DateTime,
     snapshots::PolicySnapshot,
     state,
-    steps::Trace,
+    steps::{Trace, TraceStep},
 };
+use governance_workers::events::{RunItem, run_stream};
 
 pub struct Run(pub run::Model);
 
@@ -501,6 +502,8 @@ impl RunMutation {
 pub enum RunEventKind {
     /// The run started.
     Started,
+    /// A step was recorded (see `step` for its decision).
+    StepRecorded,
     /// The run ended without a stop (succeeded, failed or cancelled).
     Completed,
     /// Governance stopped the run at a step.
@@ -510,7 +513,8 @@ pub enum RunEventKind {
 /// An event of one run, as it happens.
 #[derive(SimpleObject)]
 pub struct RunEvent {
-    /// The tenant-wide event sequence number: resume after it.
+    /// For STARTED, STOPPED and COMPLETED the tenant-wide event sequence number; for
+    /// STEP_RECORDED `step-<index>`.
     pub cursor: String,
     /// What happened.
     pub kind: RunEventKind,
@@ -520,44 +524,26 @@ pub struct RunEvent {
     pub status: RunStatus,
     /// When it happened.
     pub occurred_at: DateTime,
+    /// The recorded step, for STEP_RECORDED.
+    pub step: Option<TraceStep>,
 }
 
-#[derive(Default)]
-pub struct RunSubscription;
-
-#[Subscription]
-impl RunSubscription {
-    /// Events of one run, live, until it ends.
-    async fn run_events(
-        &self,
-        ctx: &Context<'_>,
-        run_id: ID,
-    ) -> async_graphql::Result<impl Stream<Item = RunEvent> + use<>> {
-        let principal = principal(ctx)?.clone();
-        let state = state(ctx).clone();
-        // The run's stored events, then the tenant's live stream from the last of them: the
-        // stream is gap-free and de-duplicated by sequence number, on any replica.
-        let run = runs::get(&state.db, &principal.tenant_id, &run_id)
-            .await
-            .gql()?;
-        let stored = events::of_run(&state.db, &principal.tenant_id, &run.id)
-            .await
-            .gql()?;
-        let replayed_up_to = stored.last().map(|e| e.seq).unwrap_or(0);
-        let run_id = run.id.clone();
-        let live = governance_workers::events::tenant_stream(
-            state.db.clone(),
-            &state.bus,
-            principal.tenant_id.clone(),
-            replayed_up_to,
-        )
-        .filter(move |event| {
-            let keep = event.run_id.as_deref() == Some(run_id.as_str());
-            async move { keep }
-        });
-        let stream = futures::stream::iter(stored)
-            .chain(live)
-            .filter_map(|event| async move {
+impl RunEvent {
+    fn of(item: RunItem) -> Option<Self> {
+        match item {
+            RunItem::Step(step) => Some(RunEvent {
+                cursor: format!("step-{}", step.step_index),
+                kind: RunEventKind::StepRecorded,
+                run_id: ID(step.run_id.clone()),
+                status: if step.is_inflection {
+                    RunStatus::FailedPolicy
+                } else {
+                    RunStatus::Running
+                },
+                occurred_at: step.created_at.into(),
+                step: Some(TraceStep(step)),
+            }),
+            RunItem::Event(event) => {
                 let kind = match event.kind.as_str() {
                     "RUN_STARTED" => RunEventKind::Started,
                     "RUN_COMPLETED" => RunEventKind::Completed,
@@ -568,16 +554,45 @@ impl RunSubscription {
                     .payload
                     .get("status")
                     .and_then(Value::as_str)
-                    .and_then(|s| s.parse::<governance_entities::enums::RunStatus>().ok())?;
+                    .and_then(|s| s.parse::<db::RunStatus>().ok())?;
                 Some(RunEvent {
                     cursor: event.seq.to_string(),
                     kind,
                     run_id: ID(event.subject_id.clone()),
                     status: status.into(),
                     occurred_at: event.created_at.into(),
+                    step: None,
                 })
-            })
-            .boxed();
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct RunSubscription;
+
+#[Subscription]
+impl RunSubscription {
+    /// Everything that happens to one run: its start, every step recorded (with its decision),
+    /// and its stop or completion, replayed from the start and then live, until it ends.
+    async fn run_events(
+        &self,
+        ctx: &Context<'_>,
+        run_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = RunEvent> + use<>> {
+        let principal = principal(ctx)?.clone();
+        let state = state(ctx).clone();
+        let run = runs::get(&state.db, &principal.tenant_id, &run_id)
+            .await
+            .gql()?;
+        let stream = run_stream(
+            state.db.clone(),
+            &state.bus,
+            principal.tenant_id.clone(),
+            run.id,
+        )
+        .filter_map(|item| async move { RunEvent::of(item) })
+        .boxed();
         let stream = until_inclusive(stream, |event| {
             matches!(event.kind, RunEventKind::Completed | RunEventKind::Stopped)
         });

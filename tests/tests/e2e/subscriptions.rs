@@ -30,9 +30,12 @@ async fn run_events_stream_live_until_the_run_ends() {
         .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
         .await;
     ws.expect_ack().await;
+    // A step recorded before the client subscribes is replayed in its place.
+    app.step_ok(&run_id, json!({ "type": "LLM_CALL", "tokens": 5 }))
+        .await;
     ws.subscribe(
         "1",
-        "subscription($id: ID!) { runEvents(runId: $id) { cursor kind runId status occurredAt } }",
+        "subscription($id: ID!) { runEvents(runId: $id) { cursor kind runId status occurredAt step { stepIndex decision entryHash } } }",
         json!({ "id": run_id }),
     )
     .await;
@@ -40,6 +43,24 @@ async fn run_events_stream_live_until_the_run_ends() {
     let started = ws.next_data("1").await;
     assert_eq!(started["runEvents"]["kind"], "STARTED");
     assert_eq!(started["runEvents"]["status"], "RUNNING");
+    let replayed = ws.next_data("1").await;
+    assert_eq!(replayed["runEvents"]["kind"], "STEP_RECORDED");
+    assert_eq!(replayed["runEvents"]["step"]["stepIndex"], 0);
+    // Live: the next step, with its decision.
+    let recorded = app
+        .step_ok(
+            &run_id,
+            json!({ "type": "TOOL_CALL", "tokens": 7, "toolName": "search" }),
+        )
+        .await;
+    let live = ws.next_data("1").await;
+    assert_eq!(live["runEvents"]["kind"], "STEP_RECORDED");
+    assert_eq!(live["runEvents"]["step"]["stepIndex"], 1);
+    assert_eq!(live["runEvents"]["step"]["decision"], "CONTINUE");
+    assert_eq!(
+        live["runEvents"]["step"]["entryHash"],
+        recorded["step"]["entryHash"]
+    );
     app.gql_ok(
         "mutation($id: ID!) { completeRun(id: $id, status: FAILED, error: \"tool crashed\") { id } }",
         json!({ "id": run_id }),
@@ -376,4 +397,89 @@ async fn an_incident_on_one_replica_reaches_a_subscriber_on_another() {
         acked_b["incidentEvents"]["cursor"],
         acked["incidentEvents"]["cursor"]
     );
+}
+
+#[tokio::test]
+async fn run_events_show_the_stopping_step_before_the_stop() {
+    let app = spawn_app().await;
+    app.create_policy(json!({
+        "name": "Budget", "kind": "TOKEN_BUDGET", "rule": { "maxTokens": 10 },
+        "action": "BLOCK", "severity": "HIGH",
+    }))
+    .await;
+    let run_id = app.start_run("wf-live-stop").await;
+    let mut ws = app
+        .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
+        .await;
+    ws.expect_ack().await;
+    ws.subscribe(
+        "1",
+        "subscription($id: ID!) { runEvents(runId: $id) { kind status step { stepIndex decision isInflection } } }",
+        json!({ "id": run_id }),
+    )
+    .await;
+    assert_eq!(ws.next_data("1").await["runEvents"]["kind"], "STARTED");
+    app.step_ok(&run_id, json!({ "type": "LLM_CALL", "tokens": 50 }))
+        .await;
+    let step = ws.next_data("1").await;
+    assert_eq!(step["runEvents"]["kind"], "STEP_RECORDED");
+    assert_eq!(step["runEvents"]["step"]["decision"], "STOP");
+    assert_eq!(step["runEvents"]["step"]["isInflection"], true);
+    let stop = ws.next_data("1").await;
+    assert_eq!(stop["runEvents"]["kind"], "STOPPED");
+    assert_eq!(stop["runEvents"]["status"], "FAILED_POLICY");
+    match ws.next(Duration::from_secs(10)).await {
+        WsEvent::Json(v) => assert_eq!(v["type"], "complete", "{v}"),
+        other => panic!("expected complete, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_catches_up_from_the_outbox() {
+    use futures::StreamExt;
+    use governance_entities::event;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    let app = spawn_app().await;
+    secrets_policy(&app, "HIGH").await;
+    incident(&app, "HIGH").await;
+    let stored_after = |seq: i64| {
+        let db = app.db.clone();
+        async move {
+            event::Entity::find()
+                .filter(event::Column::Seq.gt(seq))
+                .order_by_asc(event::Column::Seq)
+                .all(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let first = stored_after(0).await;
+    let tenant = first[0].tenant_id.clone();
+    // A bus that holds two messages.
+    let bus = governance_workers::events::EventBus::with_capacity(2);
+    let mut stream = Box::pin(governance_workers::events::tenant_stream(
+        app.db.clone(),
+        &bus,
+        tenant,
+        0,
+    ));
+    for expected in &first {
+        assert_eq!(stream.next().await.unwrap().seq, expected.seq);
+    }
+    // Five more incidents reach the bus while the subscriber reads nothing: it lags.
+    for _ in 0..5 {
+        incident(&app, "HIGH").await;
+    }
+    let later = stored_after(first.last().unwrap().seq).await;
+    assert!(later.len() >= 10);
+    for row in later.iter().cloned() {
+        bus.publish(row).await;
+    }
+    for expected in &later {
+        assert_eq!(
+            stream.next().await.unwrap().seq,
+            expected.seq,
+            "every event once, in order, despite the lag"
+        );
+    }
 }
