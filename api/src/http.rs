@@ -23,9 +23,84 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .route(web::get().to(graphiql)),
     )
+    .route("/exports/{id}/download", web::get().to(download_export))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics));
+}
+
+/// `GET /exports/{id}/download`: the rendered bytes of a READY export of the caller's tenant,
+/// with its media type, a file name, and the sha256 as `ETag` (a matching `If-None-Match` gets
+/// 304). Another tenant's export is 404, like a missing one; one not READY yet is 409.
+async fn download_export(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let principal = match auth::from_request(&state.db, &req).await {
+        Ok(principal) => principal,
+        Err(err) => {
+            let status = match err.code() {
+                "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return error_response(status, &err.to_string(), err.code());
+        }
+    };
+    let id = path.into_inner();
+    let export = match governance_core::exports::get(&state.db, &principal.tenant_id, &id).await {
+        Ok(export) => export,
+        Err(err) => {
+            let status = match err.code() {
+                "NOT_FOUND" => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error_response(status, &err.to_string(), err.code());
+        }
+    };
+    let (Some(content), Some(sha256)) = (export.content, export.sha256) else {
+        return error_response(
+            StatusCode::CONFLICT,
+            &format!(
+                "export `{id}` is {}, not READY: follow it with `exportUpdates` or poll `export(id)`",
+                export.status
+            ),
+            "CONFLICT",
+        );
+    };
+    let etag = format!("\"{sha256}\"");
+    let matches = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish();
+    }
+    let extension = match export.format {
+        governance_entities::enums::ExportFormat::Json => "json",
+        governance_entities::enums::ExportFormat::Pdf => "pdf",
+    };
+    let file = format!(
+        "{}-{}.{extension}",
+        export.kind.as_str().to_lowercase().replace('_', "-"),
+        export.id
+    );
+    HttpResponse::Ok()
+        .content_type(
+            export
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".to_string()),
+        )
+        .insert_header((header::ETAG, etag))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file}\""),
+        ))
+        .insert_header(("x-content-sha256", sha256))
+        .body(content)
 }
 
 /// A GraphQL-shaped error body (for failures before a request reaches the executor).

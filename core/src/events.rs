@@ -122,3 +122,17 @@ pub async fn after<C: ConnectionTrait>(
         .all(conn)
         .await?)
 }
+
+/// The tenant's latest sequence number (0 before any event).
+pub async fn latest_seq<C: ConnectionTrait>(conn: &C, tenant_id: &str) -> CoreResult<i64> {
+    let last: Option<i64> = event::Entity::find()
+        .select_only()
+        .column(event::Column::Seq)
+        .filter(event::Column::TenantId.eq(tenant_id))
+        .order_by_desc(event::Column::Seq)
+        .limit(1)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(last.unwrap_or(0))
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod evaluation;
 pub mod events;
 pub mod explain;
+pub mod exports;
 pub mod hashing;
 pub mod ids;
 pub mod incidents;

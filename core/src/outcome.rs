@@ -11,6 +11,11 @@ pub enum FollowUp {
     RecordEvaluation { tenant_id: String, run_id: String },
     /// Run an audit's checks and store its verdict.
     RunAudit { tenant_id: String, audit_id: String },
+    /// Build, render and store an export.
+    BuildExport {
+        tenant_id: String,
+        export_id: String,
+    },
     /// Find the endpoints that want an outbox event and enqueue one delivery to each.
     FanOutWebhooks { tenant_id: String, event_id: i64 },
     /// Deliver an outbox event to one endpoint (one attempt per run; retried with backoff).

@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 const CAPACITY: usize = 4096;
 /// Outbox rows read per catch-up query.
 const CATCH_UP_BATCH: u64 = 500;
+/// An idle stream looks at the database this often anyway, so an event whose live message
+/// never arrived (published by a process that shares no bus with this one, or lost while Redis
+/// was away) is delivered late rather than not at all.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// Pause before reconnecting a lost Redis subscription (doubling to a minute).
 const REDIS_RETRY: Duration = Duration::from_millis(500);
 
@@ -288,7 +292,11 @@ pub fn tenant_stream(
                 }
                 continue;
             }
-            match state.receiver.recv().await {
+            let Ok(received) = tokio::time::timeout(IDLE_CHECK, state.receiver.recv()).await else {
+                state.catch_up = true;
+                continue;
+            };
+            match received {
                 Ok(BusMessage::Event(event)) => {
                     if event.tenant_id != state.tenant_id || event.seq <= state.last {
                         continue;
@@ -394,7 +402,11 @@ pub fn run_stream(
                 }
                 continue;
             }
-            match state.receiver.recv().await {
+            let Ok(received) = tokio::time::timeout(IDLE_CHECK, state.receiver.recv()).await else {
+                state.catch_up = true;
+                continue;
+            };
+            match received {
                 Ok(BusMessage::Event(event)) => {
                     state.catch_up = event.run_id.as_deref() == Some(state.run_id.as_str())
                         && event.tenant_id == state.tenant_id

@@ -4,7 +4,7 @@
 use governance_core::{
     CoreError,
     audits::{self, Performed},
-    evaluation,
+    evaluation, exports,
     store::Store,
     webhooks,
 };
@@ -38,6 +38,16 @@ pub struct DeliverWebhook {
     pub webhook_id: String,
     pub event_id: i64,
 }
+
+/// Build, render and store an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildExport {
+    pub tenant_id: String,
+    pub export_id: String,
+}
+
+/// Runs of an export job after which a transient failure becomes the export's final error.
+pub const EXPORT_ATTEMPTS: i32 = 5;
 
 /// What a handler did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,4 +195,50 @@ pub async fn deliver_webhook(
         None => Ok(Outcome::Done),
         Some(error) => Err(JobError::Transient(error)),
     }
+}
+
+/// Handler of [`BuildExport`]: RUNNING, then READY with the rendered bytes, or FAILED with the
+/// error. Each change is committed with its outbox event and published at once (subscribers
+/// of `exportUpdates` follow along). A transient failure is retried until the export has had
+/// [`EXPORT_ATTEMPTS`] runs; then it is FAILED with that error.
+pub async fn build_export(
+    job: &BuildExport,
+    store: &Store,
+    dispatcher: &crate::Dispatcher,
+) -> Result<Outcome, JobError> {
+    let Some(running) = exports::mark_running(store, &job.tenant_id, &job.export_id, 10).await?
+    else {
+        return Ok(Outcome::AlreadyDone);
+    };
+    let export = dispatcher.dispatch(running).await;
+    let built = async {
+        let input = exports::load(store.db(), &export).await?;
+        let bundle = exports::bundle(&input)?;
+        if let Some(progress) =
+            exports::mark_running(store, &job.tenant_id, &job.export_id, 60).await?
+        {
+            dispatcher.dispatch(progress).await;
+        }
+        exports::render(&input, &bundle)
+    }
+    .await;
+    let finished = match built {
+        Ok((bytes, content_type)) => {
+            exports::complete(store, &job.tenant_id, &job.export_id, bytes, content_type).await?
+        }
+        Err(CoreError::Internal(err)) if export.attempts < EXPORT_ATTEMPTS => {
+            return Err(JobError::Transient(format!("{err:#}")));
+        }
+        Err(err) => {
+            let message = match &err {
+                CoreError::Internal(inner) => format!("could not build the export: {inner:#}"),
+                other => other.to_string(),
+            };
+            exports::fail(store, &job.tenant_id, &job.export_id, &message).await?
+        }
+    };
+    if let Some(finished) = finished {
+        dispatcher.dispatch(finished).await;
+    }
+    Ok(Outcome::Done)
 }

@@ -13,7 +13,7 @@ use apalis_sqlite::SqliteStorage;
 use governance_core::outcome::FollowUp;
 use sea_orm::{DatabaseConnection, DbBackend};
 
-use crate::jobs::{DeliverWebhook, FanOutWebhooks, RecordEvaluation, RunAudit};
+use crate::jobs::{BuildExport, DeliverWebhook, FanOutWebhooks, RecordEvaluation, RunAudit};
 
 /// How to reach the queues.
 #[derive(Clone)]
@@ -36,6 +36,7 @@ pub enum Storage<T> {
 pub struct JobQueue {
     pub evaluation: Storage<RecordEvaluation>,
     pub audit: Storage<RunAudit>,
+    pub export: Storage<BuildExport>,
     pub fan_out: Storage<FanOutWebhooks>,
     pub delivery: Storage<DeliverWebhook>,
     redis: Option<redis::aio::ConnectionManager>,
@@ -132,6 +133,7 @@ impl JobQueue {
         Ok(Self {
             evaluation: backend.storage(&namespace, "evaluation"),
             audit: backend.storage(&namespace, "audit"),
+            export: backend.storage(&namespace, "export"),
             fan_out: backend.storage(&namespace, "webhook-fan-out"),
             delivery: backend.storage(&namespace, "webhook-delivery"),
             redis: match backend {
@@ -156,6 +158,19 @@ impl JobQueue {
                     RecordEvaluation {
                         tenant_id: tenant_id.clone(),
                         run_id: run_id.clone(),
+                    },
+                )
+                .await
+            }
+            FollowUp::BuildExport {
+                tenant_id,
+                export_id,
+            } => {
+                push(
+                    &self.export,
+                    BuildExport {
+                        tenant_id: tenant_id.clone(),
+                        export_id: export_id.clone(),
                     },
                 )
                 .await

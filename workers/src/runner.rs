@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Dispatcher, WorkerDeps,
-    jobs::{self, DeliverWebhook, FanOutWebhooks, JobError, RecordEvaluation, RunAudit},
+    jobs::{
+        self, BuildExport, DeliverWebhook, FanOutWebhooks, JobError, RecordEvaluation, RunAudit,
+    },
     queue::{JobQueue, POLL_INTERVAL, Storage},
     sweeper,
 };
@@ -67,6 +69,17 @@ async fn handle_audit(
     let committed = jobs::run_audit(&job, &store).await.map_err(to_apalis)?;
     dispatcher.dispatch(committed).await;
     Ok(())
+}
+
+async fn handle_export(
+    job: BuildExport,
+    store: Data<Store>,
+    dispatcher: Data<Dispatcher>,
+) -> Result<(), BoxDynError> {
+    jobs::build_export(&job, &store, &dispatcher)
+        .await
+        .map(|_| ())
+        .map_err(to_apalis)
 }
 
 async fn handle_fan_out(
@@ -165,6 +178,18 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             backoff,
             handle_evaluation,
             [store]
+        )
+    };
+    let monitor = {
+        let store = deps.store.clone();
+        let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
+        register!(
+            monitor,
+            deps.jobs.export,
+            "export",
+            backoff,
+            handle_export,
+            [store, dispatcher]
         )
     };
     let monitor = {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use governance_core::{audits, outcome::FollowUp, runs, store::Store, timeouts};
+use governance_core::{audits, exports, outcome::FollowUp, runs, store::Store, timeouts};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Dispatcher, WorkerDeps, queue::JobQueue};
@@ -34,8 +34,15 @@ pub async fn sweep_once(store: &Store, jobs: &JobQueue) -> anyhow::Result<usize>
             tenant_id,
             audit_id,
         });
+    let unexported = exports::pending_before(store.db(), cutoff, BATCH)
+        .await?
+        .into_iter()
+        .map(|(tenant_id, export_id)| FollowUp::BuildExport {
+            tenant_id,
+            export_id,
+        });
     let mut enqueued = 0;
-    for follow_up in unevaluated.chain(unaudited) {
+    for follow_up in unevaluated.chain(unaudited).chain(unexported) {
         jobs.enqueue(&follow_up).await?;
         enqueued += 1;
     }
@@ -84,7 +91,7 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 enqueued = n,
-                "sweeper enqueued lost evaluation and audit jobs"
+                "sweeper enqueued lost evaluation, audit and export jobs"
             ),
             Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next interval"),
         }

@@ -51,11 +51,16 @@ pub struct Mutation(
     incidents::IncidentMutation,
     audits::AuditMutation,
     webhooks::WebhookMutation,
+    exports::ExportMutation,
 );
 
 /// The root subscription.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(runs::RunSubscription, incidents::IncidentSubscription);
+pub struct Subscription(
+    runs::RunSubscription,
+    incidents::IncidentSubscription,
+    exports::ExportSubscription,
+);
 
 pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;
 

@@ -602,7 +602,7 @@ impl RunSubscription {
 
 /// Yield items up to and including the first for which `last` holds, then end at once (without
 /// waiting for another item, which may never come).
-fn until_inclusive<T>(
+pub fn until_inclusive<T>(
     mut inner: futures::stream::BoxStream<'static, T>,
     last: impl Fn(&T) -> bool + Send + 'static,
 ) -> impl Stream<Item = T> + Send + 'static

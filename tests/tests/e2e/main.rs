@@ -7,6 +7,7 @@ mod helpers;
 
 mod audits;
 mod auth;
+mod exports;
 mod governance;
 mod graph;
 mod jobs;

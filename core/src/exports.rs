@@ -1,0 +1,560 @@
+//! Exports: an incident's evidence, SOC2 or executive-debrief bundle, built from the stored
+//! records only (never from live policies), rendered, and stored with its sha256.
+//!
+//! Lifecycle: `request` writes the export `PENDING` (with an `EXPORT_UPDATED` outbox event) and
+//! leaves its job; the job moves it to `RUNNING` with progress, then `READY` (content, sha256,
+//! size) or `FAILED` (error), each change one transaction with its event. A job run twice finds
+//! the export finished and does nothing.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use governance_entities::{
+    enums::{ExportFormat, ExportKind, ExportStatus},
+    evidence, export, incident, policy_snapshot, run, trace_step, violation,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, Set,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    canonical,
+    compare::snapshot_policies,
+    error::{CoreError, CoreResult},
+    events::{self, EventKind, NewEvent},
+    hashing::sha256_hex,
+    ids::{new_id, prefix},
+    outcome::{Committed, FollowUp},
+    records, runs,
+    store::Store,
+    time::now,
+    verify::{self, Verification},
+};
+
+const MAX_REASON: usize = 2000;
+
+/// The export's outbox event: its status and progress now.
+pub fn export_event(export: &export::Model) -> NewEvent {
+    NewEvent {
+        kind: EventKind::ExportUpdated,
+        subject_id: export.id.clone(),
+        run_id: Some(export.run_id.clone()),
+        severity_rank: None,
+        payload: json!({
+            "exportId": export.id,
+            "incidentId": export.incident_id,
+            "kind": export.kind.as_str(),
+            "format": export.format.as_str(),
+            "status": export.status.as_str(),
+            "progress": export.progress,
+            "sha256": export.sha256,
+            "error": export.error,
+        }),
+    }
+}
+
+/// Request an export of an incident. Only JSON is rendered so far; a PDF is refused rather
+/// than accepted and failed.
+pub async fn request(
+    store: &Store,
+    tenant_id: &str,
+    incident_id: &str,
+    kind: ExportKind,
+    format: ExportFormat,
+    reason: Option<String>,
+    requested_by: &str,
+) -> CoreResult<Committed<export::Model>> {
+    if format == ExportFormat::Pdf {
+        return Err(CoreError::bad_field(
+            "format",
+            "PDF rendering is not available yet; request JSON (the same bundle)",
+        ));
+    }
+    let reason = reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON)
+    {
+        return Err(CoreError::bad_field(
+            "reason",
+            format!("the reason is longer than {MAX_REASON} characters"),
+        ));
+    }
+    let txn = store.begin().await?;
+    let found = records::incident(&*txn, tenant_id, incident_id).await?;
+    let at = now();
+    let model = export::ActiveModel {
+        id: Set(new_id(prefix::EXPORT)),
+        tenant_id: Set(tenant_id.to_string()),
+        incident_id: Set(found.id.clone()),
+        run_id: Set(found.run_id.clone()),
+        kind: Set(kind),
+        format: Set(format),
+        status: Set(ExportStatus::Pending),
+        progress: Set(0),
+        reason: Set(reason),
+        requested_by: Set(requested_by.to_string()),
+        sha256: Set(None),
+        size_bytes: Set(None),
+        content: Set(None),
+        content_type: Set(None),
+        error: Set(None),
+        attempts: Set(0),
+        created_at: Set(at),
+        updated_at: Set(at),
+        completed_at: Set(None),
+    }
+    .insert(&*txn)
+    .await?;
+    let event = events::append(&*txn, tenant_id, export_event(&model)).await?;
+    txn.commit().await?;
+    let mut committed = Committed::new(model);
+    committed.events.push(event);
+    committed.follow_ups.push(FollowUp::BuildExport {
+        tenant_id: tenant_id.to_string(),
+        export_id: committed.value.id.clone(),
+    });
+    Ok(committed)
+}
+
+/// One export of the tenant (with its content).
+pub async fn get<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    id: &str,
+) -> CoreResult<export::Model> {
+    export::Entity::find_by_id(id.to_string())
+        .filter(export::Column::TenantId.eq(tenant_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| CoreError::not_found("Export", id))
+}
+
+async fn get_for_update<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    id: &str,
+) -> CoreResult<export::Model> {
+    let mut query =
+        export::Entity::find_by_id(id.to_string()).filter(export::Column::TenantId.eq(tenant_id));
+    if conn.get_database_backend() == DbBackend::Postgres {
+        query = sea_orm::QuerySelect::lock_exclusive(query);
+    }
+    query
+        .one(conn)
+        .await?
+        .ok_or_else(|| CoreError::not_found("Export", id))
+}
+
+/// Apply `change` to an unfinished export and write its event, in one transaction. Returns
+/// `None` when the export is already READY or FAILED (nothing is written).
+async fn transition(
+    store: &Store,
+    tenant_id: &str,
+    id: &str,
+    change: impl FnOnce(&mut export::ActiveModel),
+) -> CoreResult<Option<Committed<export::Model>>> {
+    let txn = store.begin().await?;
+    let current = get_for_update(&*txn, tenant_id, id).await?;
+    if matches!(current.status, ExportStatus::Ready | ExportStatus::Failed) {
+        return Ok(None);
+    }
+    let mut active: export::ActiveModel = current.into();
+    change(&mut active);
+    active.updated_at = Set(now());
+    let updated = active.update(&*txn).await?;
+    let event = events::append(&*txn, tenant_id, export_event(&updated)).await?;
+    txn.commit().await?;
+    let mut committed = Committed::new(updated);
+    committed.events.push(event);
+    Ok(Some(committed))
+}
+
+/// The job started (or restarted) building the export.
+pub async fn mark_running(
+    store: &Store,
+    tenant_id: &str,
+    id: &str,
+    progress: i32,
+) -> CoreResult<Option<Committed<export::Model>>> {
+    transition(store, tenant_id, id, |e| {
+        e.status = Set(ExportStatus::Running);
+        e.progress = Set(progress.clamp(0, 99));
+        let attempts = match &e.attempts {
+            sea_orm::ActiveValue::Set(v) | sea_orm::ActiveValue::Unchanged(v) => *v,
+            sea_orm::ActiveValue::NotSet => 0,
+        };
+        e.attempts = Set(attempts + 1);
+    })
+    .await
+}
+
+/// The export is built: store its bytes and their sha256.
+pub async fn complete(
+    store: &Store,
+    tenant_id: &str,
+    id: &str,
+    content: Vec<u8>,
+    content_type: &str,
+) -> CoreResult<Option<Committed<export::Model>>> {
+    let sha256 = sha256_hex(&content);
+    let size = content.len() as i64;
+    let at = now();
+    transition(store, tenant_id, id, |e| {
+        e.status = Set(ExportStatus::Ready);
+        e.progress = Set(100);
+        e.sha256 = Set(Some(sha256));
+        e.size_bytes = Set(Some(size));
+        e.content = Set(Some(content));
+        e.content_type = Set(Some(content_type.to_string()));
+        e.completed_at = Set(Some(at));
+    })
+    .await
+}
+
+/// The export cannot be built: FAILED with the error.
+pub async fn fail(
+    store: &Store,
+    tenant_id: &str,
+    id: &str,
+    error: &str,
+) -> CoreResult<Option<Committed<export::Model>>> {
+    let at = now();
+    let error = error.to_string();
+    transition(store, tenant_id, id, |e| {
+        e.status = Set(ExportStatus::Failed);
+        e.error = Set(Some(error));
+        e.completed_at = Set(Some(at));
+    })
+    .await
+}
+
+/// Everything a bundle is built from, as stored.
+#[derive(Debug, Clone)]
+pub struct BundleInput {
+    pub export: export::Model,
+    pub run: run::Model,
+    pub incident: incident::Model,
+    pub violation: violation::Model,
+    pub evidence: Option<evidence::Model>,
+    pub violations: Vec<violation::Model>,
+    pub snapshot: policy_snapshot::Model,
+    pub steps: Vec<trace_step::Model>,
+    pub verification: Verification,
+    pub exported_at: DateTime<Utc>,
+}
+
+/// Load the stored records of an export's incident.
+pub async fn load<C: ConnectionTrait>(conn: &C, export: &export::Model) -> CoreResult<BundleInput> {
+    let tenant = export.tenant_id.as_str();
+    let incident = records::incident(conn, tenant, &export.incident_id).await?;
+    let violation = records::violation(conn, tenant, &incident.violation_id).await?;
+    let run = runs::get(conn, tenant, &incident.run_id).await?;
+    let snapshot = runs::snapshot_of(conn, &run).await?;
+    let evidence = match &incident.evidence_id {
+        Some(id) => {
+            evidence::Entity::find_by_id(id.clone())
+                .filter(evidence::Column::TenantId.eq(tenant))
+                .one(conn)
+                .await?
+        }
+        None => None,
+    };
+    let violations = violation::Entity::find()
+        .filter(violation::Column::TenantId.eq(tenant))
+        .filter(violation::Column::RunId.eq(run.id.as_str()))
+        .order_by_asc(violation::Column::StepIndex)
+        .order_by_asc(violation::Column::Id)
+        .all(conn)
+        .await?;
+    let steps = records::steps_after(conn, tenant, &run.id, -1).await?;
+    let verification = verify::verify(conn, tenant, &run.id).await?;
+    Ok(BundleInput {
+        export: export.clone(),
+        run,
+        incident,
+        violation,
+        evidence,
+        violations,
+        snapshot,
+        steps,
+        verification,
+        exported_at: now(),
+    })
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn step_json(step: &trace_step::Model) -> Value {
+    json!({
+        "stepIndex": step.step_index,
+        "timestamp": ts(step.timestamp),
+        "type": step.step_type.as_str(),
+        "tokens": step.tokens,
+        "costMicros": step.cost_micros,
+        "toolName": step.tool_name,
+        "contentHash": step.content_hash,
+        "status": step.status.as_str(),
+        "decision": step.decision.as_str(),
+        "reason": step.reason,
+        "isInflection": step.is_inflection,
+        "prevHash": step.prev_hash,
+        "entryHash": step.entry_hash,
+    })
+}
+
+/// The evidence bundle: what was decided, on what, and the proof.
+pub fn evidence_bundle(input: &BundleInput) -> CoreResult<Value> {
+    let run = &input.run;
+    let violation = &input.violation;
+    let policy = snapshot_policies(&input.snapshot)?
+        .into_iter()
+        .find(|p| p.id == violation.policy_id);
+    let inflection = input.steps.iter().find(|s| s.is_inflection);
+    let mut cumulative_tokens = 0i64;
+    let mut cumulative_cost = 0i64;
+    let series: Vec<Value> = input
+        .steps
+        .iter()
+        .map(|s| {
+            cumulative_tokens += s.tokens;
+            cumulative_cost += s.cost_micros;
+            json!({ "stepIndex": s.step_index, "tokens": cumulative_tokens, "costMicros": cumulative_cost })
+        })
+        .collect();
+    Ok(json!({
+        "bundle": "EVIDENCE",
+        "exportId": input.export.id,
+        "exportedAt": ts(input.exported_at),
+        "exportedBy": input.export.requested_by,
+        "reason": input.export.reason,
+        "run": {
+            "id": run.id,
+            "workflowId": run.workflow_id,
+            "agent": run.agent,
+            "triggeredBy": run.triggered_by,
+            "status": run.status.as_str(),
+            "terminationReason": run.termination_reason.map(|r| r.as_str()),
+            "startedAt": ts(run.started_at),
+            "completedAt": run.completed_at.map(ts),
+            "isSynthetic": run.is_synthetic,
+        },
+        "incident": {
+            "id": input.incident.id,
+            "title": input.incident.title,
+            "severity": input.incident.severity.as_str(),
+            "status": input.incident.status.as_str(),
+            "detectedAt": ts(input.incident.detected_at),
+            "acknowledgedAt": input.incident.acknowledged_at.map(ts),
+            "resolvedAt": input.incident.resolved_at.map(ts),
+            "note": input.incident.note,
+        },
+        "snapshot": {
+            "id": input.snapshot.snapshot_id,
+            "contentHash": input.snapshot.content_hash,
+            "version": input.snapshot.version,
+            "policyCount": input.snapshot.policy_count,
+        },
+        "violatedPolicy": {
+            "id": violation.policy_id,
+            "version": violation.policy_version,
+            "name": policy.as_ref().map(|p| p.name.clone()),
+            "kind": violation.policy_type.as_str(),
+            "action": violation.action.as_str(),
+            "severity": violation.severity.as_str(),
+            "threshold": policy.as_ref().map(|p| p.rule.clone()),
+            "thresholdCondition": violation.threshold_condition,
+            "violatedRule": violation.violated_rule,
+            "evaluatedValue": violation.evaluated_value,
+            "reason": violation.reason,
+        },
+        "evidence": input.evidence.as_ref().map(|e| json!({
+            "id": e.id,
+            "content": e.content,
+            "contentHash": e.content_hash,
+        })),
+        "violations": input.violations.iter().map(|v| json!({
+            "id": v.id,
+            "policyId": v.policy_id,
+            "action": v.action.as_str(),
+            "severity": v.severity.as_str(),
+            "stepIndex": v.step_index,
+            "reason": v.reason,
+        })).collect::<Vec<_>>(),
+        "inflectionStep": inflection.map(step_json),
+        "steps": input.steps.iter().map(step_json).collect::<Vec<_>>(),
+        "cumulative": series,
+        "totals": {
+            "steps": run.step_count,
+            "tokens": run.tokens_used,
+            "costMicros": run.cost_micros,
+            "durationMs": run.completed_at.map(|end| (end - run.started_at).num_milliseconds()),
+        },
+        "traceHeadHash": run.trace_head_hash,
+        "verification": {
+            "intact": input.verification.intact,
+            "reproduced": input.verification.reproduced,
+            "headHash": input.verification.head_hash,
+            "stepsChecked": input.verification.steps_checked,
+            "mismatches": input.verification.mismatches.len(),
+        },
+    }))
+}
+
+/// The SOC2 bundle: the evidence plus what an auditor maps it to.
+pub fn soc2_bundle(input: &BundleInput) -> CoreResult<Value> {
+    let mut bundle = evidence_bundle(input)?;
+    let run = &input.run;
+    let period_start = run.started_at;
+    let period_end = run.completed_at.unwrap_or(input.exported_at);
+    let obj = bundle.as_object_mut().ok_or_else(|| {
+        CoreError::Internal(anyhow::anyhow!("the evidence bundle is not an object"))
+    })?;
+    obj.insert("bundle".into(), json!("SOC2"));
+    obj.insert(
+        "controlObjectives".into(),
+        json!([
+            { "id": "CC6.1", "objective": "Logical access to protected operations is restricted by policy.",
+              "evidence": format!("run {} was checked at every step against snapshot {}", run.id, input.snapshot.snapshot_id) },
+            { "id": "CC7.2", "objective": "Anomalies are detected and evaluated.",
+              "evidence": format!("policy {} detected the violation at step {}", input.violation.policy_id, input.violation.step_index) },
+            { "id": "CC7.3", "objective": "Security events are responded to.",
+              "evidence": format!("the run was stopped ({}) and incident {} opened", run.termination_reason.map(|r| r.as_str()).unwrap_or("-"), input.incident.id) },
+            { "id": "CC8.1", "objective": "Changes to controls are authorised and recorded.",
+              "evidence": format!("the policy set is content-addressed ({}); every decision is hash-chained (head {})", input.snapshot.content_hash, run.trace_head_hash) },
+        ]),
+    );
+    obj.insert(
+        "attestation".into(),
+        json!(format!(
+            "The governance service recorded each of the {} steps of run {} in a hash chain ending in {}; recomputing the chain and replaying every decision against snapshot {} {}.",
+            run.step_count,
+            run.id,
+            run.trace_head_hash,
+            input.snapshot.snapshot_id,
+            if input.verification.intact && input.verification.reproduced {
+                "reproduced every recorded decision"
+            } else {
+                "found mismatches (see verification)"
+            }
+        )),
+    );
+    obj.insert(
+        "compliancePeriod".into(),
+        json!({ "start": ts(period_start), "end": ts(period_end) }),
+    );
+    obj.insert(
+        "auditorNotes".into(),
+        json!(
+            input
+                .incident
+                .note
+                .clone()
+                .unwrap_or_else(|| "No resolution note yet.".to_string())
+        ),
+    );
+    Ok(bundle)
+}
+
+/// The executive debrief: the same facts in plain language.
+pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
+    let run = &input.run;
+    let violation = &input.violation;
+    let policy_name = snapshot_policies(&input.snapshot)?
+        .into_iter()
+        .find(|p| p.id == violation.policy_id)
+        .map(|p| p.name)
+        .unwrap_or_else(|| violation.policy_id.clone());
+    let time_to_detect_ms = (input.incident.detected_at - violation.timestamp).num_milliseconds();
+    let cost_usd = run.cost_micros as f64 / 1_000_000.0;
+    let risk = input.incident.severity.as_str();
+    let remediation = match input.incident.status.as_str() {
+        "RESOLVED" => "Resolved",
+        "ACKNOWLEDGED" => "In progress",
+        _ => "Not started",
+    };
+    Ok(json!({
+        "bundle": "EXECUTIVE_DEBRIEF",
+        "exportId": input.export.id,
+        "exportedAt": ts(input.exported_at),
+        "exportedBy": input.export.requested_by,
+        "reason": input.export.reason,
+        "summary": format!(
+            "The {} agent run {} was stopped at step {} because it broke the policy \"{}\" ({}). Nothing after that step was executed.",
+            run.workflow_id, run.id, violation.step_index, policy_name, violation.reason
+        ),
+        "businessImpact": format!(
+            "The run used {} tokens and cost ${:.2} before it was stopped; the violating step was contained at the moment it happened.",
+            run.tokens_used, cost_usd
+        ),
+        "riskLevel": risk,
+        "keyFacts": {
+            "runId": run.id,
+            "incidentId": input.incident.id,
+            "policy": policy_name,
+            "threshold": violation.threshold_condition,
+            "observed": violation.evaluated_value,
+            "stoppedAtStep": run.stopped_at_step,
+            "snapshotId": input.snapshot.snapshot_id,
+            "traceHeadHash": run.trace_head_hash,
+            "verified": input.verification.intact && input.verification.reproduced,
+        },
+        "timeToDetectMs": time_to_detect_ms,
+        "costIncurredMicros": run.cost_micros,
+        "recommendedActions": [
+            format!("Review why the {} workflow reached the \"{}\" limit.", run.workflow_id, policy_name),
+            "Confirm the threshold still matches the business intent, or tighten it.".to_string(),
+            "Resolve the incident with a note so the audit trail is complete.".to_string(),
+        ],
+        "remediationStatus": remediation,
+        "traceHeadHash": run.trace_head_hash,
+    }))
+}
+
+/// The bundle of `input`'s kind.
+pub fn bundle(input: &BundleInput) -> CoreResult<Value> {
+    match input.export.kind {
+        ExportKind::Evidence => evidence_bundle(input),
+        ExportKind::Soc2 => soc2_bundle(input),
+        ExportKind::ExecutiveDebrief => executive_debrief(input),
+    }
+}
+
+/// The bytes of a rendered bundle and their content type.
+pub fn render(input: &BundleInput, bundle: &Value) -> CoreResult<(Vec<u8>, &'static str)> {
+    match input.export.format {
+        ExportFormat::Json => Ok((
+            canonical::to_string(bundle).into_bytes(),
+            "application/json",
+        )),
+        ExportFormat::Pdf => Err(CoreError::bad_field(
+            "format",
+            "PDF rendering is not available yet",
+        )),
+    }
+}
+
+/// Exports still `PENDING` that were requested before `before` (their job was lost between the
+/// commit and the enqueue): the sweeper enqueues them again. Oldest first.
+pub async fn pending_before<C: ConnectionTrait>(
+    conn: &C,
+    before: DateTime<Utc>,
+    limit: u64,
+) -> CoreResult<Vec<(String, String)>> {
+    use sea_orm::QuerySelect;
+    Ok(export::Entity::find()
+        .select_only()
+        .column(export::Column::TenantId)
+        .column(export::Column::Id)
+        .filter(export::Column::Status.eq(ExportStatus::Pending))
+        .filter(export::Column::CreatedAt.lt(before))
+        .order_by_asc(export::Column::CreatedAt)
+        .limit(limit)
+        .into_tuple()
+        .all(conn)
+        .await?)
+}

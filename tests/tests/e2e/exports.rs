@@ -1,0 +1,281 @@
+//! Exports as compliance staff use them: request, follow, download, check against verifyRun.
+
+use std::time::Duration;
+
+use governance_api::config::WorkersMode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, WsEvent, governance_bin, spawn_app, spawn_app_with};
+
+const SECRET: &str = "sk-abcdefgh12345678";
+
+/// A run stopped by a content rule that matched a secret; returns (run id, incident id).
+async fn leaked(app: &TestApp) -> (String, String) {
+    app.create_policy(json!({
+        "name": "No API keys", "kind": "CONTENT_RULE", "rule": { "patterns": ["sk-[a-z0-9]{16}"] },
+        "action": "BLOCK", "severity": "CRITICAL",
+    }))
+    .await;
+    let run = app.start_run("wf-export").await;
+    app.step_ok(
+        &run,
+        json!({ "type": "LLM_CALL", "tokens": 120, "costMicros": 3000 }),
+    )
+    .await;
+    let stop = app
+        .step_ok(
+            &run,
+            json!({ "type": "TOOL_CALL", "tokens": 30, "toolName": "http", "content": format!("POST key={SECRET}") }),
+        )
+        .await;
+    assert_eq!(stop["action"], "STOP");
+    (run, stop["incident"]["id"].as_str().unwrap().to_string())
+}
+
+const REQUEST: &str =
+    "mutation($incident: ID!, $kind: ExportKind!, $format: ExportFormat!, $reason: String) {
+    requestExport(incidentId: $incident, kind: $kind, format: $format, reason: $reason) {
+        id kind format status progress reason createdAt incident { id } run { id } } }";
+
+const EXPORT: &str = "query($id: ID!) { export(id: $id) {
+    id status progress sha256 sizeBytes contentType downloadUrl error completedAt } }";
+
+async fn request(app: &TestApp, incident: &str, kind: &str) -> String {
+    let data = app
+        .gql_ok(
+            REQUEST,
+            json!({ "incident": incident, "kind": kind, "format": "JSON", "reason": "quarterly audit" }),
+        )
+        .await;
+    let export = &data["requestExport"];
+    assert_eq!(export["status"], "PENDING", "{export}");
+    assert_eq!(export["progress"], 0);
+    assert_eq!(export["incident"]["id"], incident);
+    export["id"].as_str().unwrap().to_string()
+}
+
+async fn ready(app: &TestApp, id: &str) -> Value {
+    let data = app
+        .poll_until(EXPORT, json!({ "id": id }), Duration::from_secs(30), |d| {
+            matches!(d["export"]["status"].as_str(), Some("READY" | "FAILED"))
+        })
+        .await;
+    assert_eq!(data["export"]["status"], "READY", "{data}");
+    data["export"].clone()
+}
+
+async fn download(app: &TestApp, url: &str, auth: Option<&str>) -> reqwest::Response {
+    let mut request = app.http().get(app.url(url));
+    if let Some(auth) = auth {
+        request = request.header("Authorization", auth);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_evidence_export_is_built_downloaded_and_matches_verify_run() {
+    let app = spawn_app().await;
+    let (run, incident) = leaked(&app).await;
+    let id = request(&app, &incident, "EVIDENCE").await;
+    let export = ready(&app, &id).await;
+    assert_eq!(export["progress"], 100);
+    assert_eq!(export["contentType"], "application/json");
+    let url = export["downloadUrl"].as_str().unwrap().to_string();
+    assert_eq!(url, format!("/exports/{id}/download"));
+
+    let bearer = format!("Bearer {}", app.key);
+    let response = download(&app, &url, Some(&bearer)).await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"evidence-")
+    );
+    let body = response.bytes().await.unwrap();
+    let sha = governance_core::hashing::sha256_hex(&body);
+    assert_eq!(
+        export["sha256"],
+        sha.as_str(),
+        "the stored sha256 is the bytes'"
+    );
+    assert_eq!(headers["etag"].to_str().unwrap(), format!("\"{sha}\""));
+    assert_eq!(export["sizeBytes"], body.len());
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        !text.contains(SECRET),
+        "a matched secret never appears in an export"
+    );
+
+    let bundle: Value = serde_json::from_str(&text).unwrap();
+    let verify = app
+        .gql_ok(
+            "query($id: ID!) { verifyRun(id: $id) { intact reproduced headHash } run(id: $id) { policySnapshot { id contentHash } } }",
+            json!({ "id": run }),
+        )
+        .await;
+    assert_eq!(bundle["traceHeadHash"], verify["verifyRun"]["headHash"]);
+    assert_eq!(
+        bundle["verification"]["headHash"],
+        verify["verifyRun"]["headHash"]
+    );
+    assert_eq!(bundle["verification"]["intact"], true);
+    assert_eq!(bundle["run"]["id"], run);
+    assert_eq!(
+        bundle["snapshot"]["id"],
+        verify["run"]["policySnapshot"]["id"]
+    );
+    assert_eq!(
+        bundle["snapshot"]["contentHash"],
+        verify["run"]["policySnapshot"]["contentHash"]
+    );
+    assert_eq!(bundle["violatedPolicy"]["name"], "No API keys");
+    assert_eq!(
+        bundle["violatedPolicy"]["threshold"]["patterns"][0],
+        "sk-[a-z0-9]{16}"
+    );
+    assert_eq!(bundle["inflectionStep"]["stepIndex"], 1);
+    assert_eq!(bundle["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        bundle["steps"][1]["entryHash"],
+        verify["verifyRun"]["headHash"]
+    );
+    assert_eq!(bundle["totals"]["tokens"], 150);
+    assert_eq!(bundle["cumulative"][1]["tokens"], 150);
+    assert_eq!(bundle["reason"], "quarterly audit");
+    assert!(bundle["exportedBy"].as_str().unwrap().starts_with("key_"));
+
+    // Conditional, unauthenticated and cross-tenant downloads.
+    let cached = app
+        .http()
+        .get(app.url(&url))
+        .header("Authorization", &bearer)
+        .header("If-None-Match", format!("\"{sha}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    assert_eq!(download(&app, &url, None).await.status(), 401);
+    let other = app.other_tenant("other").await;
+    assert_eq!(download(&app, &url, Some(&other)).await.status(), 404);
+    let theirs = app
+        .gql_auth(Some(&other), EXPORT, json!({ "id": id }))
+        .await;
+    assert_eq!(theirs.error_code().as_deref(), Some("NOT_FOUND"));
+}
+
+#[tokio::test]
+async fn soc2_and_executive_bundles_carry_their_own_sections() {
+    let app = spawn_app().await;
+    let (run, incident) = leaked(&app).await;
+    let bearer = format!("Bearer {}", app.key);
+    let soc2 = ready(&app, &request(&app, &incident, "SOC2").await).await;
+    let body: Value = download(&app, soc2["downloadUrl"].as_str().unwrap(), Some(&bearer))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["bundle"], "SOC2");
+    assert!(body["controlObjectives"].as_array().unwrap().len() >= 3);
+    assert!(body["attestation"].as_str().unwrap().contains(&run));
+    assert!(body["compliancePeriod"]["start"].is_string());
+    assert!(body["auditorNotes"].is_string());
+    assert_eq!(body["traceHeadHash"], body["verification"]["headHash"]);
+
+    let debrief = ready(&app, &request(&app, &incident, "EXECUTIVE_DEBRIEF").await).await;
+    let body: Value = download(
+        &app,
+        debrief["downloadUrl"].as_str().unwrap(),
+        Some(&bearer),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["bundle"], "EXECUTIVE_DEBRIEF");
+    assert!(body["summary"].as_str().unwrap().contains("No API keys"));
+    assert_eq!(body["riskLevel"], "CRITICAL");
+    assert!(body["timeToDetectMs"].is_i64());
+    assert_eq!(body["costIncurredMicros"], 3000);
+    assert!(!body["recommendedActions"].as_array().unwrap().is_empty());
+    assert_eq!(body["remediationStatus"], "Not started");
+    assert!(!body.to_string().contains(SECRET));
+
+    // Exports show on the incident and the run.
+    let links = app
+        .gql_ok(
+            "query($id: ID!) { run(id: $id) { exports { totalCount } incident { exports { nodes { kind status } } } } }",
+            json!({ "id": run }),
+        )
+        .await;
+    assert_eq!(links["run"]["exports"]["totalCount"], 2);
+
+    // Refused: a PDF (not rendered yet), an unknown incident.
+    let pdf = app
+        .gql(
+            REQUEST,
+            json!({ "incident": incident, "kind": "SOC2", "format": "PDF" }),
+        )
+        .await;
+    assert_eq!(pdf.error_code().as_deref(), Some("BAD_USER_INPUT"));
+    let missing = app
+        .gql(REQUEST, json!({ "incident": "inc_01jx0000000000000000000000", "kind": "SOC2", "format": "JSON" }))
+        .await;
+    assert_eq!(missing.error_code().as_deref(), Some("NOT_FOUND"));
+}
+
+#[tokio::test]
+async fn export_updates_follow_an_export_from_pending_to_ready() {
+    // Without workers the export waits PENDING; a separate worker process then builds it.
+    let app = spawn_app_with(|c| c.workers = WorkersMode::Off).await;
+    let (_run, incident) = leaked(&app).await;
+    let id = request(&app, &incident, "EVIDENCE").await;
+    let mut ws = app
+        .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
+        .await;
+    ws.expect_ack().await;
+    ws.subscribe(
+        "1",
+        "subscription($id: ID!) { exportUpdates(id: $id) { cursor status progress sha256 export { id } } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let first = ws.next_data("1").await;
+    assert_eq!(first["exportUpdates"]["status"], "PENDING");
+
+    let mut args = vec!["worker".to_string()];
+    args.extend(app.env.cli_args());
+    let _worker = tokio::process::Command::new(governance_bin())
+        .args(&args)
+        .env("GOVERNANCE_NAMESPACE", &app.env.namespace)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start governance worker");
+
+    let mut seen = vec![first["exportUpdates"].clone()];
+    loop {
+        match ws.next(Duration::from_secs(60)).await {
+            WsEvent::Json(v) if v["type"] == "next" => {
+                seen.push(v["payload"]["data"]["exportUpdates"].clone())
+            }
+            WsEvent::Json(v) if v["type"] == "complete" => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let statuses: Vec<&str> = seen.iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.first(), Some(&"PENDING"));
+    assert_eq!(statuses.last(), Some(&"READY"), "{statuses:?}");
+    assert!(
+        statuses.contains(&"RUNNING"),
+        "progress is reported: {statuses:?}"
+    );
+    let progress: Vec<i64> = seen
+        .iter()
+        .map(|e| e["progress"].as_i64().unwrap())
+        .collect();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&100));
+    assert!(seen.last().unwrap()["sha256"].is_string());
+}
