@@ -317,6 +317,63 @@ pub async fn record_attempt(
     Ok(row)
 }
 
+/// Deliveries that should exist and do not: for events of a deliverable kind committed in
+/// `[since, until)`, each endpoint that wants the event (and existed when it was committed)
+/// but has no attempt recorded for it. The sweeper enqueues these, so a crash between a commit
+/// and its fan-out loses no webhook. At most `limit` events are looked at, oldest first.
+pub async fn undelivered<C: ConnectionTrait>(
+    conn: &C,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: u64,
+) -> CoreResult<Vec<(String, String, i64)>> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let hooks = webhook::Entity::find()
+        .filter(webhook::Column::Enabled.eq(true))
+        .all(conn)
+        .await?;
+    if hooks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenants: Vec<String> = hooks.iter().map(|h| h.tenant_id.clone()).collect();
+    let events = event::Entity::find()
+        .filter(event::Column::TenantId.is_in(tenants))
+        .filter(event::Column::Kind.is_in(EVENT_KINDS))
+        .filter(event::Column::CreatedAt.gte(since))
+        .filter(event::Column::CreatedAt.lt(until))
+        .order_by_asc(event::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await?;
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let attempted: std::collections::HashSet<(String, i64)> = webhook_delivery::Entity::find()
+        .select_only()
+        .column(webhook_delivery::Column::WebhookId)
+        .column(webhook_delivery::Column::EventId)
+        .filter(webhook_delivery::Column::EventId.is_in(events.iter().map(|e| e.id)))
+        .into_tuple::<(String, i64)>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(events
+        .iter()
+        .flat_map(|event| {
+            hooks
+                .iter()
+                .filter(|hook| {
+                    hook.tenant_id == event.tenant_id
+                        && hook.created_at <= event.created_at
+                        && wants(hook, event)
+                        && !attempted.contains(&(hook.id.clone(), event.id))
+                })
+                .map(|hook| (hook.tenant_id.clone(), hook.id.clone(), event.id))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

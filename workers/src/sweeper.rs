@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use governance_core::{audits, exports, outcome::FollowUp, runs, store::Store, timeouts};
+use governance_core::{audits, exports, outcome::FollowUp, runs, store::Store, timeouts, webhooks};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Dispatcher, WorkerDeps, queue::JobQueue};
@@ -41,8 +41,24 @@ pub async fn sweep_once(store: &Store, jobs: &JobQueue) -> anyhow::Result<usize>
             tenant_id,
             export_id,
         });
+    // Webhook deliveries of the last hour whose fan-out was lost.
+    let window_start = cutoff - chrono::Duration::hours(1);
+    let undelivered = webhooks::undelivered(store.db(), window_start, cutoff, BATCH)
+        .await?
+        .into_iter()
+        .map(
+            |(tenant_id, webhook_id, event_id)| FollowUp::DeliverWebhook {
+                tenant_id,
+                webhook_id,
+                event_id,
+            },
+        );
     let mut enqueued = 0;
-    for follow_up in unevaluated.chain(unaudited).chain(unexported) {
+    for follow_up in unevaluated
+        .chain(unaudited)
+        .chain(unexported)
+        .chain(undelivered)
+    {
         jobs.enqueue(&follow_up).await?;
         enqueued += 1;
     }
@@ -91,7 +107,7 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 enqueued = n,
-                "sweeper enqueued lost evaluation, audit and export jobs"
+                "sweeper enqueued lost evaluation, audit, export and webhook jobs"
             ),
             Err(err) => tracing::warn!(error = %err, "sweep failed; retrying next interval"),
         }

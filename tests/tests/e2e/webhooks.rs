@@ -329,3 +329,34 @@ async fn secrets_rotate_and_endpoints_can_be_removed() {
         .await;
     assert_eq!(gone.error_code().as_deref(), Some("NOT_FOUND"));
 }
+
+#[tokio::test]
+async fn a_lost_fan_out_is_found_by_the_sweeper_query() {
+    use governance_api::config::WorkersMode;
+    // No workers: the fan-out job waits in the queue, as if the process had died after the
+    // commit. The repair query names the delivery that should exist.
+    let app = crate::helpers::spawn_app_with(|c| c.workers = WorkersMode::Off).await;
+    secrets(&app).await;
+    let (url, _rx) = endpoint(vec![]).await;
+    let (hook, _) = create(&app, &url, json!(["INCIDENT_CREATED"]), Value::Null).await;
+    let (other_url, _other_rx) = endpoint(vec![]).await;
+    create(&app, &other_url, json!(["INCIDENT_RESOLVED"]), Value::Null).await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    stop_a_run(&app, "secret-high").await;
+    let after = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let missing = governance_core::webhooks::undelivered(&app.db, before, after, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.len(),
+        1,
+        "only the endpoint that wants INCIDENT_CREATED: {missing:?}"
+    );
+    assert_eq!(missing[0].1, hook);
+    // A later endpoint is not owed events committed before it existed.
+    create(&app, &url, json!(["INCIDENT_CREATED"]), Value::Null).await;
+    let again = governance_core::webhooks::undelivered(&app.db, before, after, 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+}
