@@ -136,6 +136,7 @@ impl Application {
         }
         let shutdown = CancellationToken::new();
         let bus = open_bus(&config, shutdown.clone()).await?;
+        let download_key = Arc::new(governance_core::exports::download_key(&store).await?);
         let state = AppState {
             db,
             store,
@@ -144,6 +145,7 @@ impl Application {
             cache: SnapshotCache::new(),
             config: config.clone(),
             metrics,
+            download_key,
         };
         let schema = build_schema(state.clone(), &config.limits);
 
@@ -171,6 +173,7 @@ impl Application {
                     jobs: state.jobs.clone(),
                     bus: state.bus.clone(),
                     cache: state.cache.clone(),
+                    renderer: config.renderer(),
                 },
                 shutdown.clone(),
             ))),

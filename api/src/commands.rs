@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     jobs,
                     bus,
                     cache: SnapshotCache::new(),
+                    renderer: config.renderer(),
                 },
                 shutdown,
             )

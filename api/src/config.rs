@@ -79,6 +79,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Request limits.
     pub limits: Limits,
+    /// A directory of Typst templates (`common.typ`, `evidence.typ`, `soc2.typ`,
+    /// `executive-debrief.typ`) to render export PDFs with instead of the built-in ones.
+    pub templates_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -95,6 +98,7 @@ impl Default for Config {
             namespace: "governance".to_string(),
             shutdown_timeout_secs: 30,
             limits: Limits::default(),
+            templates_dir: None,
         }
     }
 }
@@ -143,6 +147,17 @@ pub struct CliOverrides {
     pub workers: Option<WorkersMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// The export PDF renderer this configuration asks for.
+    pub fn renderer(&self) -> std::sync::Arc<governance_workers::render::Renderer> {
+        use governance_workers::render::{Renderer, Templates};
+        std::sync::Arc::new(Renderer::new(match &self.templates_dir {
+            Some(dir) => Templates::Dir(dir.clone()),
+            None => Templates::Embedded,
+        }))
+    }
 }
 
 #[cfg(test)]

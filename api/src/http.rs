@@ -29,33 +29,78 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(metrics));
 }
 
-/// `GET /exports/{id}/download`: the rendered bytes of a READY export of the caller's tenant,
-/// with its media type, a file name, and the sha256 as `ETag` (a matching `If-None-Match` gets
-/// 304). Another tenant's export is 404, like a missing one; one not READY yet is 409.
+/// The query of a signed download URL.
+#[derive(serde::Deserialize)]
+struct SignedQuery {
+    expires: Option<i64>,
+    signature: Option<String>,
+}
+
+/// `GET /exports/{id}/download`: the rendered bytes of a READY export, with its media type, a
+/// file name, and the sha256 as `ETag` (a matching `If-None-Match` gets 304). Either the
+/// caller's `Authorization: Bearer` key (another tenant's export is 404, like a missing one) or a
+/// signed, expiring `downloadUrl` (403 when altered or expired). One not READY yet is 409.
 async fn download_export(
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<SignedQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let principal = match auth::from_request(&state.db, &req).await {
-        Ok(principal) => principal,
-        Err(err) => {
-            let status = match err.code() {
-                "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return error_response(status, &err.to_string(), err.code());
-        }
-    };
     let id = path.into_inner();
-    let export = match governance_core::exports::get(&state.db, &principal.tenant_id, &id).await {
+    let not_found = || {
+        error_response(
+            StatusCode::NOT_FOUND,
+            &format!("Export `{id}` was not found"),
+            "NOT_FOUND",
+        )
+    };
+    let found = match (&query.expires, &query.signature) {
+        // A signed URL: the signature binds tenant, export and expiry.
+        (Some(expires), Some(signature)) => {
+            match governance_core::exports::get_any(&state.db, &id).await {
+                Ok(export)
+                    if governance_core::exports::check_download_signature(
+                        &state.download_key,
+                        &export,
+                        *expires,
+                        signature,
+                    ) =>
+                {
+                    Ok(export)
+                }
+                Ok(_) => {
+                    return error_response(
+                        StatusCode::FORBIDDEN,
+                        "the download link is invalid or has expired: fetch `downloadUrl` again",
+                        "UNAUTHENTICATED",
+                    );
+                }
+                Err(err) => Err(err),
+            }
+        }
+        _ => match auth::from_request(&state.db, &req).await {
+            Ok(principal) => {
+                governance_core::exports::get(&state.db, &principal.tenant_id, &id).await
+            }
+            Err(err) => {
+                let status = match err.code() {
+                    "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                return error_response(status, &err.to_string(), err.code());
+            }
+        },
+    };
+    let export = match found {
         Ok(export) => export,
+        Err(err) if err.code() == "NOT_FOUND" => return not_found(),
         Err(err) => {
-            let status = match err.code() {
-                "NOT_FOUND" => StatusCode::NOT_FOUND,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            return error_response(status, &err.to_string(), err.code());
+            tracing::error!(error = %err, "cannot read an export");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the export right now; retry",
+                "INTERNAL",
+            );
         }
     };
     let (Some(content), Some(sha256)) = (export.content, export.sha256) else {

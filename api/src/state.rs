@@ -23,6 +23,8 @@ pub struct AppState {
     pub cache: SnapshotCache,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Signs export download URLs (shared by every replica through the database).
+    pub download_key: Arc<Vec<u8>>,
 }
 
 impl AppState {

@@ -53,8 +53,7 @@ pub fn export_event(export: &export::Model) -> NewEvent {
     }
 }
 
-/// Request an export of an incident. Only JSON is rendered so far; a PDF is refused rather
-/// than accepted and failed.
+/// Request an export of an incident.
 pub async fn request(
     store: &Store,
     tenant_id: &str,
@@ -64,12 +63,6 @@ pub async fn request(
     reason: Option<String>,
     requested_by: &str,
 ) -> CoreResult<Committed<export::Model>> {
-    if format == ExportFormat::Pdf {
-        return Err(CoreError::bad_field(
-            "format",
-            "PDF rendering is not available yet; request JSON (the same bundle)",
-        ));
-    }
     let reason = reason
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty());
@@ -477,7 +470,9 @@ pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
         "ACKNOWLEDGED" => "In progress",
         _ => "Not started",
     };
-    Ok(json!({
+    // The facts the debrief's chart and header are drawn from, as in the evidence bundle.
+    let evidence = evidence_bundle(input)?;
+    let mut debrief = json!({
         "bundle": "EXECUTIVE_DEBRIEF",
         "exportId": input.export.id,
         "exportedAt": ts(input.exported_at),
@@ -488,7 +483,7 @@ pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
             run.workflow_id, run.id, violation.step_index, policy_name, violation.reason
         ),
         "businessImpact": format!(
-            "The run used {} tokens and cost ${:.2} before it was stopped; the violating step was contained at the moment it happened.",
+            "The run used {} tokens and cost ${:.4} before it was stopped; the violating step was contained at the moment it happened.",
             run.tokens_used, cost_usd
         ),
         "riskLevel": risk,
@@ -512,7 +507,22 @@ pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
         ],
         "remediationStatus": remediation,
         "traceHeadHash": run.trace_head_hash,
-    }))
+    });
+    if let (Some(debrief), Some(evidence)) = (debrief.as_object_mut(), evidence.as_object()) {
+        for key in [
+            "run",
+            "incident",
+            "violatedPolicy",
+            "inflectionStep",
+            "cumulative",
+            "totals",
+        ] {
+            if let Some(value) = evidence.get(key) {
+                debrief.insert(key.to_string(), value.clone());
+            }
+        }
+    }
+    Ok(debrief)
 }
 
 /// The bundle of `input`'s kind.
@@ -524,17 +534,26 @@ pub fn bundle(input: &BundleInput) -> CoreResult<Value> {
     }
 }
 
-/// The bytes of a rendered bundle and their content type.
-pub fn render(input: &BundleInput, bundle: &Value) -> CoreResult<(Vec<u8>, &'static str)> {
-    match input.export.format {
-        ExportFormat::Json => Ok((
-            canonical::to_string(bundle).into_bytes(),
-            "application/json",
-        )),
-        ExportFormat::Pdf => Err(CoreError::bad_field(
-            "format",
-            "PDF rendering is not available yet",
-        )),
+/// The JSON rendering of a bundle: canonical JSON (sorted keys), so equal bundles are equal
+/// bytes.
+pub fn render_json(bundle: &Value) -> Vec<u8> {
+    canonical::to_string(bundle).into_bytes()
+}
+
+/// The Typst template (in `templates/`) of a bundle kind.
+pub fn template_of(kind: ExportKind) -> &'static str {
+    match kind {
+        ExportKind::Evidence => "evidence.typ",
+        ExportKind::Soc2 => "soc2.typ",
+        ExportKind::ExecutiveDebrief => "executive-debrief.typ",
+    }
+}
+
+/// The media type of a format.
+pub fn content_type_of(format: ExportFormat) -> &'static str {
+    match format {
+        ExportFormat::Json => "application/json",
+        ExportFormat::Pdf => "application/pdf",
     }
 }
 
@@ -557,4 +576,86 @@ pub async fn pending_before<C: ConnectionTrait>(
         .into_tuple()
         .all(conn)
         .await?)
+}
+
+/// The name of the key that signs download URLs in `service_keys`.
+const DOWNLOAD_KEY: &str = "export_download";
+/// How long a signed download URL stays valid.
+pub const DOWNLOAD_URL_TTL: chrono::Duration = chrono::Duration::minutes(15);
+
+/// The key that signs download URLs: created once (randomly) and shared by every replica
+/// through the database.
+pub async fn download_key(store: &Store) -> CoreResult<Vec<u8>> {
+    use governance_entities::service_key;
+    use rand::RngCore;
+    use sea_orm::sea_query::OnConflict;
+    if let Some(found) = service_key::Entity::find_by_id(DOWNLOAD_KEY.to_string())
+        .one(store.db())
+        .await?
+    {
+        return hex::decode(found.key).map_err(|e| CoreError::Internal(e.into()));
+    }
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let txn = store.begin().await?;
+    service_key::Entity::insert(service_key::ActiveModel {
+        name: Set(DOWNLOAD_KEY.to_string()),
+        key: Set(hex::encode(key)),
+        created_at: Set(now()),
+    })
+    .on_conflict(
+        OnConflict::column(service_key::Column::Name)
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&*txn)
+    .await?;
+    txn.commit().await?;
+    // Another replica may have won the race: read what is stored.
+    let stored = service_key::Entity::find_by_id(DOWNLOAD_KEY.to_string())
+        .one(store.db())
+        .await?
+        .ok_or_else(|| CoreError::Internal(anyhow::anyhow!("the download key was not stored")))?;
+    hex::decode(stored.key).map_err(|e| CoreError::Internal(e.into()))
+}
+
+fn download_signature(key: &[u8], tenant_id: &str, export_id: &str, expires: i64) -> String {
+    let message = format!("{tenant_id}.{export_id}.{expires}");
+    hex::encode(crate::hashing::hmac_sha256(key, message.as_bytes()))
+}
+
+/// A download URL (path and query) that works without an API key until `expires` (Unix
+/// seconds): it is signed over the tenant, the export and the expiry.
+pub fn signed_download_path(key: &[u8], tenant_id: &str, export_id: &str, expires: i64) -> String {
+    format!(
+        "/exports/{export_id}/download?expires={expires}&signature={}",
+        download_signature(key, tenant_id, export_id, expires)
+    )
+}
+
+/// Does `signature` sign `export` until `expires`, and is that still in the future?
+pub fn check_download_signature(
+    key: &[u8],
+    export: &export::Model,
+    expires: i64,
+    signature: &str,
+) -> bool {
+    let expected = download_signature(key, &export.tenant_id, &export.id, expires);
+    // Constant-time comparison.
+    let same = expected.len() == signature.len()
+        && expected
+            .bytes()
+            .zip(signature.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same && now().timestamp() <= expires
+}
+
+/// One export by id alone (for signed downloads, which carry no tenant credentials; the
+/// signature binds the tenant).
+pub async fn get_any<C: ConnectionTrait>(conn: &C, id: &str) -> CoreResult<export::Model> {
+    export::Entity::find_by_id(id.to_string())
+        .one(conn)
+        .await?
+        .ok_or_else(|| CoreError::not_found("Export", id))
 }

@@ -25,6 +25,7 @@ pub mod policy_evaluation;
 pub mod policy_snapshot;
 pub mod policy_version;
 pub mod run;
+pub mod service_key;
 pub mod tenant;
 pub mod trace_step;
 pub mod violation;

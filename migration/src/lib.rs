@@ -6,6 +6,7 @@
 pub use sea_orm_migration::prelude::*;
 
 pub mod m20261121_000001_initial;
+pub mod m20261121_000002_service_keys;
 
 pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
 
@@ -14,7 +15,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261121_000001_initial::Migration)]
+        vec![
+            Box::new(m20261121_000001_initial::Migration),
+            Box::new(m20261121_000002_service_keys::Migration),
+        ]
     }
 }
 

@@ -205,6 +205,7 @@ pub async fn build_export(
     job: &BuildExport,
     store: &Store,
     dispatcher: &crate::Dispatcher,
+    renderer: &std::sync::Arc<crate::render::Renderer>,
 ) -> Result<Outcome, JobError> {
     let Some(running) = exports::mark_running(store, &job.tenant_id, &job.export_id, 10).await?
     else {
@@ -219,7 +220,21 @@ pub async fn build_export(
         {
             dispatcher.dispatch(progress).await;
         }
-        exports::render(&input, &bundle)
+        let format = input.export.format;
+        let bytes = match format {
+            governance_entities::enums::ExportFormat::Json => exports::render_json(&bundle),
+            governance_entities::enums::ExportFormat::Pdf => {
+                let renderer = renderer.clone();
+                let template = exports::template_of(input.export.kind);
+                let today = input.exported_at.date_naive();
+                tokio::task::spawn_blocking(move || renderer.render(template, &bundle, today))
+                    .await
+                    .map_err(|e| CoreError::Internal(anyhow::anyhow!("renderer panicked: {e}")))?
+                    // A template error is the export's final error, not a reason to retry.
+                    .map_err(CoreError::bad_input)?
+            }
+        };
+        Ok::<_, CoreError>((bytes, exports::content_type_of(format)))
     }
     .await;
     let finished = match built {

@@ -6,6 +6,7 @@
 pub mod events;
 pub mod jobs;
 pub mod queue;
+pub mod render;
 mod runner;
 pub mod sweeper;
 
@@ -28,6 +29,8 @@ pub struct WorkerDeps {
     pub bus: EventBus,
     /// Compiled snapshots, shared with the API when embedded.
     pub cache: SnapshotCache,
+    /// Renders export PDFs.
+    pub renderer: std::sync::Arc<render::Renderer>,
 }
 
 /// Carries out what a committed change leaves to do: publish its events, enqueue its jobs.

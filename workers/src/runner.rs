@@ -71,12 +71,19 @@ async fn handle_audit(
     Ok(())
 }
 
+/// What the export handler needs besides the store.
+#[derive(Clone)]
+struct ExportContext {
+    dispatcher: Dispatcher,
+    renderer: std::sync::Arc<crate::render::Renderer>,
+}
+
 async fn handle_export(
     job: BuildExport,
     store: Data<Store>,
-    dispatcher: Data<Dispatcher>,
+    context: Data<ExportContext>,
 ) -> Result<(), BoxDynError> {
-    jobs::build_export(&job, &store, &dispatcher)
+    jobs::build_export(&job, &store, &context.dispatcher, &context.renderer)
         .await
         .map(|_| ())
         .map_err(to_apalis)
@@ -182,14 +189,17 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
     };
     let monitor = {
         let store = deps.store.clone();
-        let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
+        let context = ExportContext {
+            dispatcher: Dispatcher::new(deps.jobs.clone(), deps.bus.clone()),
+            renderer: deps.renderer.clone(),
+        };
         register!(
             monitor,
             deps.jobs.export,
             "export",
             backoff,
             handle_export,
-            [store, dispatcher]
+            [store, context]
         )
     };
     let monitor = {

@@ -54,10 +54,19 @@ impl Export {
     async fn size_bytes(&self) -> Option<i64> {
         self.0.size_bytes
     }
-    /// Where to download it once READY: `GET` this path with your `Authorization: Bearer` key.
-    async fn download_url(&self) -> Option<String> {
-        (self.0.status == db::ExportStatus::Ready)
-            .then(|| format!("/exports/{}/download", self.0.id))
+    /// Where to download it once READY: a path signed for 15 minutes that needs no API key
+    /// (fetch this field again for a fresh one). `GET /exports/{id}/download` with your
+    /// `Authorization: Bearer` key works too.
+    async fn download_url(&self, ctx: &Context<'_>) -> Option<String> {
+        (self.0.status == db::ExportStatus::Ready).then(|| {
+            let expires = (governance_core::time::now() + exports::DOWNLOAD_URL_TTL).timestamp();
+            exports::signed_download_path(
+                &state(ctx).download_key,
+                &self.0.tenant_id,
+                &self.0.id,
+                expires,
+            )
+        })
     }
     /// The media type of the rendered bytes (once READY).
     async fn content_type(&self) -> Option<&str> {

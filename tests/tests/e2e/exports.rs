@@ -80,8 +80,12 @@ async fn an_evidence_export_is_built_downloaded_and_matches_verify_run() {
     let export = ready(&app, &id).await;
     assert_eq!(export["progress"], 100);
     assert_eq!(export["contentType"], "application/json");
-    let url = export["downloadUrl"].as_str().unwrap().to_string();
-    assert_eq!(url, format!("/exports/{id}/download"));
+    let signed = export["downloadUrl"].as_str().unwrap().to_string();
+    assert!(
+        signed.starts_with(&format!("/exports/{id}/download?expires=")),
+        "{signed}"
+    );
+    let url = format!("/exports/{id}/download");
 
     let bearer = format!("Bearer {}", app.key);
     let response = download(&app, &url, Some(&bearer)).await;
@@ -160,10 +164,28 @@ async fn an_evidence_export_is_built_downloaded_and_matches_verify_run() {
     assert_eq!(download(&app, &url, None).await.status(), 401);
     let other = app.other_tenant("other").await;
     assert_eq!(download(&app, &url, Some(&other)).await.status(), 404);
+    // The signed link works without a key; altered, it does not.
+    let by_link = download(&app, &signed, None).await;
+    assert_eq!(by_link.status(), 200);
+    assert_eq!(by_link.bytes().await.unwrap(), body);
+    let tampered = signed.replace("signature=", "signature=0");
+    assert_eq!(download(&app, &tampered, None).await.status(), 403);
+    let later = signed.replace("expires=", "expires=9");
+    assert_eq!(
+        download(&app, &later, None).await.status(),
+        403,
+        "the expiry is signed too"
+    );
     let theirs = app
         .gql_auth(Some(&other), EXPORT, json!({ "id": id }))
         .await;
     assert_eq!(theirs.error_code().as_deref(), Some("NOT_FOUND"));
+
+    // Exports are stored durably: after a restart the same bytes come back.
+    let app = app.restart(|_| {}).await;
+    let again = download(&app, &url, Some(&bearer)).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.bytes().await.unwrap(), body);
 }
 
 #[tokio::test]
@@ -212,14 +234,14 @@ async fn soc2_and_executive_bundles_carry_their_own_sections() {
         .await;
     assert_eq!(links["run"]["exports"]["totalCount"], 2);
 
-    // Refused: a PDF (not rendered yet), an unknown incident.
-    let pdf = app
+    // Refused: an unknown incident, a reason that is too long; nothing is stored.
+    let long = app
         .gql(
             REQUEST,
-            json!({ "incident": incident, "kind": "SOC2", "format": "PDF" }),
+            json!({ "incident": incident, "kind": "SOC2", "format": "JSON", "reason": "x".repeat(2001) }),
         )
         .await;
-    assert_eq!(pdf.error_code().as_deref(), Some("BAD_USER_INPUT"));
+    assert_eq!(long.error_code().as_deref(), Some("BAD_USER_INPUT"));
     let missing = app
         .gql(REQUEST, json!({ "incident": "inc_01jx0000000000000000000000", "kind": "SOC2", "format": "JSON" }))
         .await;
@@ -278,4 +300,171 @@ async fn export_updates_follow_an_export_from_pending_to_ready() {
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     assert_eq!(progress.last(), Some(&100));
     assert!(seen.last().unwrap()["sha256"].is_string());
+}
+
+/// The text of a PDF, through poppler's `pdftotext`.
+async fn pdf_text(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.pdf");
+    std::fs::write(&path, bytes).unwrap();
+    let output = tokio::process::Command::new("pdftotext")
+        .args(["-layout", path.to_str().unwrap(), "-"])
+        .output()
+        .await
+        .expect("pdftotext (apt-get install poppler-utils)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn request_pdf(app: &TestApp, incident: &str, kind: &str) -> String {
+    let data = app
+        .gql_ok(
+            REQUEST,
+            json!({ "incident": incident, "kind": kind, "format": "PDF", "reason": "board review" }),
+        )
+        .await;
+    data["requestExport"]["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn pdfs_are_rendered_by_typst_with_the_facts_an_auditor_checks() {
+    let app = spawn_app().await;
+    let (run, incident) = leaked(&app).await;
+    let facts = app
+        .gql_ok(
+            "query($id: ID!) { run(id: $id) { policySnapshot { id } trace { headHash } } }",
+            json!({ "id": run }),
+        )
+        .await;
+    let snapshot = facts["run"]["policySnapshot"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let head = facts["run"]["trace"]["headHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = format!("Bearer {}", app.key);
+    for kind in ["EVIDENCE", "SOC2", "EXECUTIVE_DEBRIEF"] {
+        let export = ready(&app, &request_pdf(&app, &incident, kind).await).await;
+        assert_eq!(export["contentType"], "application/pdf", "{kind}");
+        let response = download(&app, export["downloadUrl"].as_str().unwrap(), Some(&bearer)).await;
+        assert_eq!(response.headers()["content-type"], "application/pdf");
+        let bytes = response.bytes().await.unwrap();
+        assert!(bytes.starts_with(b"%PDF-"), "{kind}");
+        assert_eq!(
+            export["sha256"],
+            governance_core::hashing::sha256_hex(&bytes).as_str()
+        );
+        let text = pdf_text(&bytes).await;
+        // Long hashes may wrap; the ids and the policy must be there as written.
+        for needle in [run.as_str(), snapshot.as_str(), "No API keys"] {
+            assert!(
+                text.contains(needle),
+                "{kind}: `{needle}` missing from:\n{text}"
+            );
+        }
+        assert!(
+            text.replace(['\n', ' '], "").contains(&head),
+            "{kind}: the trace head hash is printed"
+        );
+        assert!(!text.contains(SECRET), "{kind}: the secret never appears");
+        if kind != "EXECUTIVE_DEBRIEF" {
+            assert!(
+                text.contains("sk-[a-z0-9]{16}"),
+                "{kind}: the threshold (pattern) is printed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_template_error_fails_the_export_with_the_error() {
+    let templates = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("common.typ", "#let setup(title, data, body) = body"),
+        (
+            "evidence.typ",
+            "#import \"common.typ\": *\n#let data = json(\"/bundle.json\")\n#data.no.such.field",
+        ),
+        ("soc2.typ", "ok"),
+        ("executive-debrief.typ", "ok"),
+    ] {
+        std::fs::write(templates.path().join(name), text).unwrap();
+    }
+    let dir = templates.path().to_path_buf();
+    let app = spawn_app_with(move |c| c.templates_dir = Some(dir)).await;
+    let (_run, incident) = leaked(&app).await;
+    let id = request_pdf(&app, &incident, "EVIDENCE").await;
+    let data = app
+        .poll_until(EXPORT, json!({ "id": id }), Duration::from_secs(60), |d| {
+            matches!(d["export"]["status"].as_str(), Some("READY" | "FAILED"))
+        })
+        .await;
+    assert_eq!(data["export"]["status"], "FAILED", "{data}");
+    let error = data["export"]["error"].as_str().unwrap();
+    assert!(error.contains("evidence.typ"), "{error}");
+    assert!(data["export"]["downloadUrl"].is_null());
+    drop(templates);
+}
+
+#[tokio::test]
+async fn a_thousand_step_incident_renders_and_paginates() {
+    let app = spawn_app().await;
+    app.create_policy(json!({
+        "name": "Token budget", "kind": "TOKEN_BUDGET", "rule": { "maxTokens": 9995 },
+        "action": "BLOCK", "severity": "HIGH",
+    }))
+    .await;
+    let run = app.start_run("wf-long").await;
+    let mut incident = None;
+    for i in 0..1000 {
+        let d = app
+            .step_ok(
+                &run,
+                json!({ "stepIndex": i, "type": "LLM_CALL", "tokens": 10 }),
+            )
+            .await;
+        if d["action"] == "STOP" {
+            incident = d["incident"]["id"].as_str().map(str::to_string);
+            assert_eq!(i, 999, "the budget is crossed at the last step");
+        }
+    }
+    let incident = incident.expect("stopped");
+    let data = app
+        .gql_ok(
+            REQUEST,
+            json!({ "incident": incident, "kind": "SOC2", "format": "PDF" }),
+        )
+        .await;
+    let id = data["requestExport"]["id"].as_str().unwrap().to_string();
+    let export = app
+        .poll_until(EXPORT, json!({ "id": id }), Duration::from_secs(180), |d| {
+            matches!(d["export"]["status"].as_str(), Some("READY" | "FAILED"))
+        })
+        .await["export"]
+        .clone();
+    assert_eq!(export["status"], "READY", "{export}");
+    let bytes = download(
+        &app,
+        export["downloadUrl"].as_str().unwrap(),
+        Some(&format!("Bearer {}", app.key)),
+    )
+    .await
+    .bytes()
+    .await
+    .unwrap();
+    let text = pdf_text(&bytes).await;
+    // pdftotext ends every page with a form feed.
+    let pages = text.matches('\u{c}').count();
+    assert!(pages >= 15, "1,000 steps paginate: {pages} pages");
+    assert!(
+        text.contains(&format!("page 1 of {pages}")),
+        "numbered pages"
+    );
+    assert!(text.contains("999"), "the last step is in the trace table");
 }

@@ -128,6 +128,7 @@ async fn a_page_of_runs_with_its_links_costs_the_same_statements_for_10_and_100_
         }
         costs.push(after - before);
     }
+    eprintln!("SQL statements for a page of 10 and of 100 runs with links: {costs:?}");
     assert_eq!(
         costs[0], costs[1],
         "10 runs and 100 runs must cost the same statements: {costs:?}"

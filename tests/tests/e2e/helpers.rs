@@ -88,6 +88,7 @@ impl TestEnv {
             namespace: self.namespace.clone(),
             shutdown_timeout_secs: 10,
             limits: Limits::default(),
+            templates_dir: None,
         }
     }
 
