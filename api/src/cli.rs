@@ -59,6 +59,13 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Drive a full scenario through the API (policies, a run stopped by a policy, the
+    /// incident, its proof) and write the three export PDFs to a folder.
+    Demo {
+        /// Where to write the PDFs.
+        #[arg(long, default_value = "governance-demo")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args, Default)]

@@ -28,7 +28,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.global.config.clone(), &cli.overrides())
         .context("invalid configuration")?;
-    telemetry::init(config.log_format, &config.log_level);
+    // The demo prints its own story; only warnings from the service it runs.
+    let level = match cli.command {
+        Some(Command::Demo { .. }) => "warn",
+        _ => config.log_level.as_str(),
+    };
+    telemetry::init(config.log_format, level);
     match cli.command {
         None | Some(Command::Serve(_)) => {
             let app = Application::build(config).await?;
@@ -62,6 +67,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Schema) => unreachable!("handled above"),
+        // Its own service in a fresh directory: the configuration does not apply.
+        Some(Command::Demo { out }) => crate::demo::run(out).await,
         Some(Command::Tenant {
             command: TenantCommand::Create { name },
         }) => {

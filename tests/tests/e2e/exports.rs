@@ -468,3 +468,27 @@ async fn a_thousand_step_incident_renders_and_paginates() {
     );
     assert!(text.contains("999"), "the last step is in the trace table");
 }
+
+#[tokio::test]
+async fn the_demo_drives_a_run_into_a_stop_and_writes_three_pdfs() {
+    let out = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(governance_bin())
+        .args(["demo", "--out", out.path().to_str().unwrap()])
+        .output()
+        .await
+        .expect("run governance demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("→ STOP"), "{stdout}");
+    assert!(stdout.contains("intact=true reproduced=true"), "{stdout}");
+    for file in ["evidence.pdf", "soc2.pdf", "executive-debrief.pdf"] {
+        let bytes = std::fs::read(out.path().join(file)).unwrap();
+        assert!(bytes.starts_with(b"%PDF-"), "{file}");
+        let text = pdf_text(&bytes).await;
+        assert!(text.contains("Token budget"), "{file}: {text}");
+    }
+}
