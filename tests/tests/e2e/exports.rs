@@ -492,3 +492,42 @@ async fn the_demo_drives_a_run_into_a_stop_and_writes_three_pdfs() {
         assert!(text.contains("Token budget"), "{file}: {text}");
     }
 }
+
+#[tokio::test]
+async fn the_evidence_bundle_keeps_its_shape() {
+    let app = spawn_app().await;
+    let (_run, incident) = leaked(&app).await;
+    let export = ready(&app, &request(&app, &incident, "EVIDENCE").await).await;
+    let bundle: Value = download(&app, export["downloadUrl"].as_str().unwrap(), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Ids, hashes that cover ids, and times differ per run; everything else is the contract.
+    insta::assert_json_snapshot!("evidence_bundle", bundle, {
+        ".exportId" => "[id]",
+        ".exportedAt" => "[time]",
+        ".exportedBy" => "[key id]",
+        ".run.id" => "[id]",
+        ".run.startedAt" => "[time]",
+        ".run.completedAt" => "[time]",
+        ".incident.id" => "[id]",
+        ".incident.title" => "[title with run id]",
+        ".incident.detectedAt" => "[time]",
+        ".snapshot.id" => "[snapshot id]",
+        ".snapshot.contentHash" => "[hash]",
+        ".violatedPolicy.id" => "[id]",
+        ".evidence" => "[evidence: masked content, checked elsewhere]",
+        ".violations[].id" => "[id]",
+        ".violations[].policyId" => "[id]",
+        ".inflectionStep.timestamp" => "[time]",
+        ".inflectionStep.prevHash" => "[hash]",
+        ".inflectionStep.entryHash" => "[hash]",
+        ".steps[].timestamp" => "[time]",
+        ".steps[].prevHash" => "[hash]",
+        ".steps[].entryHash" => "[hash]",
+        ".traceHeadHash" => "[hash]",
+        ".verification.headHash" => "[hash]",
+        ".totals.durationMs" => "[duration]",
+    });
+}
