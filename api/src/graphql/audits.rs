@@ -461,3 +461,93 @@ impl AuditMutation {
         Ok(Audit(state.after_commit(committed).await))
     }
 }
+
+/// An audit finished (COMPLETED with a verdict, or FAILED).
+pub struct AuditEvent {
+    event: governance_entities::event::Model,
+}
+
+/// An audit's completion, from the outbox. Resume after `cursor` to lose nothing.
+#[Object]
+impl AuditEvent {
+    /// The position in the tenant's event sequence: pass it as `after` to resume.
+    async fn cursor(&self) -> String {
+        self.event.seq.to_string()
+    }
+    /// The audit's id.
+    async fn audit_id(&self) -> ID {
+        ID(self.event.subject_id.clone())
+    }
+    /// The audited job.
+    async fn job_id(&self) -> Option<&str> {
+        self.event.payload.get("jobId").and_then(Value::as_str)
+    }
+    /// COMPLETED or FAILED.
+    async fn status(&self) -> Option<AuditStatus> {
+        self.event
+            .payload
+            .get("status")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<governance_entities::enums::AuditStatus>().ok())
+            .map(Into::into)
+    }
+    /// PASS, FAIL or INCONCLUSIVE, when COMPLETED.
+    async fn verdict(&self) -> Option<AuditVerdict> {
+        self.event
+            .payload
+            .get("verdict")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<governance_entities::enums::AuditVerdict>().ok())
+            .map(Into::into)
+    }
+    /// When the result was committed.
+    async fn occurred_at(&self) -> DateTime {
+        self.event.created_at.into()
+    }
+    /// The audit with its checks.
+    async fn audit(&self, ctx: &Context<'_>) -> async_graphql::Result<Audit> {
+        let found = audits::get(
+            &state(ctx).db,
+            &self.event.tenant_id,
+            &self.event.subject_id,
+        )
+        .await
+        .gql()?;
+        Ok(Audit(found))
+    }
+}
+
+#[derive(Default)]
+pub struct AuditSubscription;
+
+#[async_graphql::Subscription]
+impl AuditSubscription {
+    /// Audit completions of the tenant (of one job when `jobId` is given): first every stored
+    /// one after `after` (from the beginning when omitted), then live, in order, with no gap
+    /// and no duplicate.
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        job_id: Option<String>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = AuditEvent> + use<>> {
+        use futures::StreamExt;
+        let principal = principal(ctx)?;
+        let after = super::incidents::parse_event_cursor(after.as_deref()).gql()?;
+        let state = state(ctx);
+        let stream = governance_workers::events::tenant_stream(
+            state.db.clone(),
+            &state.bus,
+            principal.tenant_id.clone(),
+            after,
+        )
+        .filter_map(move |event| {
+            let keep = event.kind == "AUDIT_COMPLETED"
+                && job_id.as_deref().is_none_or(|job| {
+                    event.payload.get("jobId").and_then(Value::as_str) == Some(job)
+                });
+            async move { keep.then_some(AuditEvent { event }) }
+        });
+        Ok(stream)
+    }
+}

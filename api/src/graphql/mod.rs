@@ -60,6 +60,7 @@ pub struct Subscription(
     runs::RunSubscription,
     incidents::IncidentSubscription,
     exports::ExportSubscription,
+    audits::AuditSubscription,
 );
 
 pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;

@@ -300,3 +300,28 @@ async fn the_audit_job_run_twice_stores_one_result() {
     assert_eq!(rows, 7, "one set of checks");
     assert_eq!(gate(&app, "job-twice").await["status"], "AUTHORIZED");
 }
+
+#[tokio::test]
+async fn audit_completions_stream_to_subscribers() {
+    let app = spawn_app().await;
+    let mut ws = app
+        .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
+        .await;
+    ws.expect_ack().await;
+    ws.subscribe(
+        "1",
+        "subscription($job: String) { auditEvents(jobId: $job) { cursor auditId jobId status verdict audit { checksPassed } } }",
+        json!({ "job": "job-live" }),
+    )
+    .await;
+    // Another job's audit is not this stream's.
+    request(&app, clean("job-other")).await;
+    let id = request(&app, clean("job-live")).await;
+    let event = ws.next_data("1").await;
+    let event = &event["auditEvents"];
+    assert_eq!(event["auditId"], id);
+    assert_eq!(event["jobId"], "job-live");
+    assert_eq!(event["status"], "COMPLETED");
+    assert_eq!(event["verdict"], "PASS");
+    assert_eq!(event["audit"]["checksPassed"], 7);
+}
