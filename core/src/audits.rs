@@ -10,8 +10,8 @@ use governance_entities::{
     enums::{AuditStatus, AuditVerdict},
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use serde_json::{Value, json};
 
@@ -111,15 +111,13 @@ async fn get_for_update<C: ConnectionTrait>(
     tenant_id: &str,
     audit_id: &str,
 ) -> CoreResult<audit::Model> {
-    let mut query = audit::Entity::find_by_id(audit_id.to_string())
-        .filter(audit::Column::TenantId.eq(tenant_id));
-    if conn.get_database_backend() == DbBackend::Postgres {
-        query = query.lock_exclusive();
-    }
-    query
-        .one(conn)
-        .await?
-        .ok_or_else(|| CoreError::not_found("Audit", audit_id))
+    crate::store::one_for_update(
+        conn,
+        audit::Entity::find_by_id(audit_id.to_string())
+            .filter(audit::Column::TenantId.eq(tenant_id)),
+        || CoreError::not_found("Audit", audit_id),
+    )
+    .await
 }
 
 fn completion_event(audit: &audit::Model) -> NewEvent {

@@ -12,8 +12,7 @@ use governance_entities::{
     evidence, export, incident, policy_snapshot, run, trace_step, violation,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
 use serde_json::{Value, json};
 
@@ -130,15 +129,12 @@ async fn get_for_update<C: ConnectionTrait>(
     tenant_id: &str,
     id: &str,
 ) -> CoreResult<export::Model> {
-    let mut query =
-        export::Entity::find_by_id(id.to_string()).filter(export::Column::TenantId.eq(tenant_id));
-    if conn.get_database_backend() == DbBackend::Postgres {
-        query = sea_orm::QuerySelect::lock_exclusive(query);
-    }
-    query
-        .one(conn)
-        .await?
-        .ok_or_else(|| CoreError::not_found("Export", id))
+    crate::store::one_for_update(
+        conn,
+        export::Entity::find_by_id(id.to_string()).filter(export::Column::TenantId.eq(tenant_id)),
+        || CoreError::not_found("Export", id),
+    )
+    .await
 }
 
 /// Apply `change` to an unfinished export and write its event, in one transaction. Returns

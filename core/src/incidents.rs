@@ -5,10 +5,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use governance_entities::{enums::IncidentStatus, incident};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QuerySelect, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{Value, json};
 
 use crate::{
@@ -128,15 +125,13 @@ async fn get_for_update<C: ConnectionTrait>(
     tenant_id: &str,
     incident_id: &str,
 ) -> CoreResult<incident::Model> {
-    let mut query = incident::Entity::find_by_id(incident_id.to_string())
-        .filter(incident::Column::TenantId.eq(tenant_id));
-    if conn.get_database_backend() == DbBackend::Postgres {
-        query = query.lock_exclusive();
-    }
-    query
-        .one(conn)
-        .await?
-        .ok_or_else(|| CoreError::not_found("Incident", incident_id))
+    crate::store::one_for_update(
+        conn,
+        incident::Entity::find_by_id(incident_id.to_string())
+            .filter(incident::Column::TenantId.eq(tenant_id)),
+        || CoreError::not_found("Incident", incident_id),
+    )
+    .await
 }
 
 /// Acknowledge an incident: `OPEN` → `ACKNOWLEDGED` (sets `acknowledged_at`), with an

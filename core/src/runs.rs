@@ -6,8 +6,7 @@ use governance_entities::{
     policy_snapshot, run,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
 };
 use serde_json::{Value, json};
 
@@ -110,15 +109,12 @@ pub async fn get_for_update<C: ConnectionTrait>(
     tenant_id: &str,
     run_id: &str,
 ) -> CoreResult<run::Model> {
-    let mut query =
-        run::Entity::find_by_id(run_id.to_string()).filter(run::Column::TenantId.eq(tenant_id));
-    if conn.get_database_backend() == DbBackend::Postgres {
-        query = query.lock_exclusive();
-    }
-    query
-        .one(conn)
-        .await?
-        .ok_or_else(|| CoreError::not_found("Run", run_id))
+    crate::store::one_for_update(
+        conn,
+        run::Entity::find_by_id(run_id.to_string()).filter(run::Column::TenantId.eq(tenant_id)),
+        || CoreError::not_found("Run", run_id),
+    )
+    .await
 }
 
 /// The run's snapshot.

@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::error::CoreResult;
+use crate::error::{CoreError, CoreResult};
 
 /// The database plus what it takes to write to it safely.
 #[derive(Clone)]
@@ -112,4 +112,25 @@ impl Deref for WriteTxn {
     fn deref(&self) -> &DatabaseTransaction {
         &self.txn
     }
+}
+
+/// The one row `query` selects, locked for the rest of the transaction: a row lock on
+/// PostgreSQL, so concurrent changes of one object are serialised (SQLite has one writer at a
+/// time through [`Store`] anyway). `not_found` when there is no such row.
+pub async fn one_for_update<E, C>(
+    conn: &C,
+    query: sea_orm::Select<E>,
+    not_found: impl FnOnce() -> CoreError,
+) -> CoreResult<E::Model>
+where
+    E: sea_orm::EntityTrait,
+    C: sea_orm::ConnectionTrait,
+{
+    use sea_orm::QuerySelect;
+    let query = if conn.get_database_backend() == DbBackend::Postgres {
+        query.lock_exclusive()
+    } else {
+        query
+    };
+    query.one(conn).await?.ok_or_else(not_found)
 }
