@@ -121,20 +121,23 @@ impl EventBus {
     /// Publish a committed event to everyone subscribed now (and to other replicas). Never
     /// blocks on subscribers; a failed Redis publish is logged (subscribers elsewhere pick the
     /// event up from the outbox at their next catch-up).
-    pub async fn publish(&self, event: event::Model) {
+    pub fn publish(&self, event: event::Model) {
         let event = Arc::new(event);
         // No subscriber is not an error.
         let _ = self.sender.send(BusMessage::Event(event.clone()));
-        self.to_redis(&Wire::Event((*event).clone())).await;
+        self.to_redis(&Wire::Event((*event).clone()));
     }
 
     /// Tell followers of a run that a step was recorded.
-    pub async fn notify_step(&self, notice: StepNotice) {
+    pub fn notify_step(&self, notice: StepNotice) {
         let _ = self.sender.send(BusMessage::Step(Arc::new(notice.clone())));
-        self.to_redis(&Wire::Step(notice)).await;
+        self.to_redis(&Wire::Step(notice));
     }
 
-    async fn to_redis(&self, message: &Wire) {
+    /// Send a message to the other replicas without waiting for Redis: the caller (a request
+    /// that has just committed) answers at once. Messages may reach Redis out of order; streams
+    /// order them by sequence number and read what they miss from the database.
+    fn to_redis(&self, message: &Wire) {
         let Some(relay) = &self.redis else {
             return;
         };
@@ -146,14 +149,17 @@ impl EventBus {
             }
         };
         let mut conn = relay.publisher.clone();
-        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(&relay.channel)
-            .arg(payload)
-            .query_async(&mut conn)
-            .await;
-        if let Err(err) = published {
-            tracing::warn!(error = %err, "cannot publish to Redis");
-        }
+        let channel = relay.channel.clone();
+        tokio::spawn(async move {
+            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async(&mut conn)
+                .await;
+            if let Err(err) = published {
+                tracing::warn!(error = %err, "cannot publish to Redis");
+            }
+        });
     }
 
     /// Subscribe; messages published from now on are received.

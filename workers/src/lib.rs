@@ -56,10 +56,10 @@ impl Dispatcher {
                     event_id: event.id,
                 });
             }
-            self.bus.publish(event).await;
+            self.bus.publish(event);
         }
         for notice in committed.steps {
-            self.bus.notify_step(notice).await;
+            self.bus.notify_step(notice);
         }
         for follow_up in follow_ups {
             if let Err(err) = self.jobs.enqueue(&follow_up).await {
