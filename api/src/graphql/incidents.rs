@@ -221,17 +221,14 @@ impl Incident {
         last: Option<i32>,
         before: Option<String>,
     ) -> async_graphql::Result<Conn<Export>> {
-        let rows = loader(ctx)?
-            .load_one(loaders::ExportsOfIncident(self.0.id.clone()))
-            .await?
-            .unwrap_or_default();
-        pagination::in_memory(
+        loaders::page_of(
             ctx,
-            rows,
+            loaders::ExportsOfIncident(self.0.id.clone()),
             PageArgs::new(first, after, last, before),
             |e| e.id.clone(),
             Export,
         )
+        .await
     }
 }
 

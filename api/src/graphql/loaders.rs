@@ -19,7 +19,10 @@ use governance_entities::{
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 
-use super::error::to_gql;
+use super::{
+    error::to_gql,
+    pagination::{self, Conn, PageArgs},
+};
 
 /// The batch loader of one caller.
 pub struct GraphLoader {
@@ -64,6 +67,25 @@ pub fn loader<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Loaders> {
 }
 
 type LoadResult<K, V> = Result<HashMap<K, V>, async_graphql::Error>;
+
+/// One page of the small per-object list that `key` loads (batched with the same list of the
+/// object's siblings), paged in memory.
+pub async fn page_of<K, T, N>(
+    ctx: &Context<'_>,
+    key: K,
+    args: PageArgs,
+    key_of: impl Fn(&T) -> String,
+    wrap: impl Fn(T) -> N,
+) -> async_graphql::Result<Conn<N>>
+where
+    K: Send + Sync + std::hash::Hash + Eq + Clone + 'static,
+    GraphLoader: Loader<K, Value = Vec<T>, Error = async_graphql::Error>,
+    T: Send + Sync + Clone + 'static,
+    N: async_graphql::OutputType,
+{
+    let rows = loader(ctx)?.load_one(key).await?.unwrap_or_default();
+    pagination::in_memory(ctx, rows, args, key_of, wrap)
+}
 
 fn db_error(err: sea_orm::DbErr) -> async_graphql::Error {
     to_gql(CoreError::from(err))

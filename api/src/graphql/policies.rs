@@ -81,17 +81,14 @@ impl Policy {
         last: Option<i32>,
         before: Option<String>,
     ) -> async_graphql::Result<Conn<PolicyVersion>> {
-        let versions = loader(ctx)?
-            .load_one(loaders::HistoryOfPolicy(self.0.id.clone()))
-            .await?
-            .unwrap_or_default();
-        pagination::in_memory(
+        loaders::page_of(
             ctx,
-            versions,
+            loaders::HistoryOfPolicy(self.0.id.clone()),
             PageArgs::new(first, after, last, before),
             |v| v.version.to_string(),
             PolicyVersion,
         )
+        .await
     }
     /// How many times this policy stopped or warned a run in the last 30 days.
     #[graphql(name = "triggerCount30d")]

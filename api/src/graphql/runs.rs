@@ -140,17 +140,14 @@ impl Run {
         last: Option<i32>,
         before: Option<String>,
     ) -> async_graphql::Result<Conn<Violation>> {
-        let rows = loader(ctx)?
-            .load_one(loaders::ViolationsOfRun(self.0.id.clone()))
-            .await?
-            .unwrap_or_default();
-        pagination::in_memory(
+        loaders::page_of(
             ctx,
-            rows,
+            loaders::ViolationsOfRun(self.0.id.clone()),
             PageArgs::new(first, after, last, before),
             |v| v.id.clone(),
             Violation,
         )
+        .await
     }
     /// The incident opened when the run was stopped.
     async fn incident(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Incident>> {
@@ -168,17 +165,14 @@ impl Run {
         last: Option<i32>,
         before: Option<String>,
     ) -> async_graphql::Result<Conn<PolicyEnforcement>> {
-        let rows = loader(ctx)?
-            .load_one(loaders::EnforcementsOfRun(self.0.id.clone()))
-            .await?
-            .unwrap_or_default();
-        pagination::in_memory(
+        loaders::page_of(
             ctx,
-            rows,
+            loaders::EnforcementsOfRun(self.0.id.clone()),
             PageArgs::new(first, after, last, before),
             |e| e.id.clone(),
             PolicyEnforcement,
         )
+        .await
     }
     /// The run's evaluation record, written once the run has ended (null until then).
     async fn evaluation(
@@ -199,17 +193,14 @@ impl Run {
         last: Option<i32>,
         before: Option<String>,
     ) -> async_graphql::Result<Conn<Export>> {
-        let rows = loader(ctx)?
-            .load_one(loaders::ExportsOfRun(self.0.id.clone()))
-            .await?
-            .unwrap_or_default();
-        pagination::in_memory(
+        loaders::page_of(
             ctx,
-            rows,
+            loaders::ExportsOfRun(self.0.id.clone()),
             PageArgs::new(first, after, last, before),
             |e| e.id.clone(),
             Export,
         )
+        .await
     }
     /// What governed the run at instant `at`: the snapshot and thresholds in force, the last
     /// decision at or before `at` and why, the run's status then, and where that decision sits
