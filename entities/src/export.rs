@@ -103,3 +103,29 @@ pub struct Summary {
     pub updated_at: DateTimeUtc,
     pub completed_at: Option<DateTimeUtc>,
 }
+
+impl From<Model> for Summary {
+    /// The export without its bytes.
+    fn from(e: Model) -> Self {
+        Summary {
+            id: e.id,
+            tenant_id: e.tenant_id,
+            incident_id: e.incident_id,
+            run_id: e.run_id,
+            kind: e.kind,
+            format: e.format,
+            status: e.status,
+            progress: e.progress,
+            reason: e.reason,
+            requested_by: e.requested_by,
+            sha256: e.sha256,
+            size_bytes: e.size_bytes,
+            content_type: e.content_type,
+            error: e.error,
+            attempts: e.attempts,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            completed_at: e.completed_at,
+        }
+    }
+}

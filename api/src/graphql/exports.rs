@@ -146,31 +146,7 @@ impl ExportMutation {
         .await
         .gql()?;
         let export = state.after_commit(committed).await;
-        Ok(Export(summary(export)))
-    }
-}
-
-/// An export without its bytes.
-fn summary(e: export::Model) -> export::Summary {
-    export::Summary {
-        id: e.id,
-        tenant_id: e.tenant_id,
-        incident_id: e.incident_id,
-        run_id: e.run_id,
-        kind: e.kind,
-        format: e.format,
-        status: e.status,
-        progress: e.progress,
-        reason: e.reason,
-        requested_by: e.requested_by,
-        sha256: e.sha256,
-        size_bytes: e.size_bytes,
-        content_type: e.content_type,
-        error: e.error,
-        attempts: e.attempts,
-        created_at: e.created_at,
-        updated_at: e.updated_at,
-        completed_at: e.completed_at,
+        Ok(Export(export.into()))
     }
 }
 
