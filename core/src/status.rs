@@ -12,7 +12,7 @@ use governance_entities::{
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, ExprTrait, JoinType, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait,
+    QueryOrder, QuerySelect, RelationDef, RelationTrait,
     sea_query::{Expr, Func, IntoCondition},
 };
 
@@ -198,28 +198,34 @@ fn linked(verdict_tenant: impl ColumnTrait, verdict_snapshot: impl ColumnTrait) 
         .add(Expr::col(policy_snapshot::Column::Pk.as_column_ref()).is_not_null())
 }
 
-/// Violations with a timestamp in the window, and the linked ones.
-async fn violation_counts<C: ConnectionTrait>(
+/// The columns a verdict table is counted by.
+struct VerdictColumns<E: EntityTrait> {
+    id: E::Column,
+    tenant: E::Column,
+    snapshot: E::Column,
+    /// When the verdict counts as falling in the window.
+    time: E::Column,
+    /// The verdict's run.
+    run: RelationDef,
+}
+
+/// Verdicts of one kind in the window, and the linked ones (one statement).
+async fn verdict_counts<E: EntityTrait, C: ConnectionTrait>(
     conn: &C,
     tenant_id: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    cols: VerdictColumns<E>,
 ) -> CoreResult<VerdictCounts> {
-    let row: Option<(i64, i64)> = violation::Entity::find()
+    let row: Option<(i64, i64)> = E::find()
         .select_only()
-        .expr_as(count_of(violation::Column::Id), "total")
-        .expr_as(
-            count_when(linked(
-                violation::Column::TenantId,
-                violation::Column::SnapshotId,
-            )),
-            "linked",
-        )
-        .join(JoinType::LeftJoin, violation::Relation::Run.def())
+        .expr_as(count_of(cols.id), "total")
+        .expr_as(count_when(linked(cols.tenant, cols.snapshot)), "linked")
+        .join(JoinType::LeftJoin, cols.run)
         .join(JoinType::LeftJoin, run::Relation::PolicySnapshot.def())
-        .filter(violation::Column::TenantId.eq(tenant_id))
-        .filter(violation::Column::Timestamp.gte(from))
-        .filter(violation::Column::Timestamp.lt(to))
+        .filter(cols.tenant.eq(tenant_id))
+        .filter(cols.time.gte(from))
+        .filter(cols.time.lt(to))
         .into_tuple()
         .one(conn)
         .await?;
@@ -230,6 +236,24 @@ async fn violation_counts<C: ConnectionTrait>(
     })
 }
 
+/// Violations with a timestamp in the window, and the linked ones.
+async fn violation_counts<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> CoreResult<VerdictCounts> {
+    use violation::Column as V;
+    let cols = VerdictColumns::<violation::Entity> {
+        id: V::Id,
+        tenant: V::TenantId,
+        snapshot: V::SnapshotId,
+        time: V::Timestamp,
+        run: violation::Relation::Run.def(),
+    };
+    verdict_counts(conn, tenant_id, from, to, cols).await
+}
+
 /// Evaluation records created in the window, and the linked ones.
 async fn evaluation_counts<C: ConnectionTrait>(
     conn: &C,
@@ -237,29 +261,15 @@ async fn evaluation_counts<C: ConnectionTrait>(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> CoreResult<VerdictCounts> {
-    let row: Option<(i64, i64)> = policy_evaluation::Entity::find()
-        .select_only()
-        .expr_as(count_of(policy_evaluation::Column::Id), "total")
-        .expr_as(
-            count_when(linked(
-                policy_evaluation::Column::TenantId,
-                policy_evaluation::Column::SnapshotId,
-            )),
-            "linked",
-        )
-        .join(JoinType::LeftJoin, policy_evaluation::Relation::Run.def())
-        .join(JoinType::LeftJoin, run::Relation::PolicySnapshot.def())
-        .filter(policy_evaluation::Column::TenantId.eq(tenant_id))
-        .filter(policy_evaluation::Column::CreatedAt.gte(from))
-        .filter(policy_evaluation::Column::CreatedAt.lt(to))
-        .into_tuple()
-        .one(conn)
-        .await?;
-    let (total, linked) = row.unwrap_or_default();
-    Ok(VerdictCounts {
-        total: count(total),
-        linked: count(linked),
-    })
+    use policy_evaluation::Column as P;
+    let cols = VerdictColumns::<policy_evaluation::Entity> {
+        id: P::Id,
+        tenant: P::TenantId,
+        snapshot: P::SnapshotId,
+        time: P::CreatedAt,
+        run: policy_evaluation::Relation::Run.def(),
+    };
+    verdict_counts(conn, tenant_id, from, to, cols).await
 }
 
 /// Incidents `OPEN` and `ACKNOWLEDGED` now, whenever they were opened.
