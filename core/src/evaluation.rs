@@ -89,15 +89,6 @@ async fn find<C: ConnectionTrait>(
         .await?)
 }
 
-/// The run's evaluation record, if written.
-pub async fn of_run<C: ConnectionTrait>(
-    conn: &C,
-    tenant_id: &str,
-    run_id: &str,
-) -> CoreResult<Option<policy_evaluation::Model>> {
-    find(conn, tenant_id, run_id).await
-}
-
 /// Write the run's evaluation record. Idempotent: when it exists, it is returned unchanged and
 /// `false` says nothing was written (a job run twice writes once).
 pub async fn record(

@@ -3,11 +3,7 @@
 //! virtual file `/bundle.json`, the fonts embedded by `typst-assets` only (no system fonts, no
 //! network, no packages). Compilation is CPU-bound: callers run it on a blocking thread.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{Arc, LazyLock},
-};
+use std::{collections::HashMap, path::PathBuf, sync::LazyLock};
 
 use typst::{
     Library, LibraryExt, World,
@@ -176,6 +172,3 @@ impl Renderer {
         })
     }
 }
-
-/// The shared renderer.
-pub type SharedRenderer = Arc<Renderer>;
