@@ -3,6 +3,12 @@
 //! SQLite every write transaction starts with BEGIN IMMEDIATE, and the writers of this process
 //! first take one async lock, so they queue in memory rather than in SQLite's busy loop.
 //! PostgreSQL needs neither (row locks and advisory locks do it).
+//!
+//! Group commit: on SQLite, step reports go through one "step lane" (see `crate::steps`), a task
+//! that takes every report waiting at that moment, writes them all in ONE transaction, commits
+//! once, and only then answers each of them. Concurrent steps of different runs thus share one
+//! fsync instead of queueing for one each. Nothing waits for a batch to fill: a report that finds
+//! the lane idle is written at once.
 
 use std::{
     ops::Deref,
@@ -26,17 +32,32 @@ pub struct Store {
     db: DatabaseConnection,
     writer: Option<Arc<Mutex<()>>>,
     faults: Arc<AtomicU32>,
+    /// The group-commit lane for step reports (SQLite, inside a Tokio runtime).
+    step_lane: Option<crate::steps::StepLane>,
 }
 
 impl Store {
+    /// Open the store. On SQLite, called inside a Tokio runtime, this also starts the step lane
+    /// on that runtime; it ends when the last clone of this store is dropped.
     pub fn new(db: DatabaseConnection) -> Self {
         let writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Self {
+        let mut store = Self {
             db,
             writer,
             faults: Arc::new(AtomicU32::new(0)),
+            step_lane: None,
+        };
+        if store.writer.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            // The lane's own store has no lane, so the lane does not keep itself alive.
+            store.step_lane = Some(crate::steps::StepLane::start(store.clone()));
         }
+        store
+    }
+
+    /// The group-commit lane, when steps are batched.
+    pub(crate) fn step_lane(&self) -> Option<&crate::steps::StepLane> {
+        self.step_lane.as_ref()
     }
 
     /// Test hook: make the next `n` commits fail (rolled back) as a broken disk or a lost

@@ -254,7 +254,13 @@ struct CacheInner {
     map: HashMap<String, Arc<CompiledSnapshot>>,
     /// Insertion order, oldest first, for eviction.
     order: VecDeque<String>,
+    /// (tenant, snapshot id) → content hash. Snapshot rows are immutable (a trigger refuses
+    /// changes), so an id once read never names other content.
+    ids: HashMap<(String, String), String>,
 }
+
+/// Bound on remembered snapshot ids (cleared when exceeded; they are re-read on a miss).
+const ID_CAPACITY: usize = 16 * 1024;
 
 /// Compiled snapshots by content hash. Cheap to clone (the clones share one cache); bounded to
 /// 256 snapshots, evicting the oldest inserted.
@@ -303,6 +309,27 @@ impl SnapshotCache {
             .insert(content_hash.to_string(), Arc::clone(&compiled));
         inner.order.push_back(content_hash.to_string());
         Ok(compiled)
+    }
+
+    /// The compiled snapshot `snapshot_id` of `tenant_id`, if it was seen and is still cached.
+    pub fn get_by_id(&self, tenant_id: &str, snapshot_id: &str) -> Option<Arc<CompiledSnapshot>> {
+        let inner = self.lock();
+        let hash = inner
+            .ids
+            .get(&(tenant_id.to_string(), snapshot_id.to_string()))?;
+        inner.map.get(hash).cloned()
+    }
+
+    /// Remember that snapshot `snapshot_id` of `tenant_id` has `content_hash`.
+    pub fn remember_id(&self, tenant_id: &str, snapshot_id: &str, content_hash: &str) {
+        let mut inner = self.lock();
+        if inner.ids.len() >= ID_CAPACITY {
+            inner.ids.clear();
+        }
+        inner.ids.insert(
+            (tenant_id.to_string(), snapshot_id.to_string()),
+            content_hash.to_string(),
+        );
     }
 
     /// How many snapshots are cached.

@@ -388,6 +388,99 @@ async fn fifty_concurrent_steps_never_overrun_the_budget_and_open_one_incident()
     assert_eq!(blocked, 29);
 }
 
+/// Many runs reporting at once: on SQLite their steps share commits (group commit), with clean
+/// steps decided in memory beside steps that warn or stop. Every answer must be the one a lone
+/// report would get, and every trace must reproduce and verify.
+#[tokio::test]
+async fn concurrent_runs_get_the_same_decisions_as_lone_reports_and_every_chain_verifies() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    app.create_policy(json!({
+        "name": "Rate", "kind": "RATE_LIMIT", "rule": { "maxSteps": 8, "windowSeconds": 3600 },
+        "action": "BLOCK", "severity": "HIGH",
+    }))
+    .await;
+    app.create_policy(json!({
+        "name": "Big step", "kind": "EXPRESSION", "rule": { "expression": "step.tokens > 50" },
+        "action": "WARN", "severity": "LOW",
+    }))
+    .await;
+    let mut runs = Vec::new();
+    for _ in 0..16 {
+        runs.push(app.start_run("wf-group").await);
+    }
+    let mut handles = Vec::new();
+    for run in runs.clone() {
+        let app = app.clone();
+        handles.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..12 {
+                let tokens = if i == 3 { 60 } else { 10 };
+                let r = app
+                    .record_step(&run, json!({ "type": "LLM_CALL", "tokens": tokens }))
+                    .await;
+                answers.push(
+                    r.body["data"]["recordStep"]["action"]
+                        .as_str()
+                        .map(str::to_string)
+                        .or(r.error_code())
+                        .unwrap(),
+                );
+            }
+            answers
+        }));
+    }
+    let mut expected = vec!["CONTINUE"; 12];
+    expected[3] = "WARN";
+    expected[8] = "STOP";
+    for slot in expected.iter_mut().skip(9) {
+        *slot = "RUN_TERMINATED";
+    }
+    for handle in handles {
+        assert_eq!(handle.await.unwrap(), expected);
+    }
+    for run in &runs {
+        let data = app.gql_ok(RUN, json!({ "id": run })).await;
+        let r = &data["run"];
+        assert_eq!(r["status"], "FAILED_POLICY", "{data}");
+        assert_eq!(r["terminationReason"], "RATE_LIMITED");
+        assert_eq!(r["stoppedAtStep"], 8);
+        assert_eq!(r["stepCount"], 9);
+        assert_eq!(r["tokensUsed"], 8 * 10 + 60);
+        let steps: Vec<i64> = r["trace"]["steps"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stepIndex"].as_i64().unwrap())
+            .collect();
+        assert_eq!(steps, (0..9).collect::<Vec<_>>());
+        let violations: Vec<(i64, String)> = r["violations"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["stepIndex"].as_i64().unwrap(),
+                    v["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            violations,
+            vec![(3, "WARN".to_string()), (8, "BLOCK".to_string())]
+        );
+        let verified = app
+            .gql_ok(
+                "query($id: ID!) { verifyRun(id: $id) { intact reproduced stepsChecked headHash } }",
+                json!({ "id": run }),
+            )
+            .await;
+        assert_eq!(verified["verifyRun"]["intact"], true, "{verified}");
+        assert_eq!(verified["verifyRun"]["reproduced"], true, "{verified}");
+        assert_eq!(verified["verifyRun"]["stepsChecked"], 9);
+        assert_eq!(verified["verifyRun"]["headHash"], r["trace"]["headHash"]);
+    }
+}
+
 #[tokio::test]
 async fn a_failure_to_record_answers_stop_never_continue() {
     let app = spawn_app().await;

@@ -40,6 +40,9 @@ use crate::{
 /// Largest accepted step content, in bytes.
 pub const MAX_CONTENT_BYTES: usize = 1024 * 1024;
 
+mod lane;
+pub(crate) use lane::StepLane;
+
 /// A step as an integrator reports it.
 #[derive(Debug, Clone)]
 pub struct RecordStep {
@@ -243,14 +246,20 @@ fn step_row(
     step
 }
 
-/// Load (or compile once) the run's snapshot.
+/// The run's compiled snapshot: from the cache by snapshot id (no read at all), else read once
+/// and compiled once per content hash.
 pub async fn compiled_snapshot<C: ConnectionTrait>(
     conn: &C,
     cache: &SnapshotCache,
     run: &run::Model,
 ) -> CoreResult<std::sync::Arc<CompiledSnapshot>> {
+    if let Some(hit) = cache.get_by_id(&run.tenant_id, &run.policy_snapshot_id) {
+        return Ok(hit);
+    }
     let snap = runs::snapshot_of(conn, run).await?;
-    cache.get_or_compile(&snap.content_hash, &snap.policies_json)
+    let compiled = cache.get_or_compile(&snap.content_hash, &snap.policies_json)?;
+    cache.remember_id(&run.tenant_id, &run.policy_snapshot_id, &snap.content_hash);
+    Ok(compiled)
 }
 
 /// Record a step. On a failure to commit, the answer is STOP with `SYSTEM_FAILURE` (fail-closed),
@@ -262,7 +271,11 @@ pub async fn record(
     input: RecordStep,
 ) -> CoreResult<Committed<StepOutcome>> {
     validate(&input)?;
-    match record_committed(store, cache, tenant_id, &input).await {
+    let result = match store.step_lane() {
+        Some(lane) => lane.record(cache, tenant_id, &input).await,
+        None => record_committed(store, cache, tenant_id, &input).await,
+    };
+    match result {
         Ok(committed) => Ok(Committed {
             value: StepOutcome::Recorded(committed.value),
             events: committed.events,
@@ -335,6 +348,7 @@ async fn fail_closed(
     })
 }
 
+/// Record one step in its own transaction.
 async fn record_committed(
     store: &Store,
     cache: &SnapshotCache,
@@ -342,7 +356,32 @@ async fn record_committed(
     input: &RecordStep,
 ) -> CoreResult<Committed<StepRecord>> {
     let txn = store.begin().await?;
-    let run = runs::get_for_update(&*txn, tenant_id, &input.run_id).await?;
+    match record_in(&*txn, cache, tenant_id, input).await {
+        Ok(committed) => {
+            // Only a committed decision is answered.
+            txn.commit().await?;
+            Ok(committed)
+        }
+        // The refused attempt is on the record.
+        Err(refused @ CoreError::RunTerminated(_)) => {
+            txn.commit().await?;
+            Err(refused)
+        }
+        // Anything else wrote nothing worth keeping; dropping the transaction rolls it back.
+        Err(other) => Err(other),
+    }
+}
+
+/// Check the step and write it with its consequences in the caller's transaction. Only
+/// `RunTerminated` (whose refusal is recorded) and success leave writes behind; other refusals
+/// are decided before anything is written.
+async fn record_in<C: ConnectionTrait>(
+    txn: &C,
+    cache: &SnapshotCache,
+    tenant_id: &str,
+    input: &RecordStep,
+) -> CoreResult<Committed<StepRecord>> {
+    let run = runs::get_for_update(txn, tenant_id, &input.run_id).await?;
 
     // An index already recorded: the same step again gets the recorded decision; a different
     // step under that index is a conflict. Nothing is counted twice.
@@ -352,7 +391,7 @@ async fn record_committed(
         let recorded = trace_step::Entity::find()
             .filter(trace_step::Column::RunId.eq(run.id.as_str()))
             .filter(trace_step::Column::StepIndex.eq(index))
-            .one(&*txn)
+            .one(txn)
             .await?
             .ok_or_else(|| anyhow::anyhow!("run {} has no step {index} below its count", run.id))?;
         if !same_step(&recorded, input) {
@@ -361,7 +400,7 @@ async fn record_committed(
                 run.id, run.step_count
             )));
         }
-        let (violations, incident) = step_extras(&*txn, &recorded).await?;
+        let (violations, incident) = step_extras(txn, &recorded).await?;
         return Ok(Committed::new(StepRecord {
             run,
             step: recorded,
@@ -391,9 +430,8 @@ async fn record_committed(
             })),
             created_at: Set(now()),
         }
-        .insert(&*txn)
+        .insert(txn)
         .await?;
-        txn.commit().await?;
         return Err(CoreError::RunTerminated(format!(
             "run `{}` has ended ({}{}); the step was not added to the trace",
             run.id,
@@ -422,20 +460,28 @@ async fn record_committed(
         ));
     }
 
-    let snapshot = compiled_snapshot(&*txn, cache, &run).await?;
+    let snapshot = compiled_snapshot(txn, cache, &run).await?;
     let recent = match snapshot.max_rate_window_seconds() {
         Some(window) => {
-            step_times_since(
-                &*txn,
-                &run.id,
-                timestamp - chrono::Duration::seconds(window),
-            )
-            .await?
+            step_times_since(txn, &run.id, timestamp - chrono::Duration::seconds(window)).await?
         }
         None => Vec::new(),
     };
-    let evaluation = evaluate(
-        &snapshot,
+    let evaluation = check(&snapshot, &run, index, input, timestamp, &recent);
+    apply(txn, run, index, input, timestamp, evaluation).await
+}
+
+/// The decision on step `index` of `run` (the run as it is before the step).
+fn check(
+    snapshot: &CompiledSnapshot,
+    run: &run::Model,
+    index: i64,
+    input: &RecordStep,
+    timestamp: DateTime<Utc>,
+    recent: &[DateTime<Utc>],
+) -> Evaluation {
+    evaluate(
+        snapshot,
         &RunState {
             run_id: &run.id,
             workflow_id: &run.workflow_id,
@@ -446,7 +492,7 @@ async fn record_committed(
             step_count: run.step_count,
             is_synthetic: run.is_synthetic,
             metadata: run.metadata.as_ref(),
-            recent_step_timestamps: &recent,
+            recent_step_timestamps: recent,
         },
         &StepInput {
             index,
@@ -457,16 +503,12 @@ async fn record_committed(
             content: ContentInput::Text(input.content.as_deref()),
             timestamp,
         },
-    );
-    let committed = apply(&txn, run, index, input, timestamp, evaluation).await?;
-    // Only a committed decision is answered.
-    txn.commit().await?;
-    Ok(committed)
+    )
 }
 
 /// Write the step and its consequences in the caller's transaction (the caller commits).
-async fn apply(
-    txn: &crate::store::WriteTxn,
+async fn apply<C: ConnectionTrait>(
+    txn: &C,
     run: run::Model,
     index: i64,
     input: &RecordStep,
@@ -478,7 +520,7 @@ async fn apply(
     // Every column is written except the database-generated key.
     let mut active = trace_step::ActiveModel::from(step).reset_all();
     active.pk = sea_orm::ActiveValue::NotSet;
-    let stored_step = active.insert(&**txn).await?;
+    let stored_step = active.insert(txn).await?;
 
     let at = now();
     let mut violations = Vec::with_capacity(evaluation.findings.len());
@@ -504,7 +546,7 @@ async fn apply(
             timestamp: Set(timestamp),
             created_at: Set(at),
         }
-        .insert(&**txn)
+        .insert(txn)
         .await?;
         let content = json!({
             "policyId": finding.policy_id,
@@ -523,10 +565,10 @@ async fn apply(
             content: Set(content),
             created_at: Set(at),
         }
-        .insert(&**txn)
+        .insert(txn)
         .await?;
         if finding.action == PolicyAction::Warn {
-            enforcement(&**txn, &run, index, finding, EnforcementAction::Warned).await?;
+            enforcement(txn, &run, index, finding, EnforcementAction::Warned).await?;
         }
         if evaluation.inflection == Some(i) {
             inflection = Some((violation.clone(), evidence, finding));
@@ -552,7 +594,7 @@ async fn apply(
         active_run.violation_step_index = Set(Some(index));
         active_run.violation_timestamp = Set(Some(timestamp));
         active_run.violation_reason = Set(Some(finding.reason.clone()));
-        enforcement(&**txn, &run, index, finding, EnforcementAction::Stopped).await?;
+        enforcement(txn, &run, index, finding, EnforcementAction::Stopped).await?;
         let incident = incident::ActiveModel {
             id: Set(new_id(prefix::INCIDENT)),
             tenant_id: Set(tenant_id.clone()),
@@ -573,7 +615,7 @@ async fn apply(
             resolved_at: Set(None),
             updated_at: Set(at),
         }
-        .insert(&**txn)
+        .insert(txn)
         .await?;
         follow_ups.push(FollowUp::RecordEvaluation {
             tenant_id: tenant_id.clone(),
@@ -581,11 +623,11 @@ async fn apply(
         });
         incident_out = Some(incident);
     }
-    let updated_run = active_run.update(&**txn).await?;
+    let updated_run = active_run.update(txn).await?;
     if let Some(incident) = &incident_out {
         events_out.push(
             events::append(
-                &**txn,
+                txn,
                 &tenant_id,
                 runs::run_event(EventKind::RunStopped, &updated_run),
             )
@@ -593,7 +635,7 @@ async fn apply(
         );
         events_out.push(
             events::append(
-                &**txn,
+                txn,
                 &tenant_id,
                 crate::incidents::incident_event(EventKind::IncidentCreated, incident),
             )
@@ -644,4 +686,93 @@ async fn enforcement<C: ConnectionTrait>(
     .insert(conn)
     .await?;
     Ok(())
+}
+
+/// Load `runs` synthetic runs of `steps_per_run` clean steps each into `tenant_id`, for
+/// benchmarks of a large store: each run is started as `startRun` starts it (against the
+/// tenant's current snapshot), and each step is decided by the same check and written as the
+/// same row, chained the same way, as a report would be; only the transactions are large
+/// (multi-row inserts, one commit per run). Runs are marked synthetic and left RUNNING.
+/// Refuses a snapshot that would not continue every step (the rows would then differ from
+/// what the service writes). Returns the number of steps written.
+pub async fn load_synthetic(
+    store: &Store,
+    cache: &SnapshotCache,
+    tenant_id: &str,
+    runs_count: u64,
+    steps_per_run: u64,
+) -> CoreResult<u64> {
+    let mut written = 0;
+    for _ in 0..runs_count {
+        let mut run = runs::start(
+            store,
+            tenant_id,
+            runs::StartRun {
+                workflow_id: "synthetic-load".to_string(),
+                agent: Some("governance seed".to_string()),
+                triggered_by: None,
+                is_synthetic: true,
+                synthetic_scenario_id: Some("bench-growth".to_string()),
+                metadata: None,
+            },
+        )
+        .await?
+        .value;
+        let snapshot = compiled_snapshot(store.db(), cache, &run).await?;
+        let started = run.started_at;
+        let window = snapshot
+            .max_rate_window_seconds()
+            .map(chrono::Duration::seconds);
+        let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(steps_per_run as usize);
+        // The first step still inside the rate window (timestamps only grow).
+        let mut in_window = 0;
+        let mut rows = Vec::with_capacity(steps_per_run as usize);
+        for i in 0..steps_per_run as i64 {
+            // One step per millisecond from the run's start.
+            let at = started + chrono::Duration::milliseconds(i);
+            let input = RecordStep {
+                run_id: run.id.clone(),
+                step_index: Some(i),
+                step_type: StepType::LlmCall,
+                tokens: 100,
+                cost_micros: 10,
+                content: Some(format!("synthetic step {i}")),
+                tool_name: None,
+                timestamp: Some(at),
+            };
+            let recent: &[DateTime<Utc>] = match window {
+                Some(window) => {
+                    while in_window < times.len() && times[in_window] <= at - window {
+                        in_window += 1;
+                    }
+                    &times[in_window..]
+                }
+                None => &[],
+            };
+            let evaluation = check(&snapshot, &run, i, &input, at, recent);
+            if evaluation.action != DecisionAction::Continue || !evaluation.findings.is_empty() {
+                return Err(CoreError::bad_field(
+                    "steps",
+                    format!(
+                        "the tenant's policies do not let a synthetic step {i} continue ({}); load fewer steps or change the policies",
+                        evaluation.reason
+                    ),
+                ));
+            }
+            let step = step_row(&run, i, &input, at, &evaluation);
+            times.push(at);
+            run.tokens_used += input.tokens;
+            run.cost_micros += input.cost_micros;
+            run.step_count += 1;
+            run.trace_head_hash = step.entry_hash.clone();
+            rows.push(step);
+        }
+        let txn = store.begin().await?;
+        lane::insert_steps(&*txn, &rows).await?;
+        run.updated_at = now();
+        lane::update_run_totals(&*txn, &run).await?;
+        txn.commit().await?;
+        written += rows.len() as u64;
+    }
+    Ok(written)
 }
