@@ -15,9 +15,9 @@ use async_graphql::{
 use governance_core::{CoreError, policies::TriggerStats};
 use governance_entities::{
     evidence, export, incident, policy, policy_enforcement, policy_evaluation, policy_snapshot,
-    policy_version, run, violation,
+    policy_version, run, trace_step, violation,
 };
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 
 use super::{
     error::to_gql,
@@ -209,6 +209,68 @@ one_each!(EvidenceOfViolation => evidence::ViolationId / violation_id);
 many_each!(ViolationsOfRun => violation::RunId / run_id, order_by_asc [StepIndex, Id]);
 many_each!(EnforcementsOfRun => policy_enforcement::RunId / run_id, order_by_asc [CreatedAt, Id]);
 many_each!(HistoryOfPolicy => policy_version::PolicyId / policy_id, order_by_desc [Version]);
+
+/// A page of a run's steps: indexes `start..end`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct StepsOfRun {
+    pub run_id: String,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Loader<StepsOfRun> for GraphLoader {
+    type Value = Vec<trace_step::Model>;
+    type Error = async_graphql::Error;
+
+    /// One statement for every page asked: runs asking the same range (the usual case: a list
+    /// of runs with `steps(first: N)`) share one `run_id IN (…)` term.
+    async fn load(&self, keys: &[StepsOfRun]) -> LoadResult<StepsOfRun, Vec<trace_step::Model>> {
+        let mut ranges: HashMap<(i64, i64), Vec<String>> = HashMap::new();
+        for key in keys {
+            ranges
+                .entry((key.start, key.end))
+                .or_default()
+                .push(key.run_id.clone());
+        }
+        let mut any = Condition::any();
+        for ((start, end), runs) in ranges {
+            any = any.add(
+                Condition::all()
+                    .add(trace_step::Column::RunId.is_in(runs))
+                    .add(trace_step::Column::StepIndex.gte(start))
+                    .add(trace_step::Column::StepIndex.lt(end)),
+            );
+        }
+        let rows = trace_step::Entity::find()
+            .filter(trace_step::Column::TenantId.eq(self.tenant_id.as_str()))
+            .filter(any)
+            .order_by_asc(trace_step::Column::RunId)
+            .order_by_asc(trace_step::Column::StepIndex)
+            .all(&self.db)
+            .await
+            .map_err(db_error)?;
+        let mut by_run: HashMap<String, Vec<trace_step::Model>> = HashMap::new();
+        for row in rows {
+            by_run.entry(row.run_id.clone()).or_default().push(row);
+        }
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let page = by_run
+                    .get(&key.run_id)
+                    .map(|steps| {
+                        steps
+                            .iter()
+                            .filter(|s| (key.start..key.end).contains(&s.step_index))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (key.clone(), page)
+            })
+            .collect())
+    }
+}
 
 /// Exports are loaded without their content (the rendered bytes): lists never need it.
 async fn exports_where(

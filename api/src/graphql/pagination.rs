@@ -19,8 +19,9 @@ use async_graphql::{
 };
 use governance_core::CoreError;
 use sea_orm::{
-    ColumnTrait, EntityTrait, Order as SqlOrder, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select,
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, Order as SqlOrder, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
+    sea_query::{Alias, Expr},
 };
 
 use super::{error::GqlResultExt, state};
@@ -202,6 +203,9 @@ fn max_page_size(ctx: &Context<'_>) -> usize {
     state(ctx).config.limits.max_page_size
 }
 
+/// The column that carries `totalCount` beside each row of a keyset page.
+const TOTAL_COLUMN: &str = "governance_total_count";
+
 /// One page of `query` (filtered, not ordered) by the unique key column `key` in `order`.
 #[allow(clippy::too_many_arguments)]
 pub async fn keyset<E, N>(
@@ -221,13 +225,10 @@ where
 {
     let window = Window::of(&args, max_page_size(ctx)).gql()?;
     let db = &state(ctx).db;
-    let total_count = query
-        .clone()
-        .count(db)
-        .await
-        .map_err(CoreError::from)
-        .gql()?;
-    let mut page = query;
+    // `totalCount` rides along with the page as a scalar subquery: one statement, not two.
+    let mut count = query.clone().select_only().into_query();
+    count.expr(Expr::cust("COUNT(*)"));
+    let mut page = query.clone();
     // `after` and `before` bound the list in its own order; both may be given.
     let (after_op, before_op) = match order {
         Order::Asc => (true, false),
@@ -254,11 +255,32 @@ where
     } else {
         order
     };
-    let mut rows = page
+    let mut statement = page
         .order_by(key, scan.sql())
         .limit(window.limit as u64 + 1)
-        .all(db)
+        .into_query();
+    statement.expr_as(
+        Expr::SubQuery(None, Box::new(count.into())),
+        Alias::new(TOTAL_COLUMN),
+    );
+    let results = db
+        .query_all(&statement)
         .await
+        .map_err(CoreError::from)
+        .gql()?;
+    let total_count = match results.first() {
+        Some(first) => first
+            .try_get::<i64>("", TOTAL_COLUMN)
+            .map_err(CoreError::from)
+            .gql()?
+            .max(0) as u64,
+        // No row carries the count (an empty page, e.g. past the end): count on its own.
+        None => query.count(db).await.map_err(CoreError::from).gql()?,
+    };
+    let mut rows = results
+        .iter()
+        .map(|row| E::Model::from_query_result(row, ""))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(CoreError::from)
         .gql()?;
     let more = rows.len() > window.limit;
@@ -267,6 +289,73 @@ where
         rows.reverse();
     }
     Ok(connection(&window, more, total_count, rows, key_of, wrap))
+}
+
+/// A page of a dense list, whose keys are exactly `0..total` (a run's steps): the page is an
+/// index range known before anything is read, so its rows can be loaded in one batch with the
+/// pages of sibling lists, and the total needs no count.
+pub struct DenseWindow {
+    window: Window,
+    /// First index of the page.
+    pub start: i64,
+    /// One past the last index of the page.
+    pub end: i64,
+    more: bool,
+}
+
+/// The index range that `args` ask for out of `0..total`.
+pub fn dense_window(
+    ctx: &Context<'_>,
+    total: i64,
+    args: &PageArgs,
+) -> async_graphql::Result<DenseWindow> {
+    let window = Window::of(args, max_page_size(ctx)).gql()?;
+    let index = |argument: &str, key: &Option<String>| -> async_graphql::Result<Option<i64>> {
+        key.as_deref()
+            .map(|k| {
+                k.parse::<i64>().map_err(|_| {
+                    CoreError::bad_field(argument, "the cursor is not a cursor of this list")
+                })
+            })
+            .transpose()
+            .gql()
+    };
+    let low = index("after", &window.after)?.map_or(0, |a| a.saturating_add(1).max(0));
+    let high = index("before", &window.before)?.map_or(total, |b| b.clamp(0, total));
+    let limit = window.limit as i64;
+    let (start, end, more) = if low >= high {
+        (low, low, false)
+    } else if window.from_end {
+        let start = (high - limit).max(low);
+        (start, high, start > low)
+    } else {
+        let end = (low + limit).min(high);
+        (low, end, end < high)
+    };
+    Ok(DenseWindow {
+        window,
+        start,
+        end,
+        more,
+    })
+}
+
+/// The connection of a dense page (`rows` are the page's items, in order).
+pub fn dense_connection<T, N: OutputType>(
+    page: &DenseWindow,
+    total: i64,
+    rows: Vec<T>,
+    key_of: impl Fn(&T) -> String,
+    wrap: impl Fn(T) -> N,
+) -> Conn<N> {
+    connection(
+        &page.window,
+        page.more,
+        total.max(0) as u64,
+        rows,
+        key_of,
+        wrap,
+    )
 }
 
 /// One page of `items` (already in the list's order, each with a unique key).

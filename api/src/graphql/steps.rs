@@ -9,7 +9,6 @@ use governance_core::{
     verify,
 };
 use governance_entities::{incident, run, trace_step, violation};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
 
 use super::{
@@ -17,7 +16,7 @@ use super::{
     error::GqlResultExt,
     incidents::{Incident, Violation},
     loaders::{self, loader},
-    pagination::{self, Conn, KeyKind, Order, PageArgs},
+    pagination::{self, Conn, PageArgs},
     policies::Policy,
     principal,
     runs::{Run, load_run},
@@ -160,20 +159,30 @@ impl Trace {
         last: Option<i32>,
         before: Option<String>,
     ) -> async_graphql::Result<Conn<TraceStep>> {
-        let query = trace_step::Entity::find()
-            .filter(trace_step::Column::TenantId.eq(self.0.tenant_id.as_str()))
-            .filter(trace_step::Column::RunId.eq(self.0.id.as_str()));
-        pagination::keyset(
-            ctx,
-            query,
-            trace_step::Column::StepIndex,
-            KeyKind::Int,
-            Order::Asc,
-            PageArgs::new(first, after, last, before),
+        // Steps are dense (0..stepCount) and never move: the page is an index range, loaded in
+        // one batch with the pages of every other run in the response.
+        let total = self.0.step_count;
+        let page =
+            pagination::dense_window(ctx, total, &PageArgs::new(first, after, last, before))?;
+        let rows = if page.start < page.end {
+            loader(ctx)?
+                .load_one(loaders::StepsOfRun {
+                    run_id: self.0.id.clone(),
+                    start: page.start,
+                    end: page.end,
+                })
+                .await?
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(pagination::dense_connection(
+            &page,
+            total,
+            rows,
             |s| s.step_index.to_string(),
             TraceStep,
-        )
-        .await
+        ))
     }
 }
 
