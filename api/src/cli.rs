@@ -59,6 +59,19 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Load synthetic runs of clean steps into a tenant (for benchmarks of a large store): the
+    /// same rows the service writes, in large transactions. The runs are marked synthetic.
+    Seed {
+        /// The tenant's name.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// How many runs.
+        #[arg(long, default_value_t = 1000)]
+        runs: u64,
+        /// Steps per run.
+        #[arg(long, default_value_t = 1000)]
+        steps: u64,
+    },
     /// Drive a full scenario through the API (policies, a run stopped by a policy, the
     /// incident, its proof) and write the three export PDFs to a folder.
     Demo {

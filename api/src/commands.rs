@@ -69,6 +69,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Schema) => unreachable!("handled above"),
         // Its own service in a fresh directory: the configuration does not apply.
         Some(Command::Demo { out }) => crate::demo::run(out).await,
+        Some(Command::Seed {
+            tenant,
+            runs,
+            steps,
+        }) => {
+            let db = app::open_database(&config).await?;
+            app::migrate(&db).await?;
+            let store = Store::new(db);
+            let tenant_id = tenancy::tenant_id_by_name(store.db(), &tenant).await?;
+            let started = std::time::Instant::now();
+            let written = governance_core::steps::load_synthetic(
+                &store,
+                &SnapshotCache::new(),
+                &tenant_id,
+                runs,
+                steps,
+            )
+            .await?;
+            println!(
+                "loaded {runs} synthetic runs, {written} steps, in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Some(Command::Tenant {
             command: TenantCommand::Create { name },
         }) => {

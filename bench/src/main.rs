@@ -102,10 +102,10 @@ impl Latencies {
 /// The service under test, when we started it.
 struct Service {
     _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-async fn start_service() -> anyhow::Result<(Service, Client)> {
+fn governance_binary() -> anyhow::Result<PathBuf> {
     let mut bin = std::env::current_exe()?;
     bin.pop();
     let bin = bin.join("governance");
@@ -115,10 +115,18 @@ async fn start_service() -> anyhow::Result<(Service, Client)> {
             bin.display()
         );
     }
-    let dir = tempfile::tempdir()?;
-    let mut child = tokio::process::Command::new(&bin)
+    Ok(bin)
+}
+
+/// Start `governance serve` on `dir` with `extra` arguments; returns the child and its port.
+async fn serve(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<(tokio::process::Child, u16)> {
+    let mut child = tokio::process::Command::new(governance_binary()?)
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -138,6 +146,12 @@ async fn start_service() -> anyhow::Result<(Service, Client)> {
     .await
     .context("governance did not start in time")??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, port))
+}
+
+async fn start_service() -> anyhow::Result<(Service, Client)> {
+    let dir = tempfile::tempdir()?;
+    let (child, port) = serve(dir.path(), &[]).await?;
     let key = std::fs::read_to_string(dir.path().join("default-tenant.key"))?
         .trim()
         .to_string();
@@ -146,12 +160,22 @@ async fn start_service() -> anyhow::Result<(Service, Client)> {
         base: format!("http://127.0.0.1:{port}"),
         key,
     };
+    Ok((Service { _child: child, dir }, client))
+}
+
+/// A second API process on the service's database, without background workers.
+async fn start_reader(
+    service: &Service,
+    client: &Client,
+) -> anyhow::Result<(tokio::process::Child, Client)> {
+    let (child, port) = serve(service.dir.path(), &["--workers", "off"]).await?;
     Ok((
-        Service {
-            _child: child,
-            _dir: dir,
+        child,
+        Client {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+            key: client.key.clone(),
         },
-        client,
     ))
 }
 
@@ -313,20 +337,112 @@ async fn open_loop(client: &Client, rate: f64, duration: Duration) -> anyhow::Re
     Ok(all)
 }
 
+/// Phase 5: load `steps` synthetic steps (in runs of 1,000) through `governance seed` on the
+/// service's database, while it runs; returns how many steps the store then holds and the
+/// load's wall time.
+async fn grow(service: &Service, steps: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let out = tokio::process::Command::new(governance_binary()?)
+        .arg("--data-dir")
+        .arg(service.dir.path())
+        .args([
+            "seed",
+            "--runs",
+            &(steps / 1000).to_string(),
+            "--steps",
+            "1000",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "governance seed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Phase 4: the frontend query; returns (median ms, statements for 10 runs, for 100 runs).
-async fn frontend(client: &Client) -> anyhow::Result<(f64, f64, f64)> {
+///
+/// The page's 100 runs each have 20+ steps, a WARN violation, an evaluation record, and every
+/// other one was stopped by a policy (a second violation and an incident).
+async fn frontend(
+    client: &Client,
+    reader: Option<&Client>,
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
     const PAGE: &str = "query($first: Int!) { runs(first: $first) { totalCount edges { node {
         id status policySnapshot { id version }
         violations { totalCount nodes { id policy { name } } }
         incident { id status } evaluation { outcome }
         trace { headHash steps(first: 20) { nodes { stepIndex decision entryHash } } }
     } } } }";
-    // 100 runs of 20+ steps exist from phase 2; make sure of it.
-    for _ in 0..10 {
-        let run = start_run(client).await?;
-        for i in 0..20 {
-            step(client, &run, i).await?;
+    for (name, expression, action) in [
+        ("bench large step", "step.tokens > 150", "WARN"),
+        ("bench huge step", "step.tokens > 5000", "BLOCK"),
+    ] {
+        client
+            .gql(
+                "mutation($input: CreatePolicyInput!) { createPolicy(input: $input) { id } }",
+                json!({ "input": { "name": name, "kind": "EXPRESSION", "rule": { "expression": expression }, "action": action, "severity": "MEDIUM" } }),
+            )
+            .await?;
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= 100 {
+                        break;
+                    }
+                    let run = start_run(&client).await?;
+                    for i in 0..20u64 {
+                        let tokens = if i == 5 { 200 } else { 100 };
+                        client
+                            .gql(STEP, json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": tokens, "costMicros": 10 } }))
+                            .await?;
+                    }
+                    if n.is_multiple_of(2) {
+                        client
+                            .gql(STEP, json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": 6000 } }))
+                            .await?;
+                    } else {
+                        client
+                            .gql(
+                                "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { id } }",
+                                json!({ "id": run }),
+                            )
+                            .await?;
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    // Evaluation records are written by a job when a run ends: wait for all 100.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let data = client.gql(PAGE, json!({ "first": 100 })).await?;
+        let edges = data["runs"]["edges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if edges.iter().all(|e| !e["node"]["evaluation"].is_null()) {
+            break;
         }
+        if Instant::now() > deadline {
+            bail!("evaluation records missing after 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let mut times = Latencies::default();
     for _ in 0..20 {
@@ -334,19 +450,149 @@ async fn frontend(client: &Client) -> anyhow::Result<(f64, f64, f64)> {
         client.gql(PAGE, json!({ "first": 100 })).await?;
         times.0.push(started.elapsed().as_micros() as u64);
     }
+    // Statements are counted on a replica without background workers (on the same database
+    // when this bench started the service), so only the query's own statements count.
+    let counted = match reader {
+        Some(reader) => reader,
+        None => client,
+    };
     let mut cost = Vec::new();
     for first in [10, 100] {
-        let before = client.statements().await?;
-        client.gql(PAGE, json!({ "first": first })).await?;
-        cost.push(client.statements().await? - before);
+        let before = counted.statements().await?;
+        counted.gql(PAGE, json!({ "first": first })).await?;
+        cost.push(counted.statements().await? - before);
     }
     Ok((times.percentile(50.0), cost[0], cost[1]))
+}
+
+/// Phase 7: the SOC2 PDF of a 1,000-step incident, rendered by Typst (in this process, with the
+/// service's templates) and by reportlab (`bench/reportlab_soc2.py`) from the same bundle, the
+/// JSON export the service produced. Returns (Typst cold ms, Typst median ms, reportlab median
+/// ms); reportlab's figure is `None` when python3 or reportlab is missing.
+async fn exports(client: &Client) -> anyhow::Result<(f64, f64, Option<f64>)> {
+    const STEPS: i64 = 1000;
+    // A budget that the 1,000th step (100 tokens each) crosses.
+    client
+        .gql(
+            "mutation($input: CreatePolicyInput!) { createPolicy(input: $input) { id } }",
+            json!({ "input": { "name": "bench 1000-step budget", "kind": "TOKEN_BUDGET",
+                "rule": { "maxTokens": (STEPS - 1) * 100 + 50 }, "action": "BLOCK", "severity": "HIGH" } }),
+        )
+        .await?;
+    let run = start_run(client).await?;
+    for i in 0..STEPS {
+        let data = client
+            .gql(
+                STEP,
+                json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": 100, "costMicros": 10, "content": format!("benchmark step {i}") } }),
+            )
+            .await?;
+        let expected = if i + 1 == STEPS { "STOP" } else { "CONTINUE" };
+        if data["recordStep"]["action"] != expected {
+            bail!("step {i}: expected {expected}: {data}");
+        }
+    }
+    let incident = client
+        .gql(
+            "query($id: ID!) { run(id: $id) { incident { id } } }",
+            json!({ "id": run }),
+        )
+        .await?["run"]["incident"]["id"]
+        .as_str()
+        .context("the stopped run has an incident")?
+        .to_string();
+    let export = client
+        .gql(
+            "mutation($incident: ID!) { requestExport(incidentId: $incident, kind: SOC2, format: JSON, reason: \"bench\") { id } }",
+            json!({ "incident": incident }),
+        )
+        .await?["requestExport"]["id"]
+        .as_str()
+        .context("export id")?
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let data = client
+            .gql(
+                "query($id: ID!) { export(id: $id) { status error } }",
+                json!({ "id": export }),
+            )
+            .await?;
+        match data["export"]["status"].as_str() {
+            Some("READY") => break,
+            Some("FAILED") => bail!("the JSON export failed: {data}"),
+            _ if Instant::now() > deadline => bail!("the JSON export is not ready after 2 minutes"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let bundle: Value = client
+        .http
+        .get(format!("{}/exports/{export}/download", client.base))
+        .bearer_auth(&client.key)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    if bundle["steps"].as_array().map(Vec::len) != Some(STEPS as usize) {
+        bail!("the bundle does not hold {STEPS} steps");
+    }
+
+    let renderer =
+        governance_workers::render::Renderer::new(governance_workers::render::Templates::Embedded);
+    let today = chrono::Utc::now().date_naive();
+    let mut typst = Latencies::default();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let pdf = renderer
+            .render("soc2.typ", &bundle, today)
+            .map_err(|e| anyhow::anyhow!("Typst: {e}"))?;
+        typst.0.push(started.elapsed().as_micros() as u64);
+        if !pdf.starts_with(b"%PDF-") {
+            bail!("Typst did not produce a PDF");
+        }
+    }
+    let cold = typst.0.remove(0) as f64 / 1000.0;
+    let typst_median = typst.percentile(50.0);
+
+    let dir = tempfile::tempdir()?;
+    let bundle_path = dir.path().join("soc2-bundle.json");
+    std::fs::write(&bundle_path, serde_json::to_vec(&bundle)?)?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reportlab_soc2.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&bundle_path)
+        .arg(dir.path().join("soc2-reportlab.pdf"))
+        .arg("5")
+        .output()
+        .await;
+    let reportlab = match output {
+        Ok(out) if out.status.success() => {
+            let figures: Value = serde_json::from_slice(&out.stdout)?;
+            figures["medianMs"].as_f64()
+        }
+        Ok(out) => {
+            eprintln!(
+                "reportlab comparison skipped (`pip install reportlab`): {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            );
+            None
+        }
+        Err(err) => {
+            eprintln!("reportlab comparison skipped: cannot run python3: {err}");
+            None
+        }
+    };
+    Ok((cold, typst_median, reportlab))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (_service, client) = match (&args.url, &args.key) {
+    let (service, client) = match (&args.url, &args.key) {
         (Some(url), Some(key)) => (
             None,
             Client {
@@ -390,9 +636,41 @@ async fn main() -> anyhow::Result<()> {
         open.percentile(50.0),
         open.percentile(99.0)
     );
-    let (page_ms, cost10, cost100) = frontend(&client).await?;
+    let growth = match &service {
+        Some(service) => {
+            let steps = if args.quick { 200_000 } else { 1_000_000 };
+            let load_secs = grow(service, steps).await?;
+            let mut after = open_loop(&client, half, phase).await?;
+            let p50 = after.percentile(50.0);
+            let ratio = p50 / open.percentile(50.0);
+            println!(
+                "5 growth            +{steps} stored steps (loaded in {load_secs:.0} s)  open loop {half:.0}/s  p50 {p50:.2} ms  p99 {:.2} ms  ratio to phase 3 p50 {ratio:.2}",
+                after.percentile(99.0)
+            );
+            Some(
+                json!({ "storedSteps": steps, "loadSeconds": load_secs, "p50Ms": p50, "p99Ms": after.percentile(99.0), "ratioToPhase3": ratio }),
+            )
+        }
+        None => {
+            println!("5 growth            skipped (needs the database: run without --url)");
+            None
+        }
+    };
+    let reader = match &service {
+        Some(service) => Some(start_reader(service, &client).await?),
+        None => None,
+    };
+    let (page_ms, cost10, cost100) = frontend(&client, reader.as_ref().map(|(_, r)| r), c).await?;
+    drop(reader);
     println!(
         "4 frontend query    100 runs + links      p50 {page_ms:.1} ms  SQL statements: {cost10} for 10 runs, {cost100} for 100"
+    );
+    let (typst_cold, typst_ms, reportlab_ms) = exports(&client).await?;
+    let render_ratio = reportlab_ms.map(|r| typst_ms / r);
+    println!(
+        "7 SOC2 PDF, 1000 steps  Typst {typst_ms:.1} ms (cold {typst_cold:.0} ms)  reportlab {}  ratio {}",
+        reportlab_ms.map_or("skipped".to_string(), |r| format!("{r:.1} ms")),
+        render_ratio.map_or("-".to_string(), |r| format!("{r:.2}"))
     );
     let results = json!({
         "concurrency": c,
@@ -407,7 +685,9 @@ async fn main() -> anyhow::Result<()> {
         },
         "openLoop": { "rate": half, "p50Ms": open.percentile(50.0), "p99Ms": open.percentile(99.0) },
         "frontendQuery": { "p50Ms": page_ms, "statements10": cost10, "statements100": cost100 },
-        "notYetMeasured": ["growth with 1M stored steps", "jobs/s", "Typst vs reportlab"],
+        "growth": growth,
+        "soc2Render": { "typstColdMs": typst_cold, "typstMs": typst_ms, "reportlabMs": reportlab_ms, "ratio": render_ratio },
+        "notYetMeasured": ["jobs/s"],
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
     println!("figures written to {}", args.out.display());

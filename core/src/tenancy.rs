@@ -103,6 +103,11 @@ async fn find_tenant_by_name<C: ConnectionTrait>(
         .ok_or_else(|| CoreError::not_found("Tenant", name))
 }
 
+/// The id of the tenant named `name`.
+pub async fn tenant_id_by_name<C: ConnectionTrait>(conn: &C, name: &str) -> CoreResult<String> {
+    Ok(find_tenant_by_name(conn, name).await?.id)
+}
+
 /// Create a tenant and its first key, in one transaction.
 pub async fn create_tenant(store: &Store, name: &str) -> CoreResult<IssuedKey> {
     validate_name("tenant", name)?;
