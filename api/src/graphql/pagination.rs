@@ -192,11 +192,14 @@ impl Window {
 fn key_value(kind: KeyKind, argument: &str, key: &str) -> Result<sea_orm::Value, CoreError> {
     match kind {
         KeyKind::Text => Ok(key.to_string().into()),
-        KeyKind::Int => key
-            .parse::<i64>()
-            .map(Into::into)
-            .map_err(|_| CoreError::bad_field(argument, "the cursor is not a cursor of this list")),
+        KeyKind::Int => int_key(argument, key).map(Into::into),
     }
+}
+
+/// The integer behind an integer-keyed cursor.
+fn int_key(argument: &str, key: &str) -> Result<i64, CoreError> {
+    key.parse::<i64>()
+        .map_err(|_| CoreError::bad_field(argument, "the cursor is not a cursor of this list"))
 }
 
 fn max_page_size(ctx: &Context<'_>) -> usize {
@@ -310,13 +313,9 @@ pub fn dense_window(
     args: &PageArgs,
 ) -> async_graphql::Result<DenseWindow> {
     let window = Window::of(args, max_page_size(ctx)).gql()?;
-    let index = |argument: &str, key: &Option<String>| -> async_graphql::Result<Option<i64>> {
+    let index = |argument: &str, key: &Option<String>| {
         key.as_deref()
-            .map(|k| {
-                k.parse::<i64>().map_err(|_| {
-                    CoreError::bad_field(argument, "the cursor is not a cursor of this list")
-                })
-            })
+            .map(|k| int_key(argument, k))
             .transpose()
             .gql()
     };

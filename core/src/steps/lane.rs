@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use governance_entities::{enums::DecisionAction, run, trace_step};
+use governance_entities::{run, trace_step};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
     QuerySelect, sea_query::Expr,
@@ -23,14 +23,15 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    RecordStep, StepRecord, check, compiled_snapshot, record_committed, record_in, step_row,
+    RecordStep, StepRecord, check, compiled_snapshot, continues_cleanly, count_clean_step,
+    record_committed, record_in, step_row, timestamp_of,
 };
 use crate::{
     error::{CoreError, CoreResult},
     outcome::{Committed, StepNotice},
     policy::SnapshotCache,
     store::Store,
-    time::{now, to_millis},
+    time::now,
 };
 
 /// Largest number of step reports written in one group commit.
@@ -142,9 +143,9 @@ async fn write_batch(
         }
         group.flush(&*txn).await?;
         let answer = record_in(&*txn, &pending.cache, &pending.tenant_id, &pending.input).await;
-        match &answer {
-            Err(CoreError::Internal(_)) => return answer.map(|_| Vec::new()),
-            Ok(committed) => group.recorded(&committed.value),
+        match answer {
+            Err(CoreError::Internal(err)) => return Err(CoreError::Internal(err)),
+            Ok(ref committed) => group.recorded(&committed.value),
             Err(_) => {}
         }
         answers.push(answer);
@@ -268,15 +269,12 @@ impl Group {
             None => Vec::new(),
         };
         let evaluation = check(&snapshot, run, index, input, timestamp, &recent);
-        if evaluation.action != DecisionAction::Continue || !evaluation.findings.is_empty() {
+        if !continues_cleanly(&evaluation) {
             return Ok(None);
         }
         let step = step_row(run, index, input, timestamp, &evaluation);
         let mut updated = run.clone();
-        updated.tokens_used += input.tokens;
-        updated.cost_micros += input.cost_micros;
-        updated.step_count += 1;
-        updated.trace_head_hash = step.entry_hash.clone();
+        count_clean_step(&mut updated, input, &step);
         updated.updated_at = now();
         self.stage(updated.clone(), step.clone());
         Ok(Some(Committed {
@@ -372,8 +370,4 @@ pub(super) async fn update_run_totals<C: ConnectionTrait>(
         return Err(anyhow::anyhow!("run {} could not be updated", run.id).into());
     }
     Ok(())
-}
-
-fn timestamp_of(input: &RecordStep) -> DateTime<Utc> {
-    input.timestamp.map(to_millis).unwrap_or_else(now)
 }

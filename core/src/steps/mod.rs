@@ -321,7 +321,7 @@ async fn fail_closed(
             .step_index
             .or(run.as_ref().map(|r| r.step_count))
             .unwrap_or(0),
-        timestamp: input.timestamp.map(to_millis).unwrap_or_else(now),
+        timestamp: timestamp_of(input),
         step_type: input.step_type,
         tokens: input.tokens,
         cost_micros: input.cost_micros,
@@ -452,7 +452,7 @@ async fn record_in<C: ConnectionTrait>(
             ),
         ));
     }
-    let timestamp = input.timestamp.map(to_millis).unwrap_or_else(now);
+    let timestamp = timestamp_of(input);
     if timestamp < run.started_at {
         return Err(CoreError::bad_field(
             "input.timestamp",
@@ -469,6 +469,25 @@ async fn record_in<C: ConnectionTrait>(
     };
     let evaluation = check(&snapshot, &run, index, input, timestamp, &recent);
     apply(txn, run, index, input, timestamp, evaluation).await
+}
+
+/// When the step happened: as reported (to the millisecond), else now.
+fn timestamp_of(input: &RecordStep) -> DateTime<Utc> {
+    input.timestamp.map(to_millis).unwrap_or_else(now)
+}
+
+/// A decision that continues the run and records nothing beside the step (no violation,
+/// enforcement, incident or event): the steps the lane and the synthetic loader write in bulk.
+fn continues_cleanly(evaluation: &Evaluation) -> bool {
+    evaluation.action == DecisionAction::Continue && evaluation.findings.is_empty()
+}
+
+/// What a clean step changes on its run: totals, step count, chain head.
+fn count_clean_step(run: &mut run::Model, input: &RecordStep, step: &trace_step::Model) {
+    run.tokens_used += input.tokens;
+    run.cost_micros += input.cost_micros;
+    run.step_count += 1;
+    run.trace_head_hash = step.entry_hash.clone();
 }
 
 /// The decision on step `index` of `run` (the run as it is before the step).
@@ -750,7 +769,7 @@ pub async fn load_synthetic(
                 None => &[],
             };
             let evaluation = check(&snapshot, &run, i, &input, at, recent);
-            if evaluation.action != DecisionAction::Continue || !evaluation.findings.is_empty() {
+            if !continues_cleanly(&evaluation) {
                 return Err(CoreError::bad_field(
                     "steps",
                     format!(
@@ -761,10 +780,7 @@ pub async fn load_synthetic(
             }
             let step = step_row(&run, i, &input, at, &evaluation);
             times.push(at);
-            run.tokens_used += input.tokens;
-            run.cost_micros += input.cost_micros;
-            run.step_count += 1;
-            run.trace_head_hash = step.entry_hash.clone();
+            count_clean_step(&mut run, &input, &step);
             rows.push(step);
         }
         let txn = store.begin().await?;
