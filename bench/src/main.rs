@@ -238,17 +238,29 @@ async fn start_run(client: &Client) -> anyhow::Result<String> {
 const STEP: &str =
     "mutation($input: RecordStepInput!) { recordStep(input: $input) { action recorded } }";
 
-async fn step(client: &Client, run: &str, i: u64) -> anyhow::Result<()> {
+/// Report step `i` of `tokens` tokens; fails unless it is recorded with decision `expected`.
+async fn step_expecting(
+    client: &Client,
+    run: &str,
+    i: u64,
+    tokens: i64,
+    expected: &str,
+) -> anyhow::Result<()> {
     let data = client
         .gql(
             STEP,
-            json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": 100, "costMicros": 10, "content": format!("benchmark step {i}") } }),
+            json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": tokens, "costMicros": 10, "content": format!("benchmark step {i}") } }),
         )
         .await?;
-    if data["recordStep"]["action"] != "CONTINUE" || data["recordStep"]["recorded"] != true {
-        bail!("unexpected decision: {data}");
+    if data["recordStep"]["action"] != expected || data["recordStep"]["recorded"] != true {
+        bail!("step {i}: expected {expected}: {data}");
     }
     Ok(())
+}
+
+/// A clean 100-token step, which must CONTINUE.
+async fn step(client: &Client, run: &str, i: u64) -> anyhow::Result<()> {
+    step_expecting(client, run, i, 100, "CONTINUE").await
 }
 
 /// Phase 1: requests/s of `{ __typename }`.
@@ -403,15 +415,14 @@ async fn frontend(
                     }
                     let run = start_run(&client).await?;
                     for i in 0..20u64 {
-                        let tokens = if i == 5 { 200 } else { 100 };
-                        client
-                            .gql(STEP, json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": tokens, "costMicros": 10 } }))
-                            .await?;
+                        if i == 5 {
+                            step_expecting(&client, &run, i, 200, "WARN").await?;
+                        } else {
+                            step(&client, &run, i).await?;
+                        }
                     }
                     if n.is_multiple_of(2) {
-                        client
-                            .gql(STEP, json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": 6000 } }))
-                            .await?;
+                        step_expecting(&client, &run, 20, 6000, "STOP").await?;
                     } else {
                         client
                             .gql(
@@ -470,7 +481,7 @@ async fn frontend(
 /// JSON export the service produced. Returns (Typst cold ms, Typst median ms, reportlab median
 /// ms); reportlab's figure is `None` when python3 or reportlab is missing.
 async fn exports(client: &Client) -> anyhow::Result<(f64, f64, Option<f64>)> {
-    const STEPS: i64 = 1000;
+    const STEPS: u64 = 1000;
     // A budget that the 1,000th step (100 tokens each) crosses.
     client
         .gql(
@@ -481,16 +492,8 @@ async fn exports(client: &Client) -> anyhow::Result<(f64, f64, Option<f64>)> {
         .await?;
     let run = start_run(client).await?;
     for i in 0..STEPS {
-        let data = client
-            .gql(
-                STEP,
-                json!({ "input": { "runId": run, "type": "LLM_CALL", "tokens": 100, "costMicros": 10, "content": format!("benchmark step {i}") } }),
-            )
-            .await?;
         let expected = if i + 1 == STEPS { "STOP" } else { "CONTINUE" };
-        if data["recordStep"]["action"] != expected {
-            bail!("step {i}: expected {expected}: {data}");
-        }
+        step_expecting(client, &run, i, 100, expected).await?;
     }
     let incident = client
         .gql(
