@@ -71,6 +71,10 @@ pub enum Command {
         /// Steps per run.
         #[arg(long, default_value_t = 1000)]
         steps: u64,
+        /// End every run as `completeRun(SUCCEEDED)` does and enqueue its evaluation-record
+        /// job on the configured queue, for workers to drain.
+        #[arg(long)]
+        ended: bool,
     },
     /// Drive a full scenario through the API (policies, a run stopped by a policy, the
     /// incident, its proof) and write the three export PDFs to a folder.

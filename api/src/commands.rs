@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use governance_core::{policy::SnapshotCache, store::Store, tenancy};
-use governance_workers::WorkerDeps;
+use governance_workers::{WorkerDeps, jobs::RecordEvaluation};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -73,24 +73,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tenant,
             runs,
             steps,
+            ended,
         }) => {
             let db = app::open_database(&config).await?;
             app::migrate(&db).await?;
             let store = Store::new(db);
             let tenant_id = tenancy::tenant_id_by_name(store.db(), &tenant).await?;
             let started = std::time::Instant::now();
-            let written = governance_core::steps::load_synthetic(
+            let loaded = governance_core::steps::load_synthetic(
                 &store,
                 &SnapshotCache::new(),
                 &tenant_id,
                 runs,
                 steps,
+                ended,
             )
             .await?;
             println!(
-                "loaded {runs} synthetic runs, {written} steps, in {:.1} s",
+                "loaded {} synthetic {}runs, {} steps, in {:.1} s",
+                loaded.len(),
+                if ended { "ended " } else { "" },
+                loaded.len() as u64 * steps,
                 started.elapsed().as_secs_f64()
             );
+            if ended {
+                // The jobs `completeRun` would have enqueued, after the commit as there.
+                let started = std::time::Instant::now();
+                let jobs = app::open_queue(&config, store.db()).await?;
+                for chunk in loaded.chunks(1000) {
+                    jobs.enqueue_evaluations(
+                        chunk
+                            .iter()
+                            .map(|run| RecordEvaluation {
+                                tenant_id: run.tenant_id.clone(),
+                                run_id: run.id.clone(),
+                            })
+                            .collect(),
+                    )
+                    .await?;
+                }
+                println!(
+                    "enqueued {} evaluation-record jobs in {:.1} s",
+                    loaded.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
             Ok(())
         }
         Some(Command::Tenant {

@@ -161,9 +161,20 @@ pub async fn start(
     tenant_id: &str,
     input: StartRun,
 ) -> CoreResult<Committed<run::Model>> {
-    input.validate()?;
     let txn = store.begin().await?;
-    let (snap, policy_set_version) = snapshot::take(&*txn, tenant_id, &input.workflow_id).await?;
+    let committed = start_in(&*txn, tenant_id, input).await?;
+    txn.commit().await?;
+    Ok(committed)
+}
+
+/// [`start`] in the caller's transaction.
+pub async fn start_in<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    input: StartRun,
+) -> CoreResult<Committed<run::Model>> {
+    input.validate()?;
+    let (snap, policy_set_version) = snapshot::take(conn, tenant_id, &input.workflow_id).await?;
     let id = new_id(prefix::RUN);
     let at = now();
     let model = run::ActiveModel {
@@ -194,10 +205,9 @@ pub async fn start(
         created_at: Set(at),
         updated_at: Set(at),
     }
-    .insert(&*txn)
+    .insert(conn)
     .await?;
-    let event = events::append(&*txn, tenant_id, run_event(EventKind::RunStarted, &model)).await?;
-    txn.commit().await?;
+    let event = events::append(conn, tenant_id, run_event(EventKind::RunStarted, &model)).await?;
     let mut committed = Committed::new(model);
     committed.events.push(event);
     Ok(committed)
@@ -265,7 +275,27 @@ pub async fn complete(
     completion: Completion,
     error: Option<String>,
 ) -> CoreResult<Committed<run::Model>> {
-    let (status, reason) = match completion {
+    let (status, reason) = completion_status(completion, &error)?;
+    transition(store, tenant_id, run_id, status, reason, error).await
+}
+
+/// [`complete`] of a run the caller already holds, in the caller's transaction.
+pub async fn complete_in<C: ConnectionTrait>(
+    conn: &C,
+    run: run::Model,
+    completion: Completion,
+    error: Option<String>,
+) -> CoreResult<Committed<run::Model>> {
+    let (status, reason) = completion_status(completion, &error)?;
+    finish(conn, run, status, reason, error).await
+}
+
+/// The status and reason an integrator's completion means.
+fn completion_status(
+    completion: Completion,
+    error: &Option<String>,
+) -> CoreResult<(RunStatus, TerminationReason)> {
+    match completion {
         Completion::Succeeded => {
             if error.is_some() {
                 return Err(CoreError::bad_field(
@@ -273,11 +303,10 @@ pub async fn complete(
                     "`error` is only for runs that FAILED",
                 ));
             }
-            (RunStatus::Succeeded, TerminationReason::Completed)
+            Ok((RunStatus::Succeeded, TerminationReason::Completed))
         }
-        Completion::Failed => (RunStatus::Failed, TerminationReason::SystemFailure),
-    };
-    transition(store, tenant_id, run_id, status, reason, error).await
+        Completion::Failed => Ok((RunStatus::Failed, TerminationReason::SystemFailure)),
+    }
 }
 
 /// Lock the run, end it, commit: the shared path of every terminal transition.
