@@ -34,6 +34,8 @@ pub struct Store {
     faults: Arc<AtomicU32>,
     /// The group-commit lane for step reports (SQLite, inside a Tokio runtime).
     step_lane: Option<crate::steps::StepLane>,
+    /// The group-commit lane for evaluation records (likewise).
+    evaluation_lane: Option<crate::evaluation::EvaluationLane>,
 }
 
 impl Store {
@@ -47,10 +49,13 @@ impl Store {
             writer,
             faults: Arc::new(AtomicU32::new(0)),
             step_lane: None,
+            evaluation_lane: None,
         };
         if store.writer.is_some() && tokio::runtime::Handle::try_current().is_ok() {
-            // The lane's own store has no lane, so the lane does not keep itself alive.
-            store.step_lane = Some(crate::steps::StepLane::start(store.clone()));
+            // A lane's own store has no lanes, so a lane does not keep itself alive.
+            let plain = store.clone();
+            store.step_lane = Some(crate::steps::StepLane::start(plain.clone()));
+            store.evaluation_lane = Some(crate::evaluation::EvaluationLane::start(plain));
         }
         store
     }
@@ -58,6 +63,11 @@ impl Store {
     /// The group-commit lane, when steps are batched.
     pub(crate) fn step_lane(&self) -> Option<&crate::steps::StepLane> {
         self.step_lane.as_ref()
+    }
+
+    /// The group-commit lane for evaluation records, when they are batched.
+    pub(crate) fn evaluation_lane(&self) -> Option<&crate::evaluation::EvaluationLane> {
+        self.evaluation_lane.as_ref()
     }
 
     /// Test hook: make the next `n` commits fail (rolled back) as a broken disk or a lost

@@ -1,18 +1,20 @@
 //! The evaluation record: exactly one per ended run, saying what governance concluded about it.
 
+mod lane;
+
+pub(crate) use lane::EvaluationLane;
+
 use governance_entities::{
     enums::{EvaluationOutcome, PolicyAction, RunStatus},
-    policy_evaluation, run, violation,
+    policy_evaluation,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set,
-    sea_query::OnConflict,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, Statement,
 };
 
 use crate::{
     error::{CoreError, CoreResult},
     ids::{new_id, prefix},
-    runs,
     store::Store,
     time::now,
 };
@@ -89,6 +91,61 @@ async fn find<C: ConnectionTrait>(
         .await?)
 }
 
+/// What [`record`] reads about a run, in one statement.
+#[derive(Debug, FromQueryResult)]
+struct StoredFacts {
+    status: RunStatus,
+    is_synthetic: bool,
+    synthetic_scenario_id: Option<String>,
+    stopped_at_step: Option<i64>,
+    violation_policy_id: Option<String>,
+    policy_snapshot_id: String,
+    /// `None` when the run's snapshot row is missing.
+    policy_count: Option<i32>,
+    warnings: i64,
+    /// Evaluation records the run already has (0 or 1).
+    evaluated: i64,
+}
+
+/// The run, its snapshot's policy count, its WARN violations and whether it is already
+/// evaluated, in one statement; `None` when the tenant has no such run.
+async fn stored_facts<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+) -> CoreResult<Option<StoredFacts>> {
+    let backend = conn.get_database_backend();
+    let (tenant, run, warn) = match backend {
+        DbBackend::Postgres => ("$1", "$2", "$3"),
+        _ => ("?1", "?2", "?3"),
+    };
+    let sql = format!(
+        "SELECT r.status, r.is_synthetic, r.synthetic_scenario_id, r.stopped_at_step, \
+                r.violation_policy_id, r.policy_snapshot_id, s.policy_count, \
+                (SELECT COUNT(*) FROM violations v \
+                  WHERE v.tenant_id = r.tenant_id AND v.run_id = r.id AND v.action = {warn}) AS warnings, \
+                (SELECT COUNT(*) FROM policy_evaluations e \
+                  WHERE e.tenant_id = r.tenant_id AND e.run_id = r.id) AS evaluated \
+           FROM runs r \
+           LEFT JOIN policy_snapshots s \
+             ON s.tenant_id = r.tenant_id AND s.snapshot_id = r.policy_snapshot_id \
+          WHERE r.tenant_id = {tenant} AND r.id = {run}"
+    );
+    Ok(
+        StoredFacts::find_by_statement(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                tenant_id.into(),
+                run_id.into(),
+                PolicyAction::Warn.as_str().into(),
+            ],
+        ))
+        .one(conn)
+        .await?,
+    )
+}
+
 /// Write the run's evaluation record. Idempotent: when it exists, it is returned unchanged and
 /// `false` says nothing was written (a job run twice writes once).
 pub async fn record(
@@ -96,60 +153,64 @@ pub async fn record(
     tenant_id: &str,
     run_id: &str,
 ) -> CoreResult<(policy_evaluation::Model, bool)> {
-    if let Some(existing) = find(store.db(), tenant_id, run_id).await? {
+    let facts = stored_facts(store.db(), tenant_id, run_id)
+        .await?
+        .ok_or_else(|| CoreError::not_found("Run", run_id))?;
+    if facts.evaluated > 0
+        && let Some(existing) = find(store.db(), tenant_id, run_id).await?
+    {
         return Ok((existing, false));
     }
-    let run: run::Model = runs::get(store.db(), tenant_id, run_id).await?;
-    if !run.status.is_terminal() {
+    if !facts.status.is_terminal() {
         return Err(CoreError::Conflict(format!(
             "run `{run_id}` is still {}; it is evaluated when it ends",
-            run.status
+            facts.status
         )));
     }
-    let snap = runs::snapshot_of(store.db(), &run).await?;
-    let warnings = violation::Entity::find()
-        .filter(violation::Column::TenantId.eq(tenant_id))
-        .filter(violation::Column::RunId.eq(run_id))
-        .filter(violation::Column::Action.eq(PolicyAction::Warn))
-        .count(store.db())
-        .await?;
+    let policy_count = facts.policy_count.ok_or_else(|| {
+        anyhow::anyhow!(
+            "run {run_id} names snapshot {} which does not exist",
+            facts.policy_snapshot_id
+        )
+    })?;
     let (outcome, reason, draft_candidate) = decide(RunFacts {
-        status: run.status,
-        policy_count: snap.policy_count,
-        warnings,
-        stopped_at_step: run.stopped_at_step,
-        violation_policy_id: run.violation_policy_id.as_deref(),
-        snapshot_id: &snap.snapshot_id,
+        status: facts.status,
+        policy_count,
+        warnings: facts.warnings as u64,
+        stopped_at_step: facts.stopped_at_step,
+        violation_policy_id: facts.violation_policy_id.as_deref(),
+        snapshot_id: &facts.policy_snapshot_id,
     });
-    let txn = store.begin().await?;
-    let inserted = policy_evaluation::Entity::insert(policy_evaluation::ActiveModel {
-        id: Set(new_id(prefix::EVALUATION)),
-        tenant_id: Set(tenant_id.to_string()),
-        run_id: Set(run_id.to_string()),
-        outcome: Set(outcome),
-        policies_checked: Set(snap.policy_count),
-        reason: Set(reason),
-        draft_candidate: Set(draft_candidate),
-        is_synthetic: Set(run.is_synthetic),
-        synthetic_scenario_id: Set(run.synthetic_scenario_id.clone()),
-        snapshot_id: Set(snap.snapshot_id.clone()),
-        created_at: Set(now()),
-    })
-    // A concurrent duplicate job may have written it first: keep that one.
-    .on_conflict(
-        OnConflict::column(policy_evaluation::Column::RunId)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&*txn)
-    .await?;
-    txn.commit().await?;
-    // `inserted` is 0 when a concurrent duplicate won the conflict.
-    let created = inserted > 0;
+    let row = policy_evaluation::Model {
+        id: new_id(prefix::EVALUATION),
+        tenant_id: tenant_id.to_string(),
+        run_id: run_id.to_string(),
+        outcome,
+        policies_checked: policy_count,
+        reason,
+        draft_candidate,
+        is_synthetic: facts.is_synthetic,
+        synthetic_scenario_id: facts.synthetic_scenario_id.clone(),
+        snapshot_id: facts.policy_snapshot_id.clone(),
+        created_at: now(),
+    };
+    let created = match store.evaluation_lane() {
+        Some(lane) => lane.insert(row.clone()).await?,
+        None => {
+            let txn = store.begin().await?;
+            let inserted = lane::insert_in(&*txn, &row).await?;
+            txn.commit().await?;
+            inserted
+        }
+    };
+    if created {
+        return Ok((row, true));
+    }
+    // A concurrent duplicate job won: return the record it wrote.
     let stored = find(store.db(), tenant_id, run_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("evaluation of {run_id} vanished after insert"))?;
-    Ok((stored, created))
+    Ok((stored, false))
 }
 
 #[cfg(test)]
