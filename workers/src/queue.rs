@@ -44,6 +44,38 @@ pub struct JobQueue {
     namespace: String,
 }
 
+/// Jobs of one type handled at once by one process.
+pub const CONCURRENCY: usize = 4;
+/// Evaluation-record jobs handled at once by one process: one per ended run, each a few reads
+/// and one small insert, so many run together and their inserts share a commit (on SQLite,
+/// through the evaluation lane of `governance_core::store`).
+pub const EVALUATION_CONCURRENCY: usize = 64;
+
+/// The job types, by queue name (under the namespace).
+const JOB_QUEUES: [&str; 5] = [
+    "evaluation",
+    "audit",
+    "export",
+    "webhook-fan-out",
+    "webhook-delivery",
+];
+
+/// Jobs moved per script call by [`JobQueue::promote_due_jobs`].
+const PROMOTE_CHUNK: u64 = 1000;
+
+/// Move up to ARGV[2] jobs due by ARGV[1] from the scheduled set to the active list, and signal
+/// them as apalis-redis does when it promotes.
+const PROMOTE_SCRIPT: &str = r#"
+local ids = redis.call("zrangebyscore", KEYS[1], 0, ARGV[1], "LIMIT", 0, ARGV[2])
+if #ids > 0 then
+    redis.call("rpush", KEYS[2], unpack(ids))
+    redis.call("zrem", KEYS[1], unpack(ids))
+    redis.call("del", KEYS[3])
+    redis.call("lpush", KEYS[3], 1)
+end
+return #ids
+"#;
+
 /// How long the SQLite and Redis storages wait between polls when idle.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -64,27 +96,67 @@ mod sqlx_pool {
 }
 
 impl Backend {
-    /// The storage of one job type on this backend, under `namespace.job`.
-    fn storage<T>(&self, namespace: &str, job: &str) -> Storage<T>
+    /// The storage of one job type on this backend, under `namespace.job`, fetching up to
+    /// `batch` jobs at a time.
+    fn storage<T>(&self, namespace: &str, job: &str, batch: usize) -> Storage<T>
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
     {
         let queue = queue_name(namespace, job);
         match self {
             Backend::Sqlite(pool) => Storage::Sqlite(
-                SqliteStorage::new(pool)
-                    .with_config(apalis_sqlite::Config::default().queue(&queue)),
+                SqliteStorage::new(pool).with_config(
+                    apalis_sqlite::Config::default()
+                        .queue(&queue)
+                        .batch_size(batch),
+                ),
             ),
             Backend::Postgres(pool) => Storage::Postgres(
-                PostgresStorage::new(pool)
-                    .with_config(apalis_postgres::Config::default().queue(&queue)),
+                PostgresStorage::new(pool).with_config(
+                    apalis_postgres::Config::default()
+                        .queue(&queue)
+                        .batch_size(batch),
+                ),
             ),
             Backend::Redis(manager) => Storage::Redis(
-                RedisStorage::new(manager.clone())
-                    .with_config(apalis_redis::Config::default().queue(&queue)),
+                RedisStorage::new(manager.clone()).with_config(
+                    apalis_redis::Config::default()
+                        .queue(&queue)
+                        .batch_size(batch),
+                ),
             ),
         }
     }
+}
+
+/// apalis-sqlite acknowledges a batch with `UPDATE Jobs … FROM json_each(?) WHERE Jobs.id = …
+/// AND Jobs.lock_by = ?`. Without statistics SQLite drives that from the `lock_by` index, and
+/// a finished job keeps its worker's name, so every acknowledgement re-parses the batch's JSON
+/// once per job the worker ever finished: a worker gets slower the longer it runs (measured:
+/// 700 jobs/s falling to 150 within 10,000 jobs). Telling the planner what is true of that
+/// index, that one worker name covers many rows, makes it look each acknowledged job up by id
+/// instead. (SQLite documents writing `sqlite_stat1` by hand for exactly this.)
+async fn steer_sqlite_acks(pool: &sqlx_pool::Sqlite) -> anyhow::Result<()> {
+    use sea_orm::sqlx;
+    let mut conn = pool.acquire().await?;
+    // Creates sqlite_stat1 when missing; cheap on a queue table.
+    sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
+    // Statistics of an empty table say nothing; drop them rather than steer by them.
+    sqlx::query(
+        "DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND (idx = 'LIdx' OR stat LIKE '0 %')",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', 'LIdx', '1000000 100000')",
+    )
+    .execute(&mut *conn)
+    .await?;
+    // Make every connection reload the statistics.
+    sqlx::query("ANALYZE sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 impl JobQueue {
@@ -118,6 +190,9 @@ impl JobQueue {
                     .run(pool)
                     .await
                     .context("job queue (SQLite) migration failed")?;
+                steer_sqlite_acks(pool)
+                    .await
+                    .context("job queue (SQLite) planner statistics")?;
                 Backend::Sqlite(pool.clone())
             }
             (None, DbBackend::Postgres) => {
@@ -131,11 +206,11 @@ impl JobQueue {
             (None, other) => anyhow::bail!("unsupported database backend {other:?}"),
         };
         Ok(Self {
-            evaluation: backend.storage(&namespace, "evaluation"),
-            audit: backend.storage(&namespace, "audit"),
-            export: backend.storage(&namespace, "export"),
-            fan_out: backend.storage(&namespace, "webhook-fan-out"),
-            delivery: backend.storage(&namespace, "webhook-delivery"),
+            evaluation: backend.storage(&namespace, "evaluation", EVALUATION_CONCURRENCY),
+            audit: backend.storage(&namespace, "audit", CONCURRENCY),
+            export: backend.storage(&namespace, "export", CONCURRENCY),
+            fan_out: backend.storage(&namespace, "webhook-fan-out", CONCURRENCY),
+            delivery: backend.storage(&namespace, "webhook-delivery", CONCURRENCY),
             redis: match backend {
                 Backend::Redis(manager) => Some(manager),
                 _ => None,
@@ -217,6 +292,67 @@ impl JobQueue {
                 .await
             }
         }
+    }
+
+    /// Enqueue many evaluation-record jobs at once (bulk loads).
+    pub async fn enqueue_evaluations(&self, jobs: Vec<RecordEvaluation>) -> anyhow::Result<()> {
+        let result = match &self.evaluation {
+            Storage::Sqlite(s) => s
+                .clone()
+                .push_bulk(jobs)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            Storage::Postgres(s) => s
+                .clone()
+                .push_bulk(jobs)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            Storage::Redis(s) => s
+                .clone()
+                .push_bulk(jobs)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}")),
+        };
+        result.context("cannot enqueue jobs")
+    }
+
+    /// On Redis, move every due job from its queue's scheduled set to its active list, at most
+    /// [`PROMOTE_CHUNK`] per script call; returns how many moved (0 on the SQL storages).
+    ///
+    /// apalis-redis pushes every job to the scheduled set, and its fetch promotes ALL due jobs
+    /// with one Lua `unpack`, which Redis refuses past about 8,000 values ("too many results to
+    /// unpack"). A backlog larger than that (workers down while jobs keep coming) would make
+    /// every fetch fail, for good. Promoting in chunks first, when workers start and on every
+    /// sweep, keeps the due set small enough for apalis's own fetch.
+    pub async fn promote_due_jobs(&self) -> anyhow::Result<u64> {
+        let Some(manager) = &self.redis else {
+            return Ok(0);
+        };
+        let script = redis::Script::new(PROMOTE_SCRIPT);
+        let mut conn = manager.clone();
+        let mut moved = 0;
+        for job in JOB_QUEUES {
+            let config = apalis_redis::Config::default().queue(queue_name(&self.namespace, job));
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs();
+                let n: u64 = script
+                    .key(config.scheduled_jobs_set())
+                    .key(config.active_jobs_list())
+                    .key(config.signal_list())
+                    .arg(now)
+                    .arg(PROMOTE_CHUNK)
+                    .invoke_async(&mut conn)
+                    .await
+                    .with_context(|| format!("cannot promote due `{job}` jobs"))?;
+                moved += n;
+                if n < PROMOTE_CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
     }
 
     /// Is the queue's storage answering? (`/readyz`.)

@@ -18,14 +18,12 @@ use crate::{
     jobs::{
         self, BuildExport, DeliverWebhook, FanOutWebhooks, JobError, RecordEvaluation, RunAudit,
     },
-    queue::{JobQueue, POLL_INTERVAL, Storage},
+    queue::{CONCURRENCY, EVALUATION_CONCURRENCY, JobQueue, POLL_INTERVAL, Storage},
     sweeper,
 };
 
 /// Attempts after the first, for transient failures.
 const RETRIES: usize = 5;
-/// Jobs of one type handled at once by one process.
-const CONCURRENCY: usize = 4;
 /// The longest pause between restarts of failed workers.
 const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
 /// How long one webhook attempt may take.
@@ -138,16 +136,16 @@ fn worker_name(job: &str) -> String {
 }
 
 /// Register one worker for `$storage` on `$monitor`: polled (SQLite, Redis) or notified
-/// (PostgreSQL), with retries and backoff, `CONCURRENCY` jobs at once, and the handler's data.
+/// (PostgreSQL), with retries and backoff, `$concurrency` jobs at once, and the handler's data.
 macro_rules! register {
-    ($monitor:expr, $storage:expr, $job:literal, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
+    ($monitor:expr, $storage:expr, $job:literal, $concurrency:expr, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
         let name = worker_name($job);
         let backoff = $backoff.clone();
         match $storage.clone() {
             Storage::Sqlite(storage) => $monitor.register(move |run| {
                 WorkerBuilder::new(format!("{name}-{run}"))
                     .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-                    .concurrency(CONCURRENCY)
+                    .concurrency($concurrency)
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
                     $(.data($data.clone()))*
                     .build($handler)
@@ -155,7 +153,7 @@ macro_rules! register {
             Storage::Postgres(storage) => $monitor.register(move |run| {
                 WorkerBuilder::new(format!("{name}-{run}"))
                     .backend(storage.clone().with_pubsub())
-                    .concurrency(CONCURRENCY)
+                    .concurrency($concurrency)
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
                     $(.data($data.clone()))*
                     .build($handler)
@@ -163,7 +161,7 @@ macro_rules! register {
             Storage::Redis(storage) => $monitor.register(move |run| {
                 WorkerBuilder::new(format!("{name}-{run}"))
                     .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
-                    .concurrency(CONCURRENCY)
+                    .concurrency($concurrency)
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
                     $(.data($data.clone()))*
                     .build($handler)
@@ -182,6 +180,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             monitor,
             deps.jobs.evaluation,
             "evaluation",
+            EVALUATION_CONCURRENCY,
             backoff,
             handle_evaluation,
             [store]
@@ -197,6 +196,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             monitor,
             deps.jobs.export,
             "export",
+            CONCURRENCY,
             backoff,
             handle_export,
             [store, context]
@@ -209,6 +209,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             monitor,
             deps.jobs.fan_out,
             "webhook-fan-out",
+            CONCURRENCY,
             backoff,
             handle_fan_out,
             [store, jobs]
@@ -221,6 +222,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             monitor,
             deps.jobs.delivery,
             "webhook-delivery",
+            CONCURRENCY,
             backoff,
             handle_delivery,
             [store, http]
@@ -233,6 +235,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             monitor,
             deps.jobs.audit,
             "audit",
+            CONCURRENCY,
             backoff,
             handle_audit,
             [store, dispatcher]
@@ -251,6 +254,12 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
     let sweeper = tokio::spawn(sweeper::run(deps.clone(), shutdown.clone()));
     let mut pause = Duration::from_millis(500);
     loop {
+        // A Redis backlog past apalis's promotion limit must be cut down before it fetches.
+        match deps.jobs.promote_due_jobs().await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(moved, "promoted due Redis jobs before starting workers"),
+            Err(err) => tracing::warn!(error = %err, "promoting due Redis jobs failed"),
+        }
         let stop = shutdown.clone();
         let result = monitor(&deps)?
             .run_with_signal(async move {

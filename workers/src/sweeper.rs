@@ -98,6 +98,9 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
                 tracing::warn!(error = %err, "timeout sweep failed; retrying next interval")
             }
         }
+        if let Err(err) = deps.jobs.promote_due_jobs().await {
+            tracing::warn!(error = %err, "promoting due Redis jobs failed; retrying next interval");
+        }
         // The repair scan is heavier and rarely finds anything: every REPAIR_EVERY ticks.
         ticks += 1;
         if !ticks.is_multiple_of(REPAIR_EVERY) {

@@ -7,6 +7,10 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, governance_bin, spawn_app_with};
 use governance_api::config::WorkersMode;
+use governance_workers::{
+    jobs::RecordEvaluation,
+    queue::{JobQueue, QueueSettings},
+};
 
 const EVALUATION: &str = "query($id: ID!) { run(id: $id) { status terminationReason evaluation { outcome policiesChecked reason snapshotId } policySnapshot { id policyCount } } }";
 
@@ -78,4 +82,53 @@ pub fn unsafe_free_kill(pid: i32) {
         .status()
         .expect("kill");
     assert!(status.success());
+}
+
+/// Jobs that pile up while no worker runs are all picked up once one starts, however many. On
+/// Redis this needs care: apalis-redis parks every pushed job in a "scheduled" set and its fetch
+/// promotes all due jobs with one Lua `unpack`, which Redis refuses past about 8,000 values, so
+/// without our chunked promotion a backlog this size would make every fetch fail for good.
+#[tokio::test]
+async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start() {
+    let app = spawn_app_with(|c| c.workers = WorkersMode::Off).await;
+    let run_id = app.start_run("wf-backlog").await;
+    app.gql_ok(
+        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
+        json!({ "id": run_id }),
+    )
+    .await;
+    // The evaluation job `completeRun` enqueued sits behind 9,000 more (duplicates, as a sweeper
+    // repairing a long outage would enqueue; a duplicate writes nothing).
+    let tenant_id = app.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
+        .as_str()
+        .expect("tenant id")
+        .to_string();
+    let queue = JobQueue::connect(QueueSettings {
+        db: app.db.clone(),
+        redis_url: app.env.redis_url.clone(),
+        namespace: app.env.namespace.clone(),
+    })
+    .await
+    .expect("job queue");
+    let job = RecordEvaluation {
+        tenant_id,
+        run_id: run_id.clone(),
+    };
+    queue
+        .enqueue_evaluations(vec![job; 9_000])
+        .await
+        .expect("enqueue the backlog");
+    let data = app.gql_ok(EVALUATION, json!({ "id": run_id })).await;
+    assert!(data["run"]["evaluation"].is_null(), "no worker has run yet");
+
+    let app = app.restart(|c| c.workers = WorkersMode::Embedded).await;
+    let data = app
+        .poll_until(
+            EVALUATION,
+            json!({ "id": run_id }),
+            Duration::from_secs(60),
+            |d| !d["run"]["evaluation"].is_null(),
+        )
+        .await;
+    assert_eq!(data["run"]["evaluation"]["outcome"], "NOT_APPLICABLE");
 }
