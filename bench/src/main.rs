@@ -4,10 +4,12 @@
 //! frontends do, checks every response (a 200 carrying GraphQL errors is a failure), and prints
 //! a table plus a JSON file.
 //!
-//! Phases so far: 1 ceiling (`{ __typename }`), 2 `recordStep` throughput (closed loop),
+//! Phases: 1 ceiling (`{ __typename }`), 2 `recordStep` throughput (closed loop),
 //! 3 `recordStep` latency at half that rate (open loop, measured from the scheduled send time),
 //! 4 the frontend query (a page of 100 runs with their links and 20 trace steps each) with its
-//! SQL statement count.
+//! SQL statement count, 5 phase 3 again after loading 1,000,000 steps, 6 evaluation-record
+//! jobs/s on SQLite and on Redis, 7 the SOC2 PDF of a 1,000-step incident by Typst and by
+//! reportlab.
 
 use std::{
     path::PathBuf,
@@ -38,6 +40,9 @@ struct Args {
     /// The API key for `--url`.
     #[arg(long)]
     key: Option<String>,
+    /// The phases to run (phases 3 and 5 need phase 2).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    phases: Vec<u8>,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -330,15 +335,20 @@ async fn open_loop(client: &Client, rate: f64, duration: Duration) -> anyhow::Re
     }
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total = (duration.as_secs_f64() * rate) as u64;
+    // A bounded number in flight, like a real client's connection pool: past it, a send waits
+    // for a slot, and the wait counts in its latency (measured from the scheduled time).
+    let slots = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for n in 0..total {
         let scheduled = start + interval.mul_f64(n as f64);
         tokio::time::sleep_until(scheduled.into()).await;
+        let slot = slots.clone().acquire_owned().await?;
         let client = client.clone();
         let run = runs[(n % runs.len() as u64) as usize].clone();
         tasks.push(tokio::spawn(async move {
             step(&client, &run, n).await?;
+            drop(slot);
             Ok::<u64, anyhow::Error>(scheduled.elapsed().as_micros() as u64)
         }));
     }
@@ -347,6 +357,142 @@ async fn open_loop(client: &Client, rate: f64, duration: Duration) -> anyhow::Re
         all.0.push(t.await??);
     }
     Ok(all)
+}
+
+/// Requests the open loop keeps in flight at most.
+const OPEN_LOOP_IN_FLIGHT: usize = 256;
+
+/// A Redis server of our own on a free port, for phase 6; `None` without `redis-server`.
+struct Redis {
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+async fn start_redis() -> anyhow::Result<Option<Redis>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = tempfile::tempdir()?;
+    // Appended and fsynced every second: how a job queue is usually run.
+    let child = match tokio::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln!("phase 6 on Redis skipped: cannot start redis-server: {err}");
+            return Ok(None);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("redis-server did not listen on {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Some(Redis {
+        _child: child,
+        _dir: dir,
+        url: format!("redis://127.0.0.1:{port}"),
+    }))
+}
+
+/// Phase 6: `count` evaluation-record jobs, drained by one `governance worker`. In a fresh data
+/// directory (so no other worker takes them): the bench's ten policies, `count` one-step runs
+/// loaded and ended by `governance seed --ended`, which enqueues each run's job on the queue
+/// (SQLite, or Redis with `redis_url`). Then the worker starts, and the evaluation records are
+/// counted over GraphQL (`governanceStatus.kpis.evaluations`, on an API process without workers)
+/// until all are written. Returns jobs/s from the worker's start.
+async fn jobs(count: u64, redis_url: Option<&str>) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let (_api, port) = serve(dir.path(), &["--workers", "off"]).await?;
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+        key: std::fs::read_to_string(dir.path().join("default-tenant.key"))?
+            .trim()
+            .to_string(),
+    };
+    policies(&client).await?;
+    let redis: Vec<&str> = match redis_url {
+        Some(url) => vec!["--redis-url", url],
+        None => vec![],
+    };
+    let out = tokio::process::Command::new(governance_binary()?)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(&redis)
+        .args([
+            "seed",
+            "--steps",
+            "1",
+            "--ended",
+            "--runs",
+            &count.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "governance seed --ended failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Counted over a window that starts now, so each poll is cheap (no run started in it).
+    const EVALUATIONS: &str = "query($from: DateTime!, $to: DateTime!) { governanceStatus(from: $from, to: $to, recentRuns: 0) { kpis { evaluations } } }";
+    let window = json!({
+        "from": (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339(),
+        "to": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+    });
+    let evaluations = |data: Value| data["governanceStatus"]["kpis"]["evaluations"].as_u64();
+    if evaluations(client.gql(EVALUATIONS, window.clone()).await?) != Some(0) {
+        bail!("evaluation records exist before the worker started");
+    }
+    let started = Instant::now();
+    let _worker = tokio::process::Command::new(governance_binary()?)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(&redis)
+        .arg("worker")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start governance worker")?;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let written = evaluations(client.gql(EVALUATIONS, window.clone()).await?).unwrap_or(0);
+        if written >= count {
+            if written > count {
+                bail!("{written} evaluation records for {count} runs");
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{written} of {count} evaluation records after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Phase 5: load `steps` synthetic steps (in runs of 1,000) through `governance seed` on the
@@ -595,6 +741,10 @@ async fn exports(client: &Client) -> anyhow::Result<(f64, f64, Option<f64>)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let wants = |n: u8| args.phases.contains(&n);
+    if (wants(3) || wants(5)) && !wants(2) {
+        bail!("phases 3 and 5 run at half of phase 2's rate: include phase 2");
+    }
     let (service, client) = match (&args.url, &args.key) {
         (Some(url), Some(key)) => (
             None,
@@ -621,77 +771,124 @@ async fn main() -> anyhow::Result<()> {
         client.base
     );
     policies(&client).await?;
+    let mut results = serde_json::Map::new();
+    results.insert("concurrency".into(), json!(c));
+    results.insert("phaseSeconds".into(), json!(phase.as_secs()));
 
-    let ceiling = ceiling(&client, c, phase).await?;
-    println!("1 ceiling           {{ __typename }}        {ceiling:>10.0} req/s");
-    let (steps, mut closed) = throughput(&client, c, phase).await?;
-    println!(
-        "2 recordStep        closed loop           {steps:>10.0} steps/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ratio to ceiling {:.2}",
-        closed.percentile(50.0),
-        closed.percentile(95.0),
-        closed.percentile(99.0),
-        steps / ceiling
-    );
-    let half = steps / 2.0;
-    let mut open = open_loop(&client, half, phase).await?;
-    println!(
-        "3 recordStep        open loop {half:>7.0}/s  p50 {:.2} ms  p99 {:.2} ms",
-        open.percentile(50.0),
-        open.percentile(99.0)
-    );
-    let growth = match &service {
-        Some(service) => {
-            let steps = if args.quick { 200_000 } else { 1_000_000 };
-            let load_secs = grow(service, steps).await?;
-            let mut after = open_loop(&client, half, phase).await?;
-            let p50 = after.percentile(50.0);
-            let ratio = p50 / open.percentile(50.0);
-            println!(
-                "5 growth            +{steps} stored steps (loaded in {load_secs:.0} s)  open loop {half:.0}/s  p50 {p50:.2} ms  p99 {:.2} ms  ratio to phase 3 p50 {ratio:.2}",
-                after.percentile(99.0)
-            );
-            Some(
-                json!({ "storedSteps": steps, "loadSeconds": load_secs, "p50Ms": p50, "p99Ms": after.percentile(99.0), "ratioToPhase3": ratio }),
-            )
+    let mut ceiling_rps = None;
+    if wants(1) {
+        let ceiling = ceiling(&client, c, phase).await?;
+        println!("1 ceiling           {{ __typename }}        {ceiling:>10.0} req/s");
+        results.insert("ceilingRps".into(), json!(ceiling));
+        ceiling_rps = Some(ceiling);
+    }
+    let mut half = None;
+    if wants(2) {
+        let (steps, mut closed) = throughput(&client, c, phase).await?;
+        let ratio = ceiling_rps.map(|ceiling| steps / ceiling);
+        println!(
+            "2 recordStep        closed loop           {steps:>10.0} steps/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ratio to ceiling {}",
+            closed.percentile(50.0),
+            closed.percentile(95.0),
+            closed.percentile(99.0),
+            ratio.map_or("-".to_string(), |r| format!("{r:.2}"))
+        );
+        results.insert(
+            "recordStep".into(),
+            json!({
+                "stepsPerSecond": steps,
+                "ratioToCeiling": ratio,
+                "p50Ms": closed.percentile(50.0),
+                "p95Ms": closed.percentile(95.0),
+                "p99Ms": closed.percentile(99.0),
+            }),
+        );
+        half = Some(steps / 2.0);
+    }
+    let mut open_p50 = None;
+    if let (true, Some(half)) = (wants(3), half) {
+        let mut open = open_loop(&client, half, phase).await?;
+        println!(
+            "3 recordStep        open loop {half:>7.0}/s  p50 {:.2} ms  p99 {:.2} ms",
+            open.percentile(50.0),
+            open.percentile(99.0)
+        );
+        results.insert(
+            "openLoop".into(),
+            json!({ "rate": half, "p50Ms": open.percentile(50.0), "p99Ms": open.percentile(99.0) }),
+        );
+        open_p50 = Some(open.percentile(50.0));
+    }
+    if let (true, Some(half)) = (wants(5), half) {
+        match &service {
+            Some(service) => {
+                let steps = if args.quick { 200_000 } else { 1_000_000 };
+                let load_secs = grow(service, steps).await?;
+                let mut after = open_loop(&client, half, phase).await?;
+                let p50 = after.percentile(50.0);
+                let ratio = open_p50.map(|before| p50 / before);
+                println!(
+                    "5 growth            +{steps} stored steps (loaded in {load_secs:.0} s)  open loop {half:.0}/s  p50 {p50:.2} ms  p99 {:.2} ms  ratio to phase 3 p50 {}",
+                    after.percentile(99.0),
+                    ratio.map_or("-".to_string(), |r| format!("{r:.2}"))
+                );
+                results.insert(
+                    "growth".into(),
+                    json!({ "storedSteps": steps, "loadSeconds": load_secs, "p50Ms": p50, "p99Ms": after.percentile(99.0), "ratioToPhase3": ratio }),
+                );
+            }
+            None => {
+                println!("5 growth            skipped (needs the database: run without --url)")
+            }
         }
-        None => {
-            println!("5 growth            skipped (needs the database: run without --url)");
-            None
-        }
-    };
-    let reader = match &service {
-        Some(service) => Some(start_reader(service, &client).await?),
-        None => None,
-    };
-    let (page_ms, cost10, cost100) = frontend(&client, reader.as_ref().map(|(_, r)| r), c).await?;
-    drop(reader);
-    println!(
-        "4 frontend query    100 runs + links      p50 {page_ms:.1} ms  SQL statements: {cost10} for 10 runs, {cost100} for 100"
-    );
-    let (typst_cold, typst_ms, reportlab_ms) = exports(&client).await?;
-    let render_ratio = reportlab_ms.map(|r| typst_ms / r);
-    println!(
-        "7 SOC2 PDF, 1000 steps  Typst {typst_ms:.1} ms (cold {typst_cold:.0} ms)  reportlab {}  ratio {}",
-        reportlab_ms.map_or("skipped".to_string(), |r| format!("{r:.1} ms")),
-        render_ratio.map_or("-".to_string(), |r| format!("{r:.2}"))
-    );
-    let results = json!({
-        "concurrency": c,
-        "phaseSeconds": phase.as_secs(),
-        "ceilingRps": ceiling,
-        "recordStep": {
-            "stepsPerSecond": steps,
-            "ratioToCeiling": steps / ceiling,
-            "p50Ms": closed.percentile(50.0),
-            "p95Ms": closed.percentile(95.0),
-            "p99Ms": closed.percentile(99.0),
-        },
-        "openLoop": { "rate": half, "p50Ms": open.percentile(50.0), "p99Ms": open.percentile(99.0) },
-        "frontendQuery": { "p50Ms": page_ms, "statements10": cost10, "statements100": cost100 },
-        "growth": growth,
-        "soc2Render": { "typstColdMs": typst_cold, "typstMs": typst_ms, "reportlabMs": reportlab_ms, "ratio": render_ratio },
-        "notYetMeasured": ["jobs/s"],
-    });
+    }
+    if wants(4) {
+        let reader = match &service {
+            Some(service) => Some(start_reader(service, &client).await?),
+            None => None,
+        };
+        let (page_ms, cost10, cost100) =
+            frontend(&client, reader.as_ref().map(|(_, r)| r), c).await?;
+        drop(reader);
+        println!(
+            "4 frontend query    100 runs + links      p50 {page_ms:.1} ms  SQL statements: {cost10} for 10 runs, {cost100} for 100"
+        );
+        results.insert(
+            "frontendQuery".into(),
+            json!({ "p50Ms": page_ms, "statements10": cost10, "statements100": cost100 }),
+        );
+    }
+    if wants(6) {
+        let job_count = if args.quick { 2_000 } else { 10_000 };
+        let sqlite_jobs = jobs(job_count, None).await?;
+        let redis = start_redis().await?;
+        let redis_jobs = match &redis {
+            Some(redis) => Some(jobs(job_count, Some(&redis.url)).await?),
+            None => None,
+        };
+        drop(redis);
+        println!(
+            "6 evaluation jobs   {job_count} enqueued       SQLite {sqlite_jobs:.0} jobs/s  Redis {}",
+            redis_jobs.map_or("skipped".to_string(), |r| format!("{r:.0} jobs/s"))
+        );
+        results.insert(
+            "evaluationJobs".into(),
+            json!({ "jobs": job_count, "sqlitePerSecond": sqlite_jobs, "redisPerSecond": redis_jobs }),
+        );
+    }
+    if wants(7) {
+        let (typst_cold, typst_ms, reportlab_ms) = exports(&client).await?;
+        let render_ratio = reportlab_ms.map(|r| typst_ms / r);
+        println!(
+            "7 SOC2 PDF, 1000 steps  Typst {typst_ms:.1} ms (cold {typst_cold:.0} ms)  reportlab {}  ratio {}",
+            reportlab_ms.map_or("skipped".to_string(), |r| format!("{r:.1} ms")),
+            render_ratio.map_or("-".to_string(), |r| format!("{r:.2}"))
+        );
+        results.insert(
+            "soc2Render".into(),
+            json!({ "typstColdMs": typst_cold, "typstMs": typst_ms, "reportlabMs": reportlab_ms, "ratio": render_ratio }),
+        );
+    }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
     println!("figures written to {}", args.out.display());
     Ok(())
