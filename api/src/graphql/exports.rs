@@ -122,8 +122,8 @@ pub struct ExportMutation;
 impl ExportMutation {
     /// Export an incident's bundle (EVIDENCE, SOC2 or EXECUTIVE_DEBRIEF). The export is answered
     /// PENDING and built by a job; follow it with `exportUpdates(id)` or poll `export(id)` until
-    /// READY (then download it) or FAILED (`error` says why). JSON is rendered today; PDF is
-    /// refused with `BAD_USER_INPUT` until the Typst renderer lands.
+    /// READY (then download it) or FAILED (`error` says why). `format` is JSON (the bundle
+    /// itself) or PDF (rendered with Typst from the same bundle).
     async fn request_export(
         &self,
         ctx: &Context<'_>,
