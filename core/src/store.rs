@@ -26,6 +26,24 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::{CoreError, CoreResult};
 
+/// The next group commit's worth of a lane's queue: wait for one item, then take whatever else
+/// is already waiting, up to `max`. Nothing waits for a batch to fill. `None` once every sender
+/// is gone.
+pub(crate) async fn next_batch<T>(
+    waiting: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let first = waiting.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match waiting.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// The database plus what it takes to write to it safely.
 #[derive(Clone)]
 pub struct Store {

@@ -9,7 +9,10 @@ use governance_entities::policy_evaluation;
 use sea_orm::{ConnectionTrait, EntityTrait, sea_query::OnConflict};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{error::CoreResult, store::Store};
+use crate::{
+    error::CoreResult,
+    store::{Store, next_batch},
+};
 
 /// Largest number of records written in one group commit.
 const MAX_BATCH: usize = 256;
@@ -53,14 +56,7 @@ impl EvaluationLane {
 }
 
 async fn run_lane(store: Store, mut waiting: mpsc::UnboundedReceiver<PendingRecord>) {
-    while let Some(first) = waiting.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut waiting, MAX_BATCH).await {
         if batch.len() > 1 {
             let rows: Vec<_> = batch.iter().map(|p| p.row.clone()).collect();
             match write(&store, &rows).await {

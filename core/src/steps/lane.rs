@@ -30,7 +30,7 @@ use crate::{
     error::{CoreError, CoreResult},
     outcome::{Committed, StepNotice},
     policy::SnapshotCache,
-    store::Store,
+    store::{Store, next_batch},
     time::now,
 };
 
@@ -90,14 +90,7 @@ impl StepLane {
 
 /// Take whatever reports are waiting, write them in one transaction, commit, answer.
 async fn run_lane(store: Store, mut waiting: mpsc::UnboundedReceiver<PendingStep>) {
-    while let Some(first) = waiting.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut waiting, MAX_BATCH).await {
         commit_batch(&store, batch).await;
     }
 }
