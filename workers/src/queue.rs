@@ -139,14 +139,13 @@ impl Backend {
 async fn steer_sqlite_acks(pool: &sqlx_pool::Sqlite) -> anyhow::Result<()> {
     use sea_orm::sqlx;
     let mut conn = pool.acquire().await?;
-    // Creates sqlite_stat1 when missing; cheap on a queue table.
-    sqlx::query("ANALYZE Jobs").execute(&mut *conn).await?;
-    // Statistics of an empty table say nothing; drop them rather than steer by them.
-    sqlx::query(
-        "DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND (idx = 'LIdx' OR stat LIKE '0 %')",
-    )
-    .execute(&mut *conn)
-    .await?;
+    // Creates sqlite_stat1 when missing without scanning `Jobs` (which only grows).
+    sqlx::query("ANALYZE sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs' AND idx = 'LIdx'")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('Jobs', 'LIdx', '1000000 100000')",
     )
@@ -296,24 +295,7 @@ impl JobQueue {
 
     /// Enqueue many evaluation-record jobs at once (bulk loads).
     pub async fn enqueue_evaluations(&self, jobs: Vec<RecordEvaluation>) -> anyhow::Result<()> {
-        let result = match &self.evaluation {
-            Storage::Sqlite(s) => s
-                .clone()
-                .push_bulk(jobs)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}")),
-            Storage::Postgres(s) => s
-                .clone()
-                .push_bulk(jobs)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}")),
-            Storage::Redis(s) => s
-                .clone()
-                .push_bulk(jobs)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}")),
-        };
-        result.context("cannot enqueue jobs")
+        push_all(&self.evaluation, jobs).await
     }
 
     /// On Redis, move every due job from its queue's scheduled set to its active list, at most
@@ -377,20 +359,28 @@ async fn push<T>(storage: &Storage<T>, job: T) -> anyhow::Result<()>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
 {
+    push_all(storage, vec![job]).await
+}
+
+/// Push `jobs` to `storage` in one go.
+async fn push_all<T>(storage: &Storage<T>, jobs: Vec<T>) -> anyhow::Result<()>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
+{
     let result = match storage {
         Storage::Sqlite(s) => s
             .clone()
-            .push(job)
+            .push_bulk(jobs)
             .await
             .map_err(|e| anyhow::anyhow!("{e}")),
         Storage::Postgres(s) => s
             .clone()
-            .push(job)
+            .push_bulk(jobs)
             .await
             .map_err(|e| anyhow::anyhow!("{e}")),
         Storage::Redis(s) => s
             .clone()
-            .push(job)
+            .push_bulk(jobs)
             .await
             .map_err(|e| anyhow::anyhow!("{e}")),
     };
