@@ -154,17 +154,22 @@ async fn serve(
     Ok((child, port))
 }
 
-async fn start_service() -> anyhow::Result<(Service, Client)> {
-    let dir = tempfile::tempdir()?;
-    let (child, port) = serve(dir.path(), &[]).await?;
-    let key = std::fs::read_to_string(dir.path().join("default-tenant.key"))?
+/// A client of the service on `port`, with the bootstrap key it wrote to `dir`.
+fn client_of(dir: &std::path::Path, port: u16) -> anyhow::Result<Client> {
+    let key = std::fs::read_to_string(dir.join("default-tenant.key"))?
         .trim()
         .to_string();
-    let client = Client {
+    Ok(Client {
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{port}"),
         key,
-    };
+    })
+}
+
+async fn start_service() -> anyhow::Result<(Service, Client)> {
+    let dir = tempfile::tempdir()?;
+    let (child, port) = serve(dir.path(), &[]).await?;
+    let client = client_of(dir.path(), port)?;
     Ok((Service { _child: child, dir }, client))
 }
 
@@ -423,13 +428,7 @@ async fn start_redis() -> anyhow::Result<Option<Redis>> {
 async fn jobs(count: u64, redis_url: Option<&str>) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let (_api, port) = serve(dir.path(), &["--workers", "off"]).await?;
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: format!("http://127.0.0.1:{port}"),
-        key: std::fs::read_to_string(dir.path().join("default-tenant.key"))?
-            .trim()
-            .to_string(),
-    };
+    let client = client_of(dir.path(), port)?;
     policies(&client).await?;
     let redis: Vec<&str> = match redis_url {
         Some(url) => vec!["--redis-url", url],
