@@ -277,7 +277,10 @@ where
             .map_err(CoreError::from)
             .gql()?
             .max(0) as u64,
-        // No row carries the count (an empty page, e.g. past the end): count on its own.
+        // An empty page without cursors saw the whole list empty: counting again in another
+        // statement could see a row written since, and contradict the page.
+        None if window.after.is_none() && window.before.is_none() => 0,
+        // No row carries the count (an empty page past a cursor): count on its own.
         None => query.count(db).await.map_err(CoreError::from).gql()?,
     };
     let mut rows = results
