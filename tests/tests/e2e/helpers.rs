@@ -89,6 +89,8 @@ impl TestEnv {
             shutdown_timeout_secs: 10,
             limits: Limits::default(),
             templates_dir: None,
+            // Settings added later keep their defaults unless a test says otherwise.
+            ..Config::default()
         }
     }
 
