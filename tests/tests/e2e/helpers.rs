@@ -88,7 +88,6 @@ impl TestEnv {
             namespace: self.namespace.clone(),
             shutdown_timeout_secs: 10,
             limits: Limits::default(),
-            templates_dir: None,
             // Settings added later keep their defaults unless a test says otherwise.
             ..Config::default()
         }
