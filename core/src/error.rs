@@ -24,6 +24,17 @@ pub enum CoreError {
     /// A step was reported for a run that has already ended.
     #[error("{0}")]
     RunTerminated(String),
+    /// A documented limit refuses the request before anything runs or is written
+    /// (`BAD_USER_INPUT`, with the limit's configuration name in `extensions.limit`).
+    #[error("{message}")]
+    Limit {
+        /// The setting that sets the limit, e.g. `webhooks.max_per_tenant`.
+        limit: &'static str,
+        message: String,
+    },
+    /// Too many requests of one kind from the tenant; retry after `retry_after_ms`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_ms: u64 },
     /// Anything else: a bug or an unavailable dependency. Details are logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -53,12 +64,20 @@ impl CoreError {
         }
     }
 
+    pub fn limit(limit: &'static str, message: impl Into<String>) -> Self {
+        CoreError::Limit {
+            limit,
+            message: message.into(),
+        }
+    }
+
     /// A stable SHOUTY_SNAKE code for the error, the same in every adapter.
     pub fn code(&self) -> &'static str {
         match self {
             CoreError::Unauthenticated(_) => "UNAUTHENTICATED",
             CoreError::NotFound { .. } => "NOT_FOUND",
-            CoreError::BadInput { .. } => "BAD_USER_INPUT",
+            CoreError::BadInput { .. } | CoreError::Limit { .. } => "BAD_USER_INPUT",
+            CoreError::RateLimited { .. } => "RATE_LIMITED",
             CoreError::Conflict(_) => "CONFLICT",
             CoreError::RunTerminated(_) => "RUN_TERMINATED",
             CoreError::Internal(_) => "INTERNAL",
@@ -97,6 +116,15 @@ mod tests {
         assert_eq!(
             CoreError::RunTerminated("x".into()).code(),
             "RUN_TERMINATED"
+        );
+        assert_eq!(CoreError::limit("x", "y").code(), "BAD_USER_INPUT");
+        assert_eq!(
+            CoreError::RateLimited {
+                message: "x".into(),
+                retry_after_ms: 1
+            }
+            .code(),
+            "RATE_LIMITED"
         );
         assert_eq!(
             CoreError::Internal(anyhow::anyhow!("boom")).code(),

@@ -1,6 +1,7 @@
 //! The one place where domain errors become GraphQL errors. Every error a client sees carries
 //! `extensions.code`, one of: UNAUTHENTICATED, NOT_FOUND, BAD_USER_INPUT, CONFLICT,
-//! RUN_TERMINATED, INTERNAL.
+//! RUN_TERMINATED, RATE_LIMITED, INTERNAL. A refusal by a documented limit is BAD_USER_INPUT with
+//! `extensions.limit` naming the setting; RATE_LIMITED carries `extensions.retryAfterMs`.
 
 use std::sync::Arc;
 
@@ -26,11 +27,15 @@ pub fn to_gql(err: CoreError) -> async_graphql::Error {
     };
     error.extend_with(|_, ext| {
         ext.set("code", code);
-        if let CoreError::BadInput {
-            field: Some(field), ..
-        } = &err
-        {
-            ext.set("field", field.as_str());
+        match &err {
+            CoreError::BadInput {
+                field: Some(field), ..
+            } => ext.set("field", field.as_str()),
+            CoreError::Limit { limit, .. } => ext.set("limit", *limit),
+            CoreError::RateLimited { retry_after_ms, .. } => {
+                ext.set("retryAfterMs", *retry_after_ms)
+            }
+            _ => {}
         }
     })
 }
@@ -119,6 +124,14 @@ mod tests {
             (CoreError::bad_field("input.rule", "bad"), "BAD_USER_INPUT"),
             (CoreError::Conflict("dup".into()), "CONFLICT"),
             (CoreError::RunTerminated("ended".into()), "RUN_TERMINATED"),
+            (CoreError::limit("limits.max_aliases", "too many"), "BAD_USER_INPUT"),
+            (
+                CoreError::RateLimited {
+                    message: "slow down".into(),
+                    retry_after_ms: 250,
+                },
+                "RATE_LIMITED",
+            ),
             (
                 CoreError::Internal(anyhow::anyhow!("secret detail")),
                 "INTERNAL",
@@ -149,6 +162,23 @@ mod tests {
             .and_then(|e| e.get("field"))
             .cloned();
         assert_eq!(field, Some(Value::from("input.rule.maxTokens")));
+    }
+
+    #[test]
+    fn limits_and_rate_limits_say_which_and_when() {
+        let gql = to_gql(CoreError::limit("limits.max_aliases", "too many aliases"));
+        let limit = gql.extensions.as_ref().and_then(|e| e.get("limit")).cloned();
+        assert_eq!(limit, Some(Value::from("limits.max_aliases")));
+        let gql = to_gql(CoreError::RateLimited {
+            message: "slow down".into(),
+            retry_after_ms: 250,
+        });
+        let retry = gql
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("retryAfterMs"))
+            .cloned();
+        assert_eq!(retry, Some(Value::from(250u64)));
     }
 
     #[test]
