@@ -9,8 +9,8 @@ use governance_entities::{
     policy, policy_enforcement, policy_version,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, Statement,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 use serde_json::Value;
 
@@ -25,6 +25,68 @@ use crate::{
 
 const MAX_NAME: usize = 200;
 const MAX_DESCRIPTION: usize = 4000;
+
+/// At most this many policies per tenant, enabled or not: every snapshot is checked against on
+/// every step, so the set a step is checked against stays bounded.
+pub const MAX_POLICIES_PER_TENANT: u64 = 200;
+/// At most this many content patterns across the tenant's enabled CONTENT_RULE policies (the
+/// most one snapshot can scan a step's content with).
+pub const MAX_SNAPSHOT_PATTERNS: usize = 256;
+/// The compiled size (and lazy-DFA cache) the content patterns of one snapshot may take together.
+pub const SNAPSHOT_PATTERN_BYTES: usize = 32 << 20;
+
+/// Refuse a policy that would make the tenant's enabled content patterns more than one snapshot
+/// may hold: too many, or too large compiled together. Checked whenever a write leaves an
+/// enabled CONTENT_RULE policy (creating, changing or enabling it).
+async fn check_content_budget<C: ConnectionTrait>(
+    conn: &C,
+    candidate: &policy::Model,
+) -> CoreResult<()> {
+    if !candidate.enabled || candidate.kind != PolicyKind::ContentRule {
+        return Ok(());
+    }
+    let others: Vec<Value> = policy::Entity::find()
+        .select_only()
+        .column(policy::Column::Rule)
+        .filter(policy::Column::TenantId.eq(candidate.tenant_id.as_str()))
+        .filter(policy::Column::Kind.eq(PolicyKind::ContentRule))
+        .filter(policy::Column::Enabled.eq(true))
+        .filter(policy::Column::Id.ne(candidate.id.as_str()))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let patterns: Vec<&str> = others
+        .iter()
+        .chain(std::iter::once(&candidate.rule))
+        .filter_map(|rule| rule.get("patterns").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if patterns.len() > MAX_SNAPSHOT_PATTERNS {
+        return Err(CoreError::limit(
+            "snapshot_patterns",
+            format!(
+                "the tenant's enabled content rules would hold {} patterns, {} more than the {MAX_SNAPSHOT_PATTERNS} one snapshot may scan with: combine patterns with `|`, or disable a content rule",
+                patterns.len(),
+                patterns.len() - MAX_SNAPSHOT_PATTERNS
+            ),
+        ));
+    }
+    regex::RegexSetBuilder::new(&patterns)
+        .size_limit(SNAPSHOT_PATTERN_BYTES)
+        .dfa_size_limit(SNAPSHOT_PATTERN_BYTES)
+        .build()
+        .map_err(|_| {
+            CoreError::limit(
+                "snapshot_pattern_bytes",
+                format!(
+                    "the tenant's enabled content patterns would compile to more than {} MiB together; simplify or remove patterns (bounded repetitions such as `\\w{{1000}}` are the usual cause)",
+                    SNAPSHOT_PATTERN_BYTES >> 20
+                ),
+            )
+        })?;
+    Ok(())
+}
 
 /// How a change moves the policy-set version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,6 +222,18 @@ pub async fn create(store: &Store, tenant_id: &str, input: NewPolicy) -> CoreRes
     let rule = validate_rule(input.kind, &input.rule)?;
     let txn = store.begin().await?;
     let current = lock_policy_set(&*txn, tenant_id).await?;
+    let count = policy::Entity::find()
+        .filter(policy::Column::TenantId.eq(tenant_id))
+        .count(&*txn)
+        .await?;
+    if count >= MAX_POLICIES_PER_TENANT {
+        return Err(CoreError::limit(
+            "policies_per_tenant",
+            format!(
+                "the tenant has {count} policies, the most allowed is {MAX_POLICIES_PER_TENANT} (disabled ones count: their history is kept); change an existing policy with `updatePolicy` instead"
+            ),
+        ));
+    }
     let at = now();
     let model = policy::Model {
         id: new_id(prefix::POLICY),
@@ -183,6 +257,7 @@ pub async fn create(store: &Store, tenant_id: &str, input: NewPolicy) -> CoreRes
     } else {
         current
     };
+    check_content_budget(&*txn, &model).await?;
     let active: policy::ActiveModel = model.into();
     let stored = active.reset_all().insert(&*txn).await?;
     version_row(&stored, &set_version).insert(&*txn).await?;
@@ -259,6 +334,7 @@ pub async fn update(
         // Nothing changed: no new version.
         return Ok(old);
     };
+    check_content_budget(&*txn, &new).await?;
     new.version = old.version + 1;
     new.current_version_id = new_id(prefix::POLICY_VERSION);
     new.updated_at = now();

@@ -72,6 +72,10 @@ const TYPE_NAMES: &[&str] = &[
     "uint",
 ];
 
+/// Most comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) in one expression. Each
+/// can copy what it iterates over, and chained ones can multiply what the next one copies.
+const MAX_COMPREHENSIONS: usize = 3;
+
 /// How deep an expression's syntax tree may be. cel-rust evaluates recursively, and a chain of
 /// a hundred `+` (which its parser accepts) overflows a 2 MiB thread stack in a debug build: the
 /// limit keeps evaluation well inside any worker thread's stack.
@@ -103,7 +107,13 @@ impl fmt::Debug for CelProgram {
 pub(crate) fn parse(source: &str) -> Result<CelProgram, String> {
     let program = compile_with_big_stack(source)?;
     let mut problems = Problems::default();
-    walk(program.expression(), 1, &mut Vec::new(), &mut problems);
+    walk(
+        program.expression(),
+        1,
+        &mut Vec::new(),
+        Scope::Top,
+        &mut problems,
+    );
     problems.into_result()?;
     Ok(CelProgram {
         program,
@@ -538,7 +548,18 @@ struct Problems {
     too_deep: bool,
     unknown: BTreeSet<String>,
     fields: BTreeSet<String>,
+    /// Shapes whose evaluation cost the run's data could make unbounded.
+    unbounded: BTreeSet<String>,
+    comprehensions: usize,
     other: BTreeSet<String>,
+}
+
+/// Where in an expression a node sits: inside a comprehension's body (its condition, step or
+/// result), the work is repeated once per element.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Top,
+    Loop,
 }
 
 impl Problems {
@@ -560,6 +581,17 @@ impl Problems {
         if let Some(first) = self.fields.iter().next() {
             return Err(first.clone());
         }
+        if let Some(first) = self.unbounded.iter().next() {
+            return Err(first.clone());
+        }
+        if self.comprehensions > MAX_COMPREHENSIONS {
+            return Err(format!(
+                "uses {} comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`); at most \
+                 {MAX_COMPREHENSIONS} are allowed in one expression, so its cost stays bounded \
+                 whatever the run's metadata holds: split it into several policies",
+                self.comprehensions
+            ));
+        }
         if let Some(first) = self.other.iter().next() {
             return Err(first.clone());
         }
@@ -567,7 +599,13 @@ impl Problems {
     }
 }
 
-fn walk(expr: &IdedExpr, depth: usize, bound: &mut Vec<String>, problems: &mut Problems) {
+fn walk(
+    expr: &IdedExpr,
+    depth: usize,
+    bound: &mut Vec<String>,
+    scope: Scope,
+    problems: &mut Problems,
+) {
     if depth > MAX_DEPTH {
         problems.too_deep = true;
         return;
@@ -576,44 +614,74 @@ fn walk(expr: &IdedExpr, depth: usize, bound: &mut Vec<String>, problems: &mut P
     match &expr.expr {
         Expr::Unspecified | Expr::Literal(_) => {}
         Expr::Call(call) => {
+            if call.func_name == "matches" {
+                // `x.matches(p)` or `matches(x, p)`: the pattern is the last argument.
+                let pattern = call.args.last();
+                let literal = pattern.is_some_and(|p| matches!(p.expr, Expr::Literal(_)));
+                if !literal {
+                    problems.unbounded.insert(
+                        "builds the pattern of `matches` from data; the pattern must be a string \
+                         literal (a pattern made from run data would be compiled again on every \
+                         step, at a cost the data decides)"
+                            .to_string(),
+                    );
+                }
+            }
             if let Some(target) = &call.target {
-                walk(target, next, bound, problems);
+                walk(target, next, bound, scope, problems);
             }
             for arg in &call.args {
-                walk(arg, next, bound, problems);
+                walk(arg, next, bound, scope, problems);
             }
         }
         Expr::Comprehension(comp) => {
-            walk(&comp.iter_range, next, bound, problems);
-            walk(&comp.accu_init, next, bound, problems);
-            let scope = bound.len();
+            problems.comprehensions += 1;
+            if scope == Scope::Loop {
+                problems.unbounded.insert(
+                    "nests one comprehension (`all`, `exists`, `exists_one`, `map`, `filter`) \
+                     inside another; its cost is the product of the two lists' sizes, which run \
+                     data can make unbounded: compare against a literal list, or split it into \
+                     several policies"
+                        .to_string(),
+                );
+            }
+            walk(&comp.iter_range, next, bound, scope, problems);
+            walk(&comp.accu_init, next, bound, scope, problems);
+            let outer = bound.len();
             bound.push(comp.iter_var.clone());
             if let Some(second) = &comp.iter_var2 {
                 bound.push(second.clone());
             }
             bound.push(comp.accu_var.clone());
-            walk(&comp.loop_cond, next, bound, problems);
-            walk(&comp.loop_step, next, bound, problems);
-            walk(&comp.result, next, bound, problems);
-            bound.truncate(scope);
+            walk(&comp.loop_cond, next, bound, Scope::Loop, problems);
+            walk(&comp.loop_step, next, bound, Scope::Loop, problems);
+            walk(&comp.result, next, bound, Scope::Loop, problems);
+            bound.truncate(outer);
         }
         Expr::Ident(name) => {
             let name = name.trim_start_matches('.');
+            let is_bound = bound.iter().any(|b| b == name);
             let known = name.starts_with('@')
-                || bound.iter().any(|b| b == name)
+                || is_bound
                 || name == "run"
                 || name == "step"
                 || TYPE_NAMES.contains(&name);
             if !known {
                 problems.unknown.insert(name.to_string());
             }
+            // `run.<counter>` inside a loop is handled under Select; anything else reaching
+            // `run` from a loop body (`run['metadata']`, `run` itself) copies or scans the
+            // metadata once per element.
+            if scope == Scope::Loop && !is_bound && name == "run" {
+                problems.unbounded.insert(run_in_loop());
+            }
         }
         Expr::List(list) => {
             for element in &list.elements {
-                walk(element, next, bound, problems);
+                walk(element, next, bound, scope, problems);
             }
         }
-        Expr::Map(map) => walk_entries(&map.entries, next, bound, problems),
+        Expr::Map(map) => walk_entries(&map.entries, next, bound, scope, problems),
         Expr::Select(select) => {
             if let Expr::Ident(root) = &select.operand.expr {
                 let root = root.trim_start_matches('.');
@@ -632,33 +700,50 @@ fn walk(expr: &IdedExpr, depth: usize, bound: &mut Vec<String>, problems: &mut P
                             fields.join(", ")
                         ));
                     }
+                    if root == "run" {
+                        // A counter of the run is one value, fine anywhere; its metadata is as
+                        // large as the caller made it.
+                        if scope == Scope::Loop && select.field == "metadata" {
+                            problems.unbounded.insert(run_in_loop());
+                        }
+                        return;
+                    }
                 }
             }
-            walk(&select.operand, next, bound, problems);
+            walk(&select.operand, next, bound, scope, problems);
         }
         Expr::Struct(s) => {
             problems.other.insert(format!(
                 "builds a message `{}{{…}}`; no message types are available here",
                 s.type_name
             ));
-            walk_entries(&s.entries, next, bound, problems);
+            walk_entries(&s.entries, next, bound, scope, problems);
         }
     }
+}
+
+fn run_in_loop() -> String {
+    "reads `run.metadata` inside a comprehension (`all`, `exists`, `exists_one`, `map`, \
+     `filter`); that repeats a scan of the whole metadata once per element, at a cost run data \
+     can make unbounded: iterate over the metadata list itself and use the comprehension's \
+     variable"
+        .to_string()
 }
 
 fn walk_entries(
     entries: &[IdedEntryExpr],
     depth: usize,
     bound: &mut Vec<String>,
+    scope: Scope,
     problems: &mut Problems,
 ) {
     for entry in entries {
         match &entry.expr {
             EntryExpr::MapEntry(e) => {
-                walk(&e.key, depth, bound, problems);
-                walk(&e.value, depth, bound, problems);
+                walk(&e.key, depth, bound, scope, problems);
+                walk(&e.value, depth, bound, scope, problems);
             }
-            EntryExpr::StructField(f) => walk(&f.value, depth, bound, problems),
+            EntryExpr::StructField(f) => walk(&f.value, depth, bound, scope, problems),
         }
     }
 }

@@ -763,6 +763,44 @@ fn expression_validation() {
     }
 }
 
+#[test]
+fn expressions_whose_cost_run_data_could_make_unbounded_are_refused() {
+    let kind = PolicyKind::Expression;
+    let refused = |expression: &str| -> String {
+        let err = validate_rule(kind, &json!({ "expression": expression })).expect_err(expression);
+        err.to_string()
+    };
+    // The stall reported against the service: quadratic in a list the caller sends.
+    let message = refused("run.metadata.l.map(a, run.metadata.l.map(b, a + b)).size() > 0");
+    assert!(message.contains("nests one comprehension"), "{message}");
+    let message = refused("[1, 2].exists(x, [3].exists(y, x == y))");
+    assert!(message.contains("nests one comprehension"), "{message}");
+    let message = refused("run.metadata.l.exists(a, a in run.metadata.l)");
+    assert!(message.contains("reads `run.metadata` inside"), "{message}");
+    let message = refused("run.metadata.l.exists(a, run['metadata'].size() > 1)");
+    assert!(message.contains("reads `run.metadata` inside"), "{message}");
+    let message = refused("step.toolName.matches(run.metadata.pattern)");
+    assert!(message.contains("must be a string literal"), "{message}");
+    let message = refused(
+        "run.metadata.a.all(x, x > 0) && run.metadata.b.all(x, x > 0) \
+         && run.metadata.c.all(x, x > 0) && run.metadata.d.all(x, x > 0)",
+    );
+    assert!(message.contains("uses 4 comprehensions"), "{message}");
+    // Linear shapes stay allowed: one pass over the metadata, counters and step fields inside.
+    for ok in [
+        "run.metadata.allowed.exists(t, t == step.toolName)",
+        "run.metadata.limits.all(l, run.tokensUsed <= l)",
+        "run.metadata.l.map(a, a + 1).filter(b, b > 2).size() > 0",
+        "matches(step.toolName, '^rm_')",
+    ] {
+        assert!(
+            validate_rule(kind, &json!({ "expression": ok })).is_ok(),
+            "{ok}: {:?}",
+            validate_rule(kind, &json!({ "expression": ok }))
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decision, inflection, shape, compile, cache
 
