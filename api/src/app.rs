@@ -50,10 +50,44 @@ pub async fn open_database(config: &Config) -> anyhow::Result<DatabaseConnection
                 config.data_dir.display()
             )
         })?;
+        restrict_data_dir(config)?;
     }
     let mut settings = DbSettings::new(url);
     settings.max_connections = config.db_max_connections;
     db::connect(&settings).await
+}
+
+/// The data directory readable by this user only (0700), and the embedded database with its WAL
+/// and shared-memory files 0600: they hold every tenant's records and the download-signing key.
+/// The database file is created 0600 before SQLite opens it (SQLite gives its -wal and -shm
+/// files the database file's mode), and a looser mode left by an older version is tightened.
+fn restrict_data_dir(config: &Config) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = &config.data_dir;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {} to mode 0700", dir.display()))?;
+        if config.database_url.is_none() {
+            let file = dir.join(governance_core::db::SQLITE_FILE);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&file)
+                .with_context(|| format!("cannot create {}", file.display()))?;
+            for suffix in ["", "-wal", "-shm"] {
+                let path = dir.join(format!("{}{suffix}", governance_core::db::SQLITE_FILE));
+                if path.exists() {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .with_context(|| {
+                            format!("cannot restrict {} to mode 0600", path.display())
+                        })?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Apply pending migrations (ours and the job queue's).
@@ -146,6 +180,9 @@ impl Application {
             config: config.clone(),
             metrics,
             download_key,
+            rate_limiter: Arc::new(governance_core::rate_limit::RateLimiter::new(
+                config.rate_limits.clone(),
+            )),
         };
         let schema = build_schema(state.clone(), &config.limits);
 
@@ -158,6 +195,7 @@ impl Application {
                 .app_data(web::Data::new(app_state.clone()))
                 .app_data(web::Data::new(schema.clone()))
                 .wrap(from_fn(metrics::track))
+                .wrap(http::security_headers())
                 .configure(http::routes)
         })
         .listen(listener)?

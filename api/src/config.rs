@@ -34,21 +34,32 @@ pub enum LogFormat {
 pub struct Limits {
     /// Deepest selection nesting accepted.
     pub max_depth: usize,
-    /// Highest query complexity accepted (each field costs 1, lists multiply by `first`).
+    /// Highest query cost accepted: each field costs 1 plus its children, a connection
+    /// multiplies its children by its page size (`first`/`last`, else 50), and `verifyRun`,
+    /// `explain`, `requestExport` and `requestAudit` cost more.
     pub max_complexity: usize,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Largest page a connection returns.
     pub max_page_size: usize,
+    /// Most aliased fields in one request document.
+    pub max_aliases: usize,
+    /// Most root fields in one operation.
+    pub max_root_fields: usize,
+    /// Most operations in one batched POST (a JSON array); 0 refuses batches.
+    pub max_batch: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_depth: 15,
-            max_complexity: 5_000,
+            max_complexity: 50_000,
             max_body_bytes: 1024 * 1024,
             max_page_size: 100,
+            max_aliases: 30,
+            max_root_fields: 20,
+            max_batch: 10,
         }
     }
 }
@@ -79,6 +90,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Request limits.
     pub limits: Limits,
+    /// Calls per minute per tenant of the costly operations (0 = unlimited).
+    pub rate_limits: governance_core::rate_limit::RateLimits,
     /// A directory of Typst templates (`common.typ`, `evidence.typ`, `soc2.typ`,
     /// `executive-debrief.typ`) to render export PDFs with instead of the built-in ones.
     pub templates_dir: Option<PathBuf>,
@@ -98,6 +111,7 @@ impl Default for Config {
             namespace: "governance".to_string(),
             shutdown_timeout_secs: 30,
             limits: Limits::default(),
+            rate_limits: Default::default(),
             templates_dir: None,
         }
     }

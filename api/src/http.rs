@@ -29,6 +29,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(metrics));
 }
 
+/// Headers every response carries: no MIME sniffing, and no referrer (a signed download URL
+/// must not leak through one). Pages add their own CSP (see [`graphiql`]).
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "no-referrer"))
+}
+
+/// GraphiQL's page: scripts and styles only from itself and the CDN it loads GraphiQL from,
+/// requests only to this origin, and never inside another site's frame (clickjacking).
+const GRAPHIQL_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline' https://unpkg.com; style-src 'self' 'unsafe-inline' https://unpkg.com; font-src 'self' data: https://unpkg.com; img-src 'self' data: https://graphql.org; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
 /// The query of a signed download URL.
 #[derive(serde::Deserialize)]
 struct SignedQuery {
@@ -56,28 +68,26 @@ async fn download_export(
     };
     let found = match (&query.expires, &query.signature) {
         // A signed URL: the signature binds tenant, export and expiry.
-        (Some(expires), Some(signature)) => {
-            match governance_core::exports::get_any(&state.db, &id).await {
-                Ok(export)
-                    if governance_core::exports::check_download_signature(
-                        &state.download_key,
-                        &export,
-                        *expires,
-                        signature,
-                    ) =>
-                {
-                    Ok(export)
-                }
-                Ok(_) => {
-                    return error_response(
-                        StatusCode::FORBIDDEN,
-                        "the download link is invalid or has expired: fetch `downloadUrl` again",
-                        "UNAUTHENTICATED",
-                    );
-                }
-                Err(err) => Err(err),
+        // The signature is checked before the export's content is loaded.
+        (Some(expires), Some(signature)) => match governance_core::exports::signed_download_tenant(
+            &state.db,
+            &state.download_key,
+            &id,
+            *expires,
+            signature,
+        )
+        .await
+        {
+            Ok(Some(tenant_id)) => governance_core::exports::get(&state.db, &tenant_id, &id).await,
+            Ok(None) => {
+                return error_response(
+                    StatusCode::FORBIDDEN,
+                    "the download link is invalid or has expired: fetch `downloadUrl` again",
+                    "UNAUTHENTICATED",
+                );
             }
-        }
+            Err(err) => Err(err),
+        },
         _ => match auth::from_request(&state.db, &req).await {
             Ok(principal) => {
                 governance_core::exports::get(&state.db, &principal.tenant_id, &id).await
@@ -145,6 +155,8 @@ async fn download_export(
             format!("attachment; filename=\"{file}\""),
         ))
         .insert_header(("x-content-sha256", sha256))
+        // Evidence must not linger in shared or browser caches.
+        .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(content)
 }
 
@@ -153,6 +165,14 @@ fn error_response(status: StatusCode, message: &str, code: &str) -> HttpResponse
     HttpResponse::build(status).json(json!({
         "data": null,
         "errors": [{ "message": message, "extensions": { "code": code } }],
+    }))
+}
+
+/// A refusal by a documented limit, before anything ran.
+fn limit_response(message: &str, limit: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({
+        "data": null,
+        "errors": [{ "message": message, "extensions": { "code": "BAD_USER_INPUT", "limit": limit } }],
     }))
 }
 
@@ -224,6 +244,21 @@ async fn graphql(
             );
         }
     };
+    if let BatchRequest::Batch(operations) = &request {
+        let max = state.config.limits.max_batch;
+        if operations.len() > max {
+            let message = if max == 0 {
+                "batched requests (a JSON array of operations) are turned off here (limits.max_batch = 0): send one operation per request".to_string()
+            } else {
+                format!(
+                    "the batch holds {} operations, {} more than the limit of {max} (limits.max_batch): send smaller batches",
+                    operations.len(),
+                    operations.len() - max
+                )
+            };
+            return limit_response(&message, "limits.max_batch");
+        }
+    }
     let loader = loaders::for_tenant(state.db.clone(), principal.tenant_id.clone());
     let response = schema
         .execute_batch(request.data(principal).data(loader))
@@ -257,6 +292,8 @@ async fn graphql(
 async fn graphiql() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
+        .insert_header((header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .body(
             GraphiQLSource::build()
                 .endpoint("/graphql")

@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Signs export download URLs (shared by every replica through the database).
     pub download_key: Arc<Vec<u8>>,
+    /// Per-tenant quotas of the costly operations.
+    pub rate_limiter: Arc<governance_core::rate_limit::RateLimiter>,
 }
 
 impl AppState {

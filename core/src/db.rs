@@ -9,6 +9,9 @@ use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
+/// The embedded database's file name inside the data directory.
+pub const SQLITE_FILE: &str = "governance.db";
+
 /// How to open the database.
 #[derive(Debug, Clone)]
 pub struct DbSettings {
@@ -31,7 +34,7 @@ impl DbSettings {
 
     /// The URL of a SQLite file in `dir` (created if missing).
     pub fn sqlite_file_url(dir: &Path) -> String {
-        format!("sqlite://{}?mode=rwc", dir.join("governance.db").display())
+        format!("sqlite://{}?mode=rwc", dir.join(SQLITE_FILE).display())
     }
 
     pub fn is_sqlite(&self) -> bool {

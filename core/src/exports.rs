@@ -12,7 +12,8 @@ use governance_entities::{
     evidence, export, incident, policy_snapshot, run, trace_step, violation,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use serde_json::{Value, json};
 
@@ -629,29 +630,33 @@ pub fn signed_download_path(key: &[u8], tenant_id: &str, export_id: &str, expire
     )
 }
 
-/// Does `signature` sign `export` until `expires`, and is that still in the future?
-pub fn check_download_signature(
+/// The tenant a signed download link is good for, or `None` when the link has expired, was
+/// altered, or names no export. The expiry is checked before any read, and only the export's
+/// tenant is read to check the signature: its content is loaded only for a link that holds.
+pub async fn signed_download_tenant<C: ConnectionTrait>(
+    conn: &C,
     key: &[u8],
-    export: &export::Model,
+    export_id: &str,
     expires: i64,
     signature: &str,
-) -> bool {
-    let expected = download_signature(key, &export.tenant_id, &export.id, expires);
-    // Constant-time comparison.
-    let same = expected.len() == signature.len()
-        && expected
-            .bytes()
-            .zip(signature.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    same && now().timestamp() <= expires
-}
-
-/// One export by id alone (for signed downloads, which carry no tenant credentials; the
-/// signature binds the tenant).
-pub async fn get_any<C: ConnectionTrait>(conn: &C, id: &str) -> CoreResult<export::Model> {
-    export::Entity::find_by_id(id.to_string())
+) -> CoreResult<Option<String>> {
+    if now().timestamp() > expires {
+        return Ok(None);
+    }
+    let tenant: Option<String> = export::Entity::find_by_id(export_id.to_string())
+        .select_only()
+        .column(export::Column::TenantId)
+        .into_tuple()
         .one(conn)
-        .await?
-        .ok_or_else(|| CoreError::not_found("Export", id))
+        .await?;
+    Ok(tenant.filter(|tenant_id| {
+        let expected = download_signature(key, tenant_id, export_id, expires);
+        // Constant-time comparison.
+        expected.len() == signature.len()
+            && expected
+                .bytes()
+                .zip(signature.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }))
 }

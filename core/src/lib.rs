@@ -19,6 +19,7 @@ pub mod incidents;
 pub mod outcome;
 pub mod policies;
 pub mod policy;
+pub mod rate_limit;
 pub mod records;
 pub mod runs;
 pub mod snapshot;

@@ -245,8 +245,16 @@ pub async fn build_export(
             return Err(JobError::Transient(format!("{err:#}")));
         }
         Err(err) => {
+            // The tenant sees what went wrong, never internal error chains: those go to the
+            // log under a reference the message names.
             let message = match &err {
-                CoreError::Internal(inner) => format!("could not build the export: {inner:#}"),
+                CoreError::Internal(inner) => {
+                    let reference = governance_core::ids::new_id("err");
+                    tracing::error!(error = ?inner, reference = %reference, export_id = %job.export_id, "export failed");
+                    format!(
+                        "the export could not be built; the server log has the details under reference {reference}"
+                    )
+                }
                 other => other.to_string(),
             };
             exports::fail(store, &job.tenant_id, &job.export_id, &message).await?

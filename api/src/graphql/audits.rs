@@ -386,6 +386,7 @@ impl AuditQuery {
     }
 
     /// The tenant's audits, newest first; of one job when `jobId` is given.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn audits(
         &self,
         ctx: &Context<'_>,
@@ -448,11 +449,13 @@ impl AuditMutation {
     /// Audit a job executed under a contract. The request is validated (nothing is stored or
     /// enqueued when it is invalid), stored, and answered `PENDING`; the audit job runs the seven
     /// checks. Poll `audit(id)` or `rolloutGate(jobId)`.
+    #[graphql(complexity = 20)]
     async fn request_audit(
         &self,
         ctx: &Context<'_>,
         input: AuditRequestInput,
     ) -> async_graphql::Result<Audit> {
+        super::rate_limit(ctx, governance_core::rate_limit::Costly::RequestAudit)?;
         let principal = principal(ctx)?;
         let state = state(ctx);
         let committed = audits::request(&state.store, &principal.tenant_id, input.into())

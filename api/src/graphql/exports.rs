@@ -124,6 +124,7 @@ impl ExportMutation {
     /// PENDING and built by a job; follow it with `exportUpdates(id)` or poll `export(id)` until
     /// READY (then download it) or FAILED (`error` says why). `format` is JSON (the bundle
     /// itself) or PDF (rendered with Typst from the same bundle).
+    #[graphql(complexity = 20)]
     async fn request_export(
         &self,
         ctx: &Context<'_>,
@@ -132,6 +133,7 @@ impl ExportMutation {
         format: ExportFormat,
         reason: Option<String>,
     ) -> async_graphql::Result<Export> {
+        super::rate_limit(ctx, governance_core::rate_limit::Costly::RequestExport)?;
         let principal = principal(ctx)?;
         let state = state(ctx);
         let committed = exports::request(

@@ -213,6 +213,7 @@ impl Incident {
             .map(Evidence))
     }
     /// Exports requested for this incident, oldest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn exports(
         &self,
         ctx: &Context<'_>,
@@ -350,6 +351,7 @@ pub struct IncidentQuery;
 #[Object]
 impl IncidentQuery {
     /// The tenant's incidents, newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn incidents(
         &self,
         ctx: &Context<'_>,
@@ -384,6 +386,7 @@ impl IncidentQuery {
     }
 
     /// The tenant's violations, newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn violations(
         &self,
         ctx: &Context<'_>,

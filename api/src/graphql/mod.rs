@@ -7,6 +7,7 @@ pub mod error;
 pub mod explain;
 pub mod exports;
 pub mod incidents;
+pub mod limits;
 pub mod loaders;
 pub mod node;
 pub mod pagination;
@@ -79,8 +80,9 @@ pub fn build_schema(state: AppState, limits: &Limits) -> GovernanceSchema {
     builder()
         .data(state)
         .extension(error::ErrorCodes)
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
+        // Depth and cost are checked by this extension (with messages that say by how much),
+        // not by async-graphql's own limits.
+        .extension(limits::OperationLimits(limits.clone()))
         .finish()
 }
 
@@ -101,6 +103,17 @@ pub fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Principa
             "no API key: send `Authorization: Bearer <key>`".to_string(),
         ))
     })
+}
+
+/// Take one call of a rate-limited operation for the caller's tenant, or refuse it with
+/// `RATE_LIMITED` before it runs.
+pub fn rate_limit(
+    ctx: &Context<'_>,
+    op: governance_core::rate_limit::Costly,
+) -> async_graphql::Result<()> {
+    use error::GqlResultExt;
+    let tenant_id = &principal(ctx)?.tenant_id;
+    state(ctx).rate_limiter.check(tenant_id, op).gql()
 }
 
 /// The application state.

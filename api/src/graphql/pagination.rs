@@ -94,6 +94,17 @@ impl PageArgs {
 const CURSOR_PREFIX: &str = "c1:";
 const DEFAULT_PAGE_SIZE: usize = 50;
 
+/// The cost of a connection field for the complexity limit: its children's cost once per item
+/// it can return (`first` or `last`, else the default page size), plus one for the field. A
+/// negative or zero count costs one page of one (it is refused when the field runs).
+pub fn page_cost(first: Option<i32>, last: Option<i32>, child_complexity: usize) -> usize {
+    let size = first
+        .or(last)
+        .map(|n| usize::try_from(n).unwrap_or(1).max(1))
+        .unwrap_or(DEFAULT_PAGE_SIZE);
+    size.saturating_mul(child_complexity).saturating_add(1)
+}
+
 /// The cursor of an item.
 pub fn encode_cursor(key: &str) -> String {
     hex::encode(format!("{CURSOR_PREFIX}{key}"))
@@ -439,6 +450,15 @@ fn connection<T, N: OutputType>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_costs_its_children_once_per_item() {
+        assert_eq!(page_cost(Some(10), None, 3), 31);
+        assert_eq!(page_cost(None, Some(4), 5), 21);
+        assert_eq!(page_cost(None, None, 2), DEFAULT_PAGE_SIZE * 2 + 1);
+        assert_eq!(page_cost(Some(-5), None, 7), 8);
+        assert_eq!(page_cost(Some(i32::MAX), None, usize::MAX), usize::MAX);
+    }
 
     fn args(
         first: Option<i32>,

@@ -73,6 +73,7 @@ impl Policy {
         self.0.updated_at.into()
     }
     /// Every version, newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn history(
         &self,
         ctx: &Context<'_>,
@@ -103,6 +104,7 @@ impl Policy {
         Ok(self.trigger_stats(ctx).await?.last.map(Into::into))
     }
     /// The append-only log of what this policy did, newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn enforcements(
         &self,
         ctx: &Context<'_>,
@@ -127,6 +129,7 @@ impl Policy {
         .await
     }
     /// Violations of this policy (any version), newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn violations(
         &self,
         ctx: &Context<'_>,
@@ -341,6 +344,7 @@ pub struct PolicyQuery;
 #[Object]
 impl PolicyQuery {
     /// The tenant's policies, oldest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn policies(
         &self,
         ctx: &Context<'_>,

@@ -132,6 +132,7 @@ impl Run {
         Trace(self.0.clone())
     }
     /// Every violation of the run, in step order.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn violations(
         &self,
         ctx: &Context<'_>,
@@ -157,6 +158,7 @@ impl Run {
             .map(Incident))
     }
     /// The run's enforcement log (stops, warnings, refused steps), oldest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn enforcements(
         &self,
         ctx: &Context<'_>,
@@ -185,6 +187,7 @@ impl Run {
             .map(PolicyEvaluation))
     }
     /// Exports of the run's incident, oldest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn exports(
         &self,
         ctx: &Context<'_>,
@@ -205,11 +208,13 @@ impl Run {
     /// What governed the run at instant `at`: the snapshot and thresholds in force, the last
     /// decision at or before `at` and why, the run's status then, and where that decision sits
     /// in the hash chain. Before the first step and after the end, `phase` and `note` say so.
+    #[graphql(complexity = 20)]
     async fn explain(
         &self,
         ctx: &Context<'_>,
         at: DateTime,
     ) -> async_graphql::Result<RunExplanation> {
+        super::rate_limit(ctx, governance_core::rate_limit::Costly::Explain)?;
         let explanation =
             governance_core::explain::explain(&state(ctx).db, &self.0.tenant_id, &self.0.id, at.0)
                 .await
@@ -387,6 +392,7 @@ pub struct RunQuery;
 impl RunQuery {
     /// The tenant's runs, newest first.
     #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn runs(
         &self,
         ctx: &Context<'_>,

@@ -58,6 +58,7 @@ impl PolicySnapshot {
             .gql()
     }
     /// The policies as captured, sorted by id.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn policies(
         &self,
         ctx: &Context<'_>,
@@ -76,6 +77,7 @@ impl PolicySnapshot {
         )
     }
     /// The runs checked against this snapshot, newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn runs(
         &self,
         ctx: &Context<'_>,
@@ -247,6 +249,7 @@ impl SnapshotQuery {
     }
 
     /// The tenant's snapshots, newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn policy_snapshots(
         &self,
         ctx: &Context<'_>,

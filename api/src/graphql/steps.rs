@@ -151,6 +151,7 @@ impl Trace {
         }))
     }
     /// The steps in order (0-based). Cursors are stable: a step, once recorded, never moves.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn steps(
         &self,
         ctx: &Context<'_>,
@@ -297,12 +298,15 @@ pub struct StepQuery;
 
 #[Object]
 impl StepQuery {
-    /// Recompute a run's hash chain and replay every step against its snapshot.
+    /// Recompute a run's hash chain and replay every step against its snapshot. Costly: rate
+    /// limited per tenant (`RATE_LIMITED` with `retryAfterMs`).
+    #[graphql(complexity = 100)]
     async fn verify_run(
         &self,
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<RunVerification> {
+        super::rate_limit(ctx, governance_core::rate_limit::Costly::VerifyRun)?;
         let principal = principal(ctx)?;
         let v = verify::verify(&state(ctx).db, &principal.tenant_id, &id)
             .await

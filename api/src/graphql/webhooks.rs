@@ -96,6 +96,7 @@ impl Webhook {
         self.0.updated_at.into()
     }
     /// Every delivery attempt, newest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn deliveries(
         &self,
         ctx: &Context<'_>,
@@ -172,6 +173,7 @@ pub struct WebhookQuery;
 #[Object]
 impl WebhookQuery {
     /// The tenant's endpoints, oldest first.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn webhooks(
         &self,
         ctx: &Context<'_>,

@@ -92,6 +92,10 @@ async fn an_evidence_export_is_built_downloaded_and_matches_verify_run() {
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "application/json");
+    // Evidence is not kept by caches, not sniffed, and its URL is not leaked as a referrer.
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
     assert!(
         headers["content-disposition"]
             .to_str()
@@ -170,6 +174,10 @@ async fn an_evidence_export_is_built_downloaded_and_matches_verify_run() {
     assert_eq!(by_link.bytes().await.unwrap(), body);
     let tampered = signed.replace("signature=", "signature=0");
     assert_eq!(download(&app, &tampered, None).await.status(), 403);
+    // A signature for another export id is refused like a wrong one, whether or not that
+    // export exists.
+    let elsewhere = signed.replace(&format!("/exports/{id}/"), "/exports/exp_nosuchexport/");
+    assert_eq!(download(&app, &elsewhere, None).await.status(), 403);
     let later = signed.replace("expires=", "expires=9");
     assert_eq!(
         download(&app, &later, None).await.status(),

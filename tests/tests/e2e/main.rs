@@ -11,6 +11,7 @@ mod exports;
 mod governance;
 mod graph;
 mod jobs;
+mod limits;
 mod operations;
 mod persistence;
 mod schema;
