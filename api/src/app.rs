@@ -113,6 +113,8 @@ impl Application {
     /// Build everything and bind the listener; nothing is served until [`Self::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
+        // Checked before anything is opened: a bad setting fails the start, naming itself.
+        let webhook_rules = Arc::new(config.webhooks.rules()?);
         let metrics = Arc::new(Metrics::new()?);
         let mut db = open_database(&config).await?;
         let statements = metrics.db_statements.clone();
@@ -146,6 +148,7 @@ impl Application {
             config: config.clone(),
             metrics,
             download_key,
+            webhook_rules,
         };
         let schema = build_schema(state.clone(), &config.limits);
 

@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Signs export download URLs (shared by every replica through the database).
     pub download_key: Arc<Vec<u8>>,
+    /// Webhook endpoint rules (egress policy, per-tenant cap), parsed from the configuration.
+    pub webhook_rules: Arc<governance_core::webhooks::WebhookRules>,
 }
 
 impl AppState {
