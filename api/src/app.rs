@@ -177,6 +177,7 @@ impl Application {
                     bus: state.bus.clone(),
                     cache: state.cache.clone(),
                     renderer: config.renderer(),
+                    egress: state.webhook_rules.egress.clone(),
                 },
                 shutdown.clone(),
             ))),
