@@ -147,6 +147,8 @@ impl Application {
     /// Build everything and bind the listener; nothing is served until [`Self::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
+        // Checked before anything is opened: a bad setting fails the start, naming itself.
+        let webhook_rules = Arc::new(config.webhooks.rules()?);
         let metrics = Arc::new(Metrics::new()?);
         let mut db = open_database(&config).await?;
         let statements = metrics.db_statements.clone();
@@ -183,6 +185,7 @@ impl Application {
             rate_limiter: Arc::new(governance_core::rate_limit::RateLimiter::new(
                 config.rate_limits.clone(),
             )),
+            webhook_rules,
         };
         let schema = build_schema(state.clone(), &config.limits);
 
@@ -212,6 +215,7 @@ impl Application {
                     bus: state.bus.clone(),
                     cache: state.cache.clone(),
                     renderer: config.renderer(),
+                    egress: state.webhook_rules.egress.clone(),
                 },
                 shutdown.clone(),
             ))),

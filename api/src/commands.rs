@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped().await
         }
         Some(Command::Worker) => {
+            let egress = config.webhooks.rules()?.egress;
             let db = app::open_database(&config).await?;
             app::migrate(&db).await?;
             let jobs = app::open_queue(&config, &db).await?;
@@ -55,6 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     bus,
                     cache: SnapshotCache::new(),
                     renderer: config.renderer(),
+                    egress,
                 },
                 shutdown,
             )

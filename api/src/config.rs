@@ -64,6 +64,36 @@ impl Default for Limits {
     }
 }
 
+/// Webhook endpoints: where they may point and how many a tenant may have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// CIDRs (or single addresses) endpoints may target although they are not public, e.g.
+    /// `["10.20.0.0/16"]` for an internal receiver. Empty: public addresses only.
+    pub allow_cidrs: Vec<String>,
+    /// Endpoints one tenant may have.
+    pub max_per_tenant: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_cidrs: Vec::new(),
+            max_per_tenant: 25,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The rules core applies; a CIDR that does not parse is an error naming it.
+    pub fn rules(&self) -> anyhow::Result<governance_core::webhooks::WebhookRules> {
+        Ok(governance_core::webhooks::WebhookRules {
+            egress: governance_core::egress::EgressPolicy::from_cidrs(&self.allow_cidrs)?,
+            max_per_tenant: self.max_per_tenant,
+        })
+    }
+}
+
 /// Every setting of the service. See the README's configuration table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -95,6 +125,8 @@ pub struct Config {
     /// A directory of Typst templates (`common.typ`, `evidence.typ`, `soc2.typ`,
     /// `executive-debrief.typ`) to render export PDFs with instead of the built-in ones.
     pub templates_dir: Option<PathBuf>,
+    /// Webhook endpoint rules.
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for Config {
@@ -113,6 +145,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: Default::default(),
             templates_dir: None,
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -215,6 +248,30 @@ mod tests {
             jail.create_file("gov.toml", "bnid = \"127.0.0.1:9000\"\n")?;
             let err = Config::load(Some("gov.toml".into()), &CliOverrides::default()).unwrap_err();
             assert!(err.to_string().contains("bnid"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn webhook_cidrs_parse_at_start_up_or_name_the_bad_one() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "gov.toml",
+                "[webhooks]\nallow_cidrs = [\"10.0.0.0/8\", \"::1\"]\nmax_per_tenant = 3\n",
+            )?;
+            let config =
+                Config::load(Some("gov.toml".into()), &CliOverrides::default()).map_err(|e| *e)?;
+            let rules = config.webhooks.rules().map_err(|e| e.to_string())?;
+            assert_eq!(rules.max_per_tenant, 3);
+            assert_eq!(rules.egress.allowed().len(), 2);
+            assert_eq!(Config::default().webhooks.max_per_tenant, 25);
+
+            let bad = WebhookSettings {
+                allow_cidrs: vec!["10.0.0.0/40".into()],
+                ..Default::default()
+            };
+            let err = bad.rules().unwrap_err().to_string();
+            assert!(err.contains("`10.0.0.0/40`"), "{err}");
             Ok(())
         });
     }

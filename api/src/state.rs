@@ -27,6 +27,8 @@ pub struct AppState {
     pub download_key: Arc<Vec<u8>>,
     /// Per-tenant quotas of the costly operations.
     pub rate_limiter: Arc<governance_core::rate_limit::RateLimiter>,
+    /// Webhook endpoint rules (egress policy, per-tenant cap), parsed from the configuration.
+    pub webhook_rules: Arc<governance_core::webhooks::WebhookRules>,
 }
 
 impl AppState {

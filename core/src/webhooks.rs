@@ -5,13 +5,17 @@
 //! key is the base64 part of the endpoint's `whsec_…` secret.
 //!
 //! Every attempt is recorded (`webhook_deliveries`): its number, status code or error. A message
-//! already delivered to an endpoint is not sent to it again.
+//! already delivered to an endpoint is not sent to it again. The error a tenant sees is one of
+//! the fixed texts of [`DeliveryFailure`], so the log cannot be used to probe our network.
+//!
+//! Endpoints may only target addresses the [`EgressPolicy`] allows (checked when written and
+//! when delivering), and a tenant has at most [`WebhookRules::max_per_tenant`] of them.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use governance_entities::{
     enums::{DeliveryStatus, Severity},
-    event, webhook, webhook_delivery,
+    event, tenant, webhook, webhook_delivery,
 };
 use rand::RngCore;
 use sea_orm::{
@@ -20,9 +24,10 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use crate::{
+    egress::{self, EgressPolicy},
     error::{CoreError, CoreResult},
     ids::{new_id, prefix},
-    store::Store,
+    store::{Store, one_for_update},
     time::now,
 };
 
@@ -37,6 +42,24 @@ pub const EVENT_KINDS: [&str; 6] = [
 ];
 
 const MAX_URL: usize = 2000;
+
+/// What the operator decides about endpoints (`webhooks.*` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRules {
+    /// Which addresses endpoints may target.
+    pub egress: EgressPolicy,
+    /// Endpoints one tenant may have.
+    pub max_per_tenant: usize,
+}
+
+impl Default for WebhookRules {
+    fn default() -> Self {
+        Self {
+            egress: EgressPolicy::default(),
+            max_per_tenant: 25,
+        }
+    }
+}
 
 /// A new endpoint.
 #[derive(Debug, Clone)]
@@ -119,14 +142,42 @@ fn validate(new: &NewWebhook) -> CoreResult<()> {
     Ok(())
 }
 
-/// Register an endpoint. Returns it with its secret (shown this once).
-pub async fn create(store: &Store, tenant_id: &str, new: NewWebhook) -> CoreResult<webhook::Model> {
+/// Register an endpoint. Returns it with its secret (shown this once). The URL must only
+/// resolve to addresses `rules.egress` allows, and the tenant must be below its cap; the count
+/// and the insert are one transaction, serialised per tenant by a lock on the tenant's row.
+pub async fn create(
+    store: &Store,
+    rules: &WebhookRules,
+    tenant_id: &str,
+    new: NewWebhook,
+) -> CoreResult<webhook::Model> {
     validate(&new)?;
+    // Resolved before the transaction: a slow lookup must not hold the writer lock.
+    egress::check_endpoint(&rules.egress, "url", &new.url).await?;
     let mut events = new.events;
     events.sort();
     events.dedup();
     let at = now();
     let txn = store.begin().await?;
+    one_for_update(
+        &*txn,
+        tenant::Entity::find_by_id(tenant_id.to_string()),
+        || CoreError::not_found("Tenant", tenant_id),
+    )
+    .await?;
+    let existing = webhook::Entity::find()
+        .filter(webhook::Column::TenantId.eq(tenant_id))
+        .count(&*txn)
+        .await?;
+    if existing >= u64::try_from(rules.max_per_tenant).unwrap_or(u64::MAX) {
+        return Err(CoreError::limit(
+            "webhooks.max_per_tenant",
+            format!(
+                "a tenant can have at most {} webhook endpoints; delete one before creating another",
+                rules.max_per_tenant
+            ),
+        ));
+    }
     let model = webhook::ActiveModel {
         id: Set(new_id(prefix::WEBHOOK)),
         tenant_id: Set(tenant_id.to_string()),
@@ -255,6 +306,37 @@ pub async fn attempts<C: ConnectionTrait>(
         .await?
         > 0;
     Ok((total, delivered))
+}
+
+/// Why an attempt failed, as the tenant sees it: fixed texts only, so the delivery log reveals
+/// nothing about our network (no resolved addresses, no error chains). Details are logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryFailure {
+    /// The target address is not allowed by the egress policy; nothing was sent. Permanent.
+    Refused,
+    /// No answer within the attempt's time.
+    TimedOut,
+    /// Any other failure to get an answer (name, connection, TLS, protocol).
+    CouldNotConnect,
+    /// The endpoint answered with a non-2xx status.
+    Status(u16),
+}
+
+impl DeliveryFailure {
+    /// The text recorded in the delivery log.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Refused => "refused: the target address is not allowed".to_string(),
+            Self::TimedOut => "timed out".to_string(),
+            Self::CouldNotConnect => "could not connect".to_string(),
+            Self::Status(code) => format!("HTTP {code}"),
+        }
+    }
+
+    /// Is trying again pointless?
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Refused)
+    }
 }
 
 /// The outcome of one attempt.
@@ -397,7 +479,7 @@ mod tests {
             min_severity: None,
         };
         assert!(validate(&hook("https://example.com/hook", &["INCIDENT_CREATED"])).is_ok());
-        assert!(validate(&hook("http://127.0.0.1:9/x", &["RUN_STOPPED"])).is_ok());
+        assert!(validate(&hook("http://127.0.0.1:9/x", &["RUN_STOPPED"])).is_ok()); // syntax only
         for url in [
             "ftp://example.com",
             "file:///etc/passwd",
@@ -409,6 +491,22 @@ mod tests {
         }
         assert!(validate(&hook("https://example.com", &[])).is_err());
         assert!(validate(&hook("https://example.com", &["EVERYTHING"])).is_err());
+    }
+
+    #[test]
+    fn delivery_failures_show_fixed_texts_only() {
+        assert_eq!(
+            DeliveryFailure::Refused.message(),
+            "refused: the target address is not allowed"
+        );
+        assert_eq!(DeliveryFailure::TimedOut.message(), "timed out");
+        assert_eq!(
+            DeliveryFailure::CouldNotConnect.message(),
+            "could not connect"
+        );
+        assert_eq!(DeliveryFailure::Status(503).message(), "HTTP 503");
+        assert!(DeliveryFailure::Refused.is_permanent());
+        assert!(!DeliveryFailure::Status(500).is_permanent());
     }
 
     #[test]

@@ -6,9 +6,11 @@ use governance_core::{
     audits::{self, Performed},
     evaluation, exports,
     store::Store,
-    webhooks,
+    webhooks::{self, DeliveryFailure},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::webhook_client::WebhookClient;
 
 /// Write a run's one evaluation record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,12 +139,13 @@ pub async fn fan_out_webhooks(
 }
 
 /// Handler of [`DeliverWebhook`]: one signed attempt, recorded. A failed attempt is a transient
-/// error, so the job is retried with backoff; a message already delivered to the endpoint, or
-/// an endpoint since deleted, is done.
+/// error, so the job is retried with backoff, except a target the egress policy refuses: nothing
+/// is sent, and the recorded refusal is permanent. A message already delivered to the endpoint,
+/// or an endpoint since deleted, is done.
 pub async fn deliver_webhook(
     job: &DeliverWebhook,
     store: &Store,
-    http: &reqwest::Client,
+    client: &WebhookClient,
 ) -> Result<Outcome, JobError> {
     let hook = match webhooks::get(store.db(), &job.tenant_id, &job.webhook_id).await {
         Ok(hook) => hook,
@@ -158,42 +161,29 @@ pub async fn deliver_webhook(
     let message_id = webhooks::message_id(&event);
     let timestamp = governance_core::time::now().timestamp();
     let signature = webhooks::sign(&hook.secret, &message_id, timestamp, &body)?;
-    let sent = http
-        .post(&hook.url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &message_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
-    let (succeeded, status_code, error) = match sent {
-        Ok(response) if response.status().is_success() => {
-            (true, Some(i32::from(response.status().as_u16())), None)
-        }
-        Ok(response) => (
-            false,
-            Some(i32::from(response.status().as_u16())),
-            Some(format!("the endpoint answered {}", response.status())),
-        ),
-        Err(err) if err.is_timeout() => (false, None, Some("timed out".to_string())),
-        Err(err) => (
-            false,
-            None,
-            Some(format!("cannot reach the endpoint: {err}")),
-        ),
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        ("webhook-id", message_id),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ];
+    let (status_code, failure) = match client.post(&hook.url, &headers, body).await {
+        Ok(code) if (200..300).contains(&code) => (Some(code), None),
+        Ok(code) => (Some(code), Some(DeliveryFailure::Status(code))),
+        Err(failure) => (None, Some(failure)),
     };
     let attempt = webhooks::Attempt {
         attempt: i32::try_from(attempts + 1).unwrap_or(i32::MAX),
-        succeeded,
-        status_code,
-        error: error.clone(),
+        succeeded: failure.is_none(),
+        status_code: status_code.map(i32::from),
+        error: failure.map(|f| f.message()),
         at: governance_core::time::now(),
     };
     webhooks::record_attempt(store, &hook, event.id, attempt).await?;
-    match error {
+    match failure {
         None => Ok(Outcome::Done),
-        Some(error) => Err(JobError::Transient(error)),
+        Some(failure) if failure.is_permanent() => Err(JobError::Permanent(failure.message())),
+        Some(failure) => Err(JobError::Transient(failure.message())),
     }
 }
 

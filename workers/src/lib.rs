@@ -9,8 +9,10 @@ pub mod queue;
 pub mod render;
 mod runner;
 pub mod sweeper;
+pub mod webhook_client;
 
 use governance_core::{
+    egress::EgressPolicy,
     outcome::{Committed, FollowUp},
     policy::SnapshotCache,
     store::Store,
@@ -31,6 +33,8 @@ pub struct WorkerDeps {
     pub cache: SnapshotCache,
     /// Renders export PDFs.
     pub renderer: std::sync::Arc<render::Renderer>,
+    /// Which addresses webhook deliveries may connect to.
+    pub egress: EgressPolicy,
 }
 
 /// Carries out what a committed change leaves to do: publish its events, enqueue its jobs.

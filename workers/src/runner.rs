@@ -20,14 +20,13 @@ use crate::{
     },
     queue::{CONCURRENCY, EVALUATION_CONCURRENCY, JobQueue, POLL_INTERVAL, Storage},
     sweeper,
+    webhook_client::WebhookClient,
 };
 
 /// Attempts after the first, for transient failures.
 const RETRIES: usize = 5;
 /// The longest pause between restarts of failed workers.
 const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
-/// How long one webhook attempt may take.
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight jobs.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -107,22 +106,12 @@ async fn handle_fan_out(
 async fn handle_delivery(
     job: DeliverWebhook,
     store: Data<Store>,
-    http: Data<reqwest::Client>,
+    client: Data<WebhookClient>,
 ) -> Result<(), BoxDynError> {
-    jobs::deliver_webhook(&job, &store, &http)
+    jobs::deliver_webhook(&job, &store, &client)
         .await
         .map(|_| ())
         .map_err(to_apalis)
-}
-
-/// The client that delivers webhooks: a bounded wait per attempt, and no redirects (an endpoint
-/// is the URL it was registered with).
-fn webhook_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(WEBHOOK_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("governance-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()?)
 }
 
 /// A worker name unique to this process and this start (apalis refuses a name reused within
@@ -217,7 +206,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
     };
     let monitor = {
         let store = deps.store.clone();
-        let http = webhook_client()?;
+        let client = WebhookClient::new(deps.egress.clone())?;
         register!(
             monitor,
             deps.jobs.delivery,
@@ -225,7 +214,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
             CONCURRENCY,
             backoff,
             handle_delivery,
-            [store, http]
+            [store, client]
         )
     };
     let monitor = {

@@ -147,7 +147,8 @@ impl WebhookDelivery {
     async fn status_code(&self) -> Option<i32> {
         self.0.status_code
     }
-    /// Why the attempt failed (status, timeout, connection error).
+    /// Why the attempt failed: `HTTP <status>`, `timed out`, `could not connect`, or
+    /// `refused: the target address is not allowed` (not retried).
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
@@ -213,8 +214,10 @@ pub struct WebhookMutation;
 
 #[Object]
 impl WebhookMutation {
-    /// Register an endpoint for some event kinds. Only http(s) URLs are accepted. The answer
-    /// carries the signing secret, once.
+    /// Register an endpoint for some event kinds. Only http(s) URLs whose host resolves to
+    /// public addresses only (or ones in `webhooks.allow_cidrs`) are accepted, up to
+    /// `webhooks.max_per_tenant` endpoints per tenant. The answer carries the signing secret,
+    /// once.
     async fn create_webhook(
         &self,
         ctx: &Context<'_>,
@@ -223,8 +226,10 @@ impl WebhookMutation {
         min_severity: Option<Severity>,
     ) -> async_graphql::Result<WebhookWithSecret> {
         let principal = principal(ctx)?;
+        let state = state(ctx);
         let created = webhooks::create(
-            &state(ctx).store,
+            &state.store,
+            &state.webhook_rules,
             &principal.tenant_id,
             NewWebhook {
                 url,

@@ -10,7 +10,7 @@ use std::{path::PathBuf, time::Duration};
 use futures::{SinkExt, StreamExt};
 use governance_api::{
     Application, Config,
-    config::{Limits, LogFormat, WorkersMode},
+    config::{Limits, LogFormat, WebhookSettings, WorkersMode},
 };
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
@@ -88,6 +88,11 @@ impl TestEnv {
             namespace: self.namespace.clone(),
             shutdown_timeout_secs: 10,
             limits: Limits::default(),
+            // Webhook tests deliver to receivers on loopback; the SSRF tests clear this.
+            webhooks: WebhookSettings {
+                allow_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
+                ..WebhookSettings::default()
+            },
             // Settings added later keep their defaults unless a test says otherwise.
             ..Config::default()
         }

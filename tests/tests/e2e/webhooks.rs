@@ -360,3 +360,180 @@ async fn a_lost_fan_out_is_found_by_the_sweeper_query() {
         .unwrap();
     assert_eq!(again.len(), 1);
 }
+
+/// A TCP listener on loopback that no test request should reach; its port makes the attacker's
+/// URLs point at something real. Never accepted from, so every connection made to it waits in
+/// the kernel's queue.
+fn bait() -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    listener
+}
+
+/// Has anyone connected to `listener`? Asked of the kernel without waiting: a connection made
+/// earlier is already in the accept queue.
+fn contacted(listener: &std::net::TcpListener) -> bool {
+    listener.accept().is_ok()
+}
+
+fn no_egress_exceptions(config: &mut governance_api::Config) {
+    config.webhooks.allow_cidrs.clear();
+}
+
+#[tokio::test]
+async fn webhooks_cannot_target_loopback_private_or_link_local_addresses() {
+    let app = crate::helpers::spawn_app_with(no_egress_exceptions).await;
+    let listener = bait();
+    let port = listener.local_addr().unwrap().port();
+    for (url, class) in [
+        (format!("http://127.0.0.1:{port}/"), "a loopback address"),
+        (format!("http://localhost:{port}/"), "a loopback address"),
+        (format!("http://[::1]:{port}/"), "a loopback address"),
+        (
+            "http://[::ffff:127.0.0.1]/".to_string(),
+            "a loopback address",
+        ),
+        (format!("http://2130706433:{port}/"), "a loopback address"),
+        ("http://10.0.0.1/".to_string(), "a private address"),
+        (
+            "http://169.254.169.254/latest".to_string(),
+            "a link-local address",
+        ),
+        (
+            "http://100.64.0.1/".to_string(),
+            "a carrier-grade NAT address",
+        ),
+        ("http://0.0.0.0/".to_string(), "an unspecified address"),
+    ] {
+        let response = app
+            .gql(
+                CREATE,
+                json!({ "url": url, "events": ["INCIDENT_CREATED"], "min": null }),
+            )
+            .await;
+        assert_eq!(
+            response.error_code().as_deref(),
+            Some("BAD_USER_INPUT"),
+            "{url}: {}",
+            response.body
+        );
+        assert_eq!(
+            response.body["errors"][0]["extensions"]["field"], "url",
+            "{url}"
+        );
+        let message = response.error_message();
+        assert!(message.contains(class), "{url}: {message}");
+        assert!(
+            message.contains("webhooks.allow_cidrs"),
+            "the message says how to allow it: {message}"
+        );
+    }
+    let list = app.gql_ok("{ webhooks { totalCount } }", json!({})).await;
+    assert_eq!(list["webhooks"]["totalCount"], 0, "nothing written");
+    assert!(!contacted(&listener), "no connection was made");
+}
+
+#[tokio::test]
+async fn webhooks_are_refused_at_delivery_when_the_target_is_no_longer_allowed() {
+    // Created while loopback is allowed; delivered after a restart that allows nothing.
+    let app = spawn_app().await;
+    secrets(&app).await;
+    let listener = bait();
+    let url = format!(
+        "http://localhost:{}/hook",
+        listener.local_addr().unwrap().port()
+    );
+    let (hook, _) = create(&app, &url, json!(["INCIDENT_CREATED"]), Value::Null).await;
+    let app = app.restart(no_egress_exceptions).await;
+
+    stop_a_run(&app, "leak secret-high").await;
+    let data = app
+        .poll_until(
+            DELIVERIES,
+            json!({ "id": hook }),
+            Duration::from_secs(30),
+            |d| d["webhook"]["deliveries"]["totalCount"] == 1,
+        )
+        .await;
+    let row = &data["webhook"]["deliveries"]["nodes"][0];
+    assert_eq!(row["status"], "FAILED", "{row}");
+    assert_eq!(row["statusCode"], Value::Null);
+    assert_eq!(row["error"], "refused: the target address is not allowed");
+    assert!(!contacted(&listener), "nothing was sent to the receiver");
+
+    // The handler itself: a refusal is permanent (not retried), and recorded again if run.
+    let event_id: i64 = row["messageId"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("msg_"))
+        .and_then(|id| id.parse().ok())
+        .expect("msg_<event id>");
+    let client =
+        governance_workers::webhook_client::WebhookClient::new(Default::default()).expect("client");
+    use sea_orm::EntityTrait;
+    let stored = governance_entities::webhook::Entity::find_by_id(hook.clone())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .expect("the endpoint");
+    let job = governance_workers::jobs::DeliverWebhook {
+        tenant_id: stored.tenant_id,
+        webhook_id: hook.clone(),
+        event_id,
+    };
+    let outcome = governance_workers::jobs::deliver_webhook(&job, &app.store, &client).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(governance_workers::jobs::JobError::Permanent(_))
+        ),
+        "{outcome:?}"
+    );
+    assert!(!contacted(&listener), "nothing was sent to the receiver");
+}
+
+#[tokio::test]
+async fn webhooks_per_tenant_are_capped() {
+    let app = crate::helpers::spawn_app_with(|c| c.webhooks.max_per_tenant = 2).await;
+    let listener = bait();
+    let url = format!(
+        "http://127.0.0.1:{}/hook",
+        listener.local_addr().unwrap().port()
+    );
+    let (first, _) = create(&app, &url, json!(["INCIDENT_CREATED"]), Value::Null).await;
+    create(&app, &url, json!(["RUN_STOPPED"]), Value::Null).await;
+    let third = app
+        .gql(
+            CREATE,
+            json!({ "url": url, "events": ["RUN_COMPLETED"], "min": null }),
+        )
+        .await;
+    assert_eq!(
+        third.error_code().as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{}",
+        third.body
+    );
+    assert_eq!(
+        third.body["errors"][0]["extensions"]["limit"],
+        "webhooks.max_per_tenant"
+    );
+    let list = app.gql_ok("{ webhooks { totalCount } }", json!({})).await;
+    assert_eq!(list["webhooks"]["totalCount"], 2, "nothing written");
+
+    // The cap is per tenant, and a deleted endpoint frees its place.
+    let other = app.other_tenant("other").await;
+    let theirs = app
+        .gql_auth(
+            Some(&other),
+            CREATE,
+            json!({ "url": url, "events": ["RUN_COMPLETED"], "min": null }),
+        )
+        .await;
+    theirs.data();
+    app.gql_ok(
+        "mutation($id: ID!) { deleteWebhook(id: $id) }",
+        json!({ "id": first }),
+    )
+    .await;
+    create(&app, &url, json!(["RUN_COMPLETED"]), Value::Null).await;
+}
