@@ -78,6 +78,21 @@ impl Store {
         store
     }
 
+    /// A store whose writes never go through the group-commit lanes: the tests compare the two
+    /// paths.
+    #[cfg(test)]
+    pub(crate) fn unbatched(db: DatabaseConnection) -> Self {
+        let writer =
+            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Self {
+            db,
+            writer,
+            faults: Arc::new(AtomicU32::new(0)),
+            step_lane: None,
+            evaluation_lane: None,
+        }
+    }
+
     /// The group-commit lane, when steps are batched.
     pub(crate) fn step_lane(&self) -> Option<&crate::steps::StepLane> {
         self.step_lane.as_ref()

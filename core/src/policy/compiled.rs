@@ -234,6 +234,11 @@ impl CompiledSnapshot {
         self.policies.is_empty()
     }
 
+    /// Whether any policy is an EXPRESSION (whose evaluation cost depends on run data).
+    pub fn has_expressions(&self) -> bool {
+        self.has_expressions
+    }
+
     /// The longest RATE_LIMIT window in seconds, if the snapshot has a rate limit: the caller
     /// loads the timestamps of the run's earlier steps within that window.
     pub fn max_rate_window_seconds(&self) -> Option<i64> {

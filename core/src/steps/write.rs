@@ -1,0 +1,421 @@
+//! The write path of a step report: in the caller's transaction, the step and everything its
+//! decision entails — run totals and status, the inflection, violation facts with masked
+//! evidence, the incident (one per stop), enforcement rows and outbox events — or, for a re-sent
+//! step, the recorded answer, and for a step after the end, the recorded refusal.
+//!
+//! Nothing here evaluates a policy: a new step arrives decided (see [`super::decision`]), and
+//! its decision is written only while the run is still as it was decided on; otherwise the
+//! answer is [`Written::Stale`] and the caller decides again on the newer state. So no
+//! evaluation ever holds the write lock, the lane, or a row lock that other steps wait on.
+
+use chrono::{DateTime, Utc};
+use governance_entities::{
+    enums::{EnforcementAction, IncidentStatus, PolicyAction, RunStatus},
+    evidence, incident, policy_enforcement, run, trace_step, violation,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    sea_query::Expr,
+};
+use serde_json::json;
+
+use super::{
+    RecordStep, StepRecord,
+    decision::{Decided, Report, classify, same_step, step_row},
+};
+use crate::{
+    error::{CoreError, CoreResult},
+    events::{self, EventKind},
+    hashing::sha256_hex,
+    ids::{new_id, prefix},
+    outcome::{Committed, FollowUp, StepNotice},
+    policy::{Evaluation, Finding},
+    runs,
+    store::Store,
+    time::now,
+};
+
+/// Rows per multi-row INSERT (SQLite allows 32,766 bound values; a step has 19 columns).
+const INSERT_CHUNK: usize = 512;
+
+/// What the write path did with a report.
+// Lives for one report; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Committed (or, for a re-sent step, answered from the record).
+    Done(Committed<StepRecord>),
+    /// The run moved on since the step was decided (or it was not decided): nothing was
+    /// written; decide again.
+    Stale,
+}
+
+/// Write one report in its own transaction.
+pub(crate) async fn record_committed(
+    store: &Store,
+    tenant_id: &str,
+    input: &RecordStep,
+    decided: Option<&Decided>,
+) -> CoreResult<Written> {
+    let txn = store.begin().await?;
+    match record_in(&*txn, tenant_id, input, decided).await {
+        Ok(Written::Done(committed)) => {
+            // Only a committed decision is answered.
+            txn.commit().await?;
+            Ok(Written::Done(committed))
+        }
+        // Nothing was written.
+        Ok(Written::Stale) => Ok(Written::Stale),
+        // The refused attempt is on the record.
+        Err(refused @ CoreError::RunTerminated(_)) => {
+            txn.commit().await?;
+            Err(refused)
+        }
+        // Anything else wrote nothing worth keeping; dropping the transaction rolls it back.
+        Err(other) => Err(other),
+    }
+}
+
+/// Write a report in the caller's transaction. Only `RunTerminated` (whose refusal is recorded)
+/// and `Done` leave writes behind; other refusals, and `Stale`, are decided before anything is
+/// written.
+pub(crate) async fn record_in<C: ConnectionTrait>(
+    txn: &C,
+    tenant_id: &str,
+    input: &RecordStep,
+    decided: Option<&Decided>,
+) -> CoreResult<Written> {
+    let run = runs::get_for_update(txn, tenant_id, &input.run_id).await?;
+    match classify(&run, input)? {
+        Report::Resent(index) => answer_resent(txn, run, index, input).await,
+        Report::AfterEnd => Err(refuse_after_end(txn, &run, input).await?),
+        Report::New { index, .. } => match decided.and_then(|d| d.for_run(&run, index)) {
+            Some(decided) => Ok(Written::Done(
+                apply(
+                    txn,
+                    run,
+                    index,
+                    input,
+                    decided.timestamp,
+                    decided.evaluation.clone(),
+                )
+                .await?,
+            )),
+            None => Ok(Written::Stale),
+        },
+    }
+}
+
+/// A re-sent index: the same step again gets the recorded decision; a different step under that
+/// index is a conflict. Nothing is counted twice.
+async fn answer_resent<C: ConnectionTrait>(
+    txn: &C,
+    run: run::Model,
+    index: i64,
+    input: &RecordStep,
+) -> CoreResult<Written> {
+    let recorded = trace_step::Entity::find()
+        .filter(trace_step::Column::RunId.eq(run.id.as_str()))
+        .filter(trace_step::Column::StepIndex.eq(index))
+        .one(txn)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("run {} has no step {index} below its count", run.id))?;
+    if !same_step(&recorded, input) {
+        return Err(CoreError::Conflict(format!(
+            "step {index} of run `{}` is already recorded with different content; send the same step to get its decision, or the next index ({})",
+            run.id, run.step_count
+        )));
+    }
+    let (violations, incident) = step_extras(txn, &recorded).await?;
+    Ok(Written::Done(Committed::new(StepRecord {
+        run,
+        step: recorded,
+        violations,
+        incident,
+        replayed: true,
+    })))
+}
+
+/// A step after the run ended: refused, and the attempt is on the record. Returns the refusal.
+async fn refuse_after_end<C: ConnectionTrait>(
+    txn: &C,
+    run: &run::Model,
+    input: &RecordStep,
+) -> CoreResult<CoreError> {
+    policy_enforcement::ActiveModel {
+        id: Set(new_id(prefix::ENFORCEMENT)),
+        tenant_id: Set(run.tenant_id.clone()),
+        policy_id: Set(run.violation_policy_id.clone()),
+        run_id: Set(run.id.clone()),
+        step_index: Set(Some(input.step_index.unwrap_or(run.step_count))),
+        action_taken: Set(EnforcementAction::Blocked),
+        details: Set(json!({
+            "reason": "step reported after the run ended",
+            "runStatus": run.status.as_str(),
+            "terminationReason": run.termination_reason.map(|r| r.as_str()),
+            "attemptedStepIndex": input.step_index,
+            "stepType": input.step_type.as_str(),
+            "tokens": input.tokens,
+            "costMicros": input.cost_micros,
+        })),
+        created_at: Set(now()),
+    }
+    .insert(txn)
+    .await?;
+    Ok(CoreError::RunTerminated(format!(
+        "run `{}` has ended ({}{}); the step was not added to the trace",
+        run.id,
+        run.status,
+        run.termination_reason
+            .map(|r| format!(", {r}"))
+            .unwrap_or_default()
+    )))
+}
+
+/// Write the step and its consequences in the caller's transaction (the caller commits).
+pub(crate) async fn apply<C: ConnectionTrait>(
+    txn: &C,
+    run: run::Model,
+    index: i64,
+    input: &RecordStep,
+    timestamp: DateTime<Utc>,
+    evaluation: Evaluation,
+) -> CoreResult<Committed<StepRecord>> {
+    let tenant_id = run.tenant_id.clone();
+    let step = step_row(&run, index, input, timestamp, &evaluation);
+    // Every column is written except the database-generated key.
+    let mut active = trace_step::ActiveModel::from(step).reset_all();
+    active.pk = sea_orm::ActiveValue::NotSet;
+    let stored_step = active.insert(txn).await?;
+
+    let at = now();
+    let mut violations = Vec::with_capacity(evaluation.findings.len());
+    let mut inflection: Option<(violation::Model, evidence::Model, &Finding)> = None;
+    let mut events_out = Vec::new();
+    for (i, finding) in evaluation.findings.iter().enumerate() {
+        let violation = violation::ActiveModel {
+            id: Set(new_id(prefix::VIOLATION)),
+            tenant_id: Set(tenant_id.clone()),
+            run_id: Set(run.id.clone()),
+            policy_id: Set(finding.policy_id.clone()),
+            policy_version: Set(finding.policy_version),
+            policy_type: Set(finding.kind),
+            violated_rule: Set(finding.violated_rule.clone()),
+            evaluated_value: Set(finding.evaluated_value.clone()),
+            threshold_condition: Set(finding.threshold_condition.clone()),
+            severity: Set(finding.severity),
+            severity_rank: Set(finding.severity.rank()),
+            action: Set(finding.action),
+            reason: Set(finding.reason.clone()),
+            step_index: Set(index),
+            snapshot_id: Set(run.policy_snapshot_id.clone()),
+            timestamp: Set(timestamp),
+            created_at: Set(at),
+        }
+        .insert(txn)
+        .await?;
+        let content = json!({
+            "policyId": finding.policy_id,
+            "stepIndex": index,
+            "stepContentHash": stored_step.content_hash,
+            "threshold": finding.threshold,
+            "observed": finding.observed,
+            "detail": finding.evidence,
+        });
+        let evidence = evidence::ActiveModel {
+            id: Set(new_id(prefix::EVIDENCE)),
+            tenant_id: Set(tenant_id.clone()),
+            violation_id: Set(violation.id.clone()),
+            run_id: Set(run.id.clone()),
+            content_hash: Set(sha256_hex(crate::canonical::to_string(&content))),
+            content: Set(content),
+            created_at: Set(at),
+        }
+        .insert(txn)
+        .await?;
+        if finding.action == PolicyAction::Warn {
+            enforcement(txn, &run, index, finding, EnforcementAction::Warned).await?;
+        }
+        if evaluation.inflection == Some(i) {
+            inflection = Some((violation.clone(), evidence, finding));
+        }
+        violations.push(violation);
+    }
+
+    let mut active_run: run::ActiveModel = run.clone().into();
+    active_run.tokens_used = Set(run.tokens_used + input.tokens);
+    active_run.cost_micros = Set(run.cost_micros + input.cost_micros);
+    active_run.step_count = Set(run.step_count + 1);
+    active_run.trace_head_hash = Set(stored_step.entry_hash.clone());
+    active_run.updated_at = Set(at);
+    let mut incident_out = None;
+    let mut follow_ups = Vec::new();
+    if let Some((violation, evidence, finding)) = inflection {
+        let termination = finding.termination_reason;
+        active_run.status = Set(RunStatus::FailedPolicy);
+        active_run.termination_reason = Set(Some(termination));
+        active_run.completed_at = Set(Some(timestamp.max(run.started_at)));
+        active_run.stopped_at_step = Set(Some(index));
+        active_run.violation_policy_id = Set(Some(finding.policy_id.clone()));
+        active_run.violation_step_index = Set(Some(index));
+        active_run.violation_timestamp = Set(Some(timestamp));
+        active_run.violation_reason = Set(Some(finding.reason.clone()));
+        enforcement(txn, &run, index, finding, EnforcementAction::Stopped).await?;
+        let incident = incident::ActiveModel {
+            id: Set(new_id(prefix::INCIDENT)),
+            tenant_id: Set(tenant_id.clone()),
+            run_id: Set(run.id.clone()),
+            violation_id: Set(violation.id.clone()),
+            evidence_id: Set(Some(evidence.id.clone())),
+            severity: Set(finding.severity),
+            severity_rank: Set(finding.severity.rank()),
+            title: Set(format!(
+                "{} stopped run {} at step {index}",
+                finding.policy_name, run.id
+            )),
+            status: Set(IncidentStatus::Open),
+            note: Set(None),
+            created_at: Set(at),
+            detected_at: Set(at),
+            acknowledged_at: Set(None),
+            resolved_at: Set(None),
+            updated_at: Set(at),
+        }
+        .insert(txn)
+        .await?;
+        follow_ups.push(FollowUp::RecordEvaluation {
+            tenant_id: tenant_id.clone(),
+            run_id: run.id.clone(),
+        });
+        incident_out = Some(incident);
+    }
+    let updated_run = active_run.update(txn).await?;
+    if let Some(incident) = &incident_out {
+        events_out.push(
+            events::append(
+                txn,
+                &tenant_id,
+                runs::run_event(EventKind::RunStopped, &updated_run),
+            )
+            .await?,
+        );
+        events_out.push(
+            events::append(
+                txn,
+                &tenant_id,
+                crate::incidents::incident_event(EventKind::IncidentCreated, incident),
+            )
+            .await?,
+        );
+    }
+    let notice = StepNotice {
+        tenant_id: tenant_id.clone(),
+        run_id: updated_run.id.clone(),
+        step_index: stored_step.step_index,
+    };
+    Ok(Committed {
+        value: StepRecord {
+            run: updated_run,
+            step: stored_step,
+            violations,
+            incident: incident_out,
+            replayed: false,
+        },
+        events: events_out,
+        follow_ups,
+        steps: vec![notice],
+    })
+}
+
+async fn enforcement<C: ConnectionTrait>(
+    conn: &C,
+    run: &run::Model,
+    index: i64,
+    finding: &Finding,
+    action: EnforcementAction,
+) -> CoreResult<()> {
+    policy_enforcement::ActiveModel {
+        id: Set(new_id(prefix::ENFORCEMENT)),
+        tenant_id: Set(run.tenant_id.clone()),
+        policy_id: Set(Some(finding.policy_id.clone())),
+        run_id: Set(run.id.clone()),
+        step_index: Set(Some(index)),
+        action_taken: Set(action),
+        details: Set(json!({
+            "policyVersion": finding.policy_version,
+            "reason": finding.reason,
+            "thresholdCondition": finding.threshold_condition,
+            "evaluatedValue": finding.evaluated_value,
+        })),
+        created_at: Set(now()),
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
+/// The violations and incident a recorded step produced.
+async fn step_extras<C: ConnectionTrait>(
+    conn: &C,
+    step: &trace_step::Model,
+) -> CoreResult<(Vec<violation::Model>, Option<incident::Model>)> {
+    let violations = violation::Entity::find()
+        .filter(violation::Column::TenantId.eq(step.tenant_id.as_str()))
+        .filter(violation::Column::RunId.eq(step.run_id.as_str()))
+        .filter(violation::Column::StepIndex.eq(step.step_index))
+        .order_by_asc(violation::Column::Id)
+        .all(conn)
+        .await?;
+    let ids: Vec<String> = violations.iter().map(|v| v.id.clone()).collect();
+    let incident = if ids.is_empty() {
+        None
+    } else {
+        incident::Entity::find()
+            .filter(incident::Column::TenantId.eq(step.tenant_id.as_str()))
+            .filter(incident::Column::ViolationId.is_in(ids))
+            .one(conn)
+            .await?
+    };
+    Ok((violations, incident))
+}
+
+/// Insert step rows with multi-row statements.
+pub(crate) async fn insert_steps<C: ConnectionTrait>(
+    conn: &C,
+    steps: &[trace_step::Model],
+) -> CoreResult<()> {
+    for chunk in steps.chunks(INSERT_CHUNK) {
+        let rows = chunk.iter().map(|step| {
+            let mut active = trace_step::ActiveModel::from(step.clone()).reset_all();
+            active.pk = sea_orm::ActiveValue::NotSet;
+            active
+        });
+        trace_step::Entity::insert_many(rows)
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Write what clean steps change on their run: totals, step count, chain head.
+pub(crate) async fn update_run_totals<C: ConnectionTrait>(
+    conn: &C,
+    run: &run::Model,
+) -> CoreResult<()> {
+    let updated = run::Entity::update_many()
+        .col_expr(run::Column::TokensUsed, Expr::value(run.tokens_used))
+        .col_expr(run::Column::CostMicros, Expr::value(run.cost_micros))
+        .col_expr(run::Column::StepCount, Expr::value(run.step_count))
+        .col_expr(
+            run::Column::TraceHeadHash,
+            Expr::value(run.trace_head_hash.clone()),
+        )
+        .col_expr(run::Column::UpdatedAt, Expr::value(run.updated_at))
+        .filter(run::Column::Id.eq(run.id.as_str()))
+        .exec(conn)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Err(anyhow::anyhow!("run {} could not be updated", run.id).into());
+    }
+    Ok(())
+}
