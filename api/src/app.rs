@@ -146,6 +146,7 @@ impl Application {
             config: config.clone(),
             metrics,
             download_key,
+            ws_sockets: Default::default(),
         };
         let schema = build_schema(state.clone(), &config.limits);
 

@@ -6,7 +6,7 @@ use governance_core::{policy::SnapshotCache, store::Store};
 use governance_workers::{JobQueue, events::EventBus};
 use sea_orm::DatabaseConnection;
 
-use crate::{config::Config, metrics::Metrics};
+use crate::{config::Config, metrics::Metrics, ws::tenants::TenantSockets};
 
 /// Shared, cheaply clonable application state.
 #[derive(Clone)]
@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Signs export download URLs (shared by every replica through the database).
     pub download_key: Arc<Vec<u8>>,
+    /// Subscription sockets open per tenant on this replica.
+    pub ws_sockets: TenantSockets,
 }
 
 impl AppState {
