@@ -34,7 +34,10 @@ pub enum CoreError {
     },
     /// Too many requests of one kind from the tenant; retry after `retry_after_ms`.
     #[error("{message}")]
-    RateLimited { message: String, retry_after_ms: u64 },
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// Anything else: a bug or an unavailable dependency. Details are logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

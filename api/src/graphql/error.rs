@@ -124,7 +124,10 @@ mod tests {
             (CoreError::bad_field("input.rule", "bad"), "BAD_USER_INPUT"),
             (CoreError::Conflict("dup".into()), "CONFLICT"),
             (CoreError::RunTerminated("ended".into()), "RUN_TERMINATED"),
-            (CoreError::limit("limits.max_aliases", "too many"), "BAD_USER_INPUT"),
+            (
+                CoreError::limit("limits.max_aliases", "too many"),
+                "BAD_USER_INPUT",
+            ),
             (
                 CoreError::RateLimited {
                     message: "slow down".into(),
@@ -167,7 +170,11 @@ mod tests {
     #[test]
     fn limits_and_rate_limits_say_which_and_when() {
         let gql = to_gql(CoreError::limit("limits.max_aliases", "too many aliases"));
-        let limit = gql.extensions.as_ref().and_then(|e| e.get("limit")).cloned();
+        let limit = gql
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("limit"))
+            .cloned();
         assert_eq!(limit, Some(Value::from("limits.max_aliases")));
         let gql = to_gql(CoreError::RateLimited {
             message: "slow down".into(),
