@@ -32,12 +32,7 @@ use async_graphql::{
     Data,
     http::{WebSocket, WebSocketProtocols, WsMessage},
 };
-use futures::{
-    StreamExt,
-    channel::mpsc,
-    future::BoxFuture,
-    stream::FuturesUnordered,
-};
+use futures::{StreamExt, channel::mpsc, future::BoxFuture, stream::FuturesUnordered};
 use governance_core::{
     CoreError, CoreResult,
     tenancy::{self, Principal},

@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(error["extensions"]["code"], "BAD_USER_INPUT");
         assert_eq!(error["extensions"]["limit"], LIMIT);
         let message = error["message"].as_str().unwrap();
-        assert!(message.contains(LIMIT) && message.contains('2'), "{message}");
+        assert!(
+            message.contains(LIMIT) && message.contains('2'),
+            "{message}"
+        );
         assert!(error.get("locations").is_none(), "{error}");
         assert_eq!(ops.active(), 2);
     }
