@@ -186,6 +186,7 @@ impl Application {
                 config.rate_limits.clone(),
             )),
             webhook_rules,
+            ws_sockets: Default::default(),
         };
         let schema = build_schema(state.clone(), &config.limits);
 

@@ -37,12 +37,10 @@ pub async fn from_request(db: &DatabaseConnection, req: &HttpRequest) -> CoreRes
     tenancy::authenticate(db, token).await
 }
 
-/// The principal of a WebSocket connection, from `{"Authorization": "Bearer <key>"}`.
-pub async fn from_connection_init(
-    db: &DatabaseConnection,
-    payload: &serde_json::Value,
-) -> CoreResult<Principal> {
-    let token = payload
+/// The key a WebSocket connection presents in `{"Authorization": "Bearer <key>"}`. The socket
+/// keeps it, to re-check it while it is open.
+pub fn connection_init_token(payload: &serde_json::Value) -> CoreResult<String> {
+    payload
         .as_object()
         .and_then(|o| {
             o.iter()
@@ -50,8 +48,8 @@ pub async fn from_connection_init(
                 .and_then(|(_, v)| v.as_str())
         })
         .and_then(bearer_token)
-        .ok_or_else(missing)?;
-    tenancy::authenticate(db, token).await
+        .map(str::to_string)
+        .ok_or_else(missing)
 }
 
 #[cfg(test)]

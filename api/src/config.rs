@@ -84,6 +84,38 @@ impl Default for WebhookSettings {
     }
 }
 
+/// Limits and timers of GraphQL subscriptions over WebSocket, so an idle, flooding or
+/// revoked client cannot hold the service's sockets. All durations are whole seconds, at least 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketSettings {
+    /// Seconds a socket has to complete `connection_init` before it is closed with 4408.
+    pub init_timeout_secs: u64,
+    /// Subscriptions one socket may have active at once; one more is answered with `error`.
+    pub max_subscriptions_per_socket: usize,
+    /// Initialised sockets one tenant may hold open on this replica; one more is closed with 1008.
+    pub max_sockets_per_tenant: usize,
+    /// Seconds between re-checks of a socket's API key, so a revoked key loses its sockets.
+    pub auth_recheck_secs: u64,
+    /// Seconds between the WebSocket Ping frames the server sends.
+    pub ping_interval_secs: u64,
+    /// Seconds after an unanswered Ping (no Pong, no frame at all) before the socket is closed.
+    pub pong_timeout_secs: u64,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        Self {
+            init_timeout_secs: 10,
+            max_subscriptions_per_socket: 32,
+            max_sockets_per_tenant: 100,
+            auth_recheck_secs: 5,
+            ping_interval_secs: 15,
+            pong_timeout_secs: 30,
+        }
+    }
+}
+
 impl WebhookSettings {
     /// The rules core applies; a CIDR that does not parse is an error naming it.
     pub fn rules(&self) -> anyhow::Result<governance_core::webhooks::WebhookRules> {
@@ -91,6 +123,29 @@ impl WebhookSettings {
             egress: governance_core::egress::EgressPolicy::from_cidrs(&self.allow_cidrs)?,
             max_per_tenant: self.max_per_tenant,
         })
+    }
+}
+
+impl WebSocketSettings {
+    fn secs(value: u64) -> std::time::Duration {
+        // Zero would make a timer fire in a busy loop (and tokio's interval panics on it).
+        std::time::Duration::from_secs(value.max(1))
+    }
+
+    pub fn init_timeout(&self) -> std::time::Duration {
+        Self::secs(self.init_timeout_secs)
+    }
+
+    pub fn auth_recheck(&self) -> std::time::Duration {
+        Self::secs(self.auth_recheck_secs)
+    }
+
+    pub fn ping_interval(&self) -> std::time::Duration {
+        Self::secs(self.ping_interval_secs)
+    }
+
+    pub fn pong_timeout(&self) -> std::time::Duration {
+        Self::secs(self.pong_timeout_secs)
     }
 }
 
@@ -127,6 +182,8 @@ pub struct Config {
     pub templates_dir: Option<PathBuf>,
     /// Webhook endpoint rules.
     pub webhooks: WebhookSettings,
+    /// Subscription socket limits and timers.
+    pub websocket: WebSocketSettings,
 }
 
 impl Default for Config {
@@ -146,6 +203,7 @@ impl Default for Config {
             rate_limits: Default::default(),
             templates_dir: None,
             webhooks: WebhookSettings::default(),
+            websocket: WebSocketSettings::default(),
         }
     }
 }
@@ -274,6 +332,45 @@ mod tests {
             assert!(err.contains("`10.0.0.0/40`"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn websocket_settings_default_and_layer() {
+        Jail::expect_with(|jail| {
+            let defaults = Config::load(None, &CliOverrides::default()).map_err(|e| *e)?;
+            assert_eq!(defaults.websocket, WebSocketSettings::default());
+            assert_eq!(defaults.websocket.init_timeout_secs, 10);
+            assert_eq!(defaults.websocket.max_subscriptions_per_socket, 32);
+            assert_eq!(defaults.websocket.max_sockets_per_tenant, 100);
+            assert_eq!(defaults.websocket.auth_recheck_secs, 5);
+            assert_eq!(defaults.websocket.ping_interval_secs, 15);
+            assert_eq!(defaults.websocket.pong_timeout_secs, 30);
+
+            jail.create_file(
+                "gov.toml",
+                "[websocket]\ninit_timeout_secs = 3\nmax_sockets_per_tenant = 7\n",
+            )?;
+            jail.set_env("GOVERNANCE_WEBSOCKET__MAX_SOCKETS_PER_TENANT", "9");
+            let config =
+                Config::load(Some("gov.toml".into()), &CliOverrides::default()).map_err(|e| *e)?;
+            assert_eq!(config.websocket.init_timeout_secs, 3); // file over default
+            assert_eq!(config.websocket.max_sockets_per_tenant, 9); // env over file
+            assert_eq!(config.websocket.ping_interval_secs, 15); // default kept
+
+            jail.create_file("bad.toml", "[websocket]\nping_intervall_secs = 1\n")?;
+            let err = Config::load(Some("bad.toml".into()), &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("ping_intervall_secs"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn websocket_timers_are_never_zero() {
+        let settings = WebSocketSettings {
+            ping_interval_secs: 0,
+            ..WebSocketSettings::default()
+        };
+        assert_eq!(settings.ping_interval(), std::time::Duration::from_secs(1));
     }
 
     #[test]

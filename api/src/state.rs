@@ -6,7 +6,7 @@ use governance_core::{policy::SnapshotCache, store::Store};
 use governance_workers::{JobQueue, events::EventBus};
 use sea_orm::DatabaseConnection;
 
-use crate::{config::Config, metrics::Metrics};
+use crate::{config::Config, metrics::Metrics, ws::tenants::TenantSockets};
 
 /// Shared, cheaply clonable application state.
 #[derive(Clone)]
@@ -29,6 +29,8 @@ pub struct AppState {
     pub rate_limiter: Arc<governance_core::rate_limit::RateLimiter>,
     /// Webhook endpoint rules (egress policy, per-tenant cap), parsed from the configuration.
     pub webhook_rules: Arc<governance_core::webhooks::WebhookRules>,
+    /// Subscription sockets open per tenant on this replica.
+    pub ws_sockets: TenantSockets,
 }
 
 impl AppState {

@@ -341,34 +341,32 @@ impl TestApp {
 
 /// Open a graphql-transport-ws connection to the server on `port`.
 pub async fn ws_connect_to(port: u16, payload: Value) -> WsClient {
-    {
-        let mut request = format!("ws://127.0.0.1:{port}/graphql")
-            .into_client_request()
-            .expect("ws request");
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("graphql-transport-ws"),
-        );
-        let (mut socket, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("WebSocket connects");
-        assert_eq!(
-            response
-                .headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok()),
-            Some("graphql-transport-ws")
-        );
-        socket
-            .send(Message::Text(
-                json!({ "type": "connection_init", "payload": payload })
-                    .to_string()
-                    .into(),
-            ))
-            .await
-            .expect("send init");
-        WsClient { socket }
-    }
+    let mut ws = ws_open_to(port).await;
+    ws.send_json(json!({ "type": "connection_init", "payload": payload }))
+        .await;
+    ws
+}
+
+/// Open a graphql-transport-ws connection to the server on `port` and send nothing yet.
+pub async fn ws_open_to(port: u16) -> WsClient {
+    let mut request = format!("ws://127.0.0.1:{port}/graphql")
+        .into_client_request()
+        .expect("ws request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let (socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket connects");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("graphql-transport-ws")
+    );
+    WsClient { socket }
 }
 
 impl TestApp {
@@ -437,6 +435,51 @@ pub enum WsEvent {
 }
 
 impl WsClient {
+    /// Send one protocol message.
+    pub async fn send_json(&mut self, message: Value) {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("send a protocol message");
+    }
+
+    /// Read until the server closes, within `timeout`; the close code and description.
+    /// Protocol messages before the close are skipped.
+    pub async fn expect_close(&mut self, timeout: Duration) -> (Option<u16>, String) {
+        tokio::time::timeout(timeout, async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        return frame.map_or((None, String::new()), |f| {
+                            (Some(u16::from(f.code)), f.reason.to_string())
+                        });
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return (None, String::new()),
+                }
+            }
+        })
+        .await
+        .expect("the server closes the socket in time")
+    }
+
+    /// Wait for `count` WebSocket Ping frames from the server (the client library answers each
+    /// with a Pong), each within `timeout`; fails on any other message or a close.
+    pub async fn expect_pings(&mut self, count: usize, timeout: Duration) {
+        for seen in 0..count {
+            loop {
+                let frame = tokio::time::timeout(timeout, self.socket.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("ping {} of {count} in time", seen + 1));
+                match frame {
+                    Some(Ok(Message::Ping(_))) => break,
+                    Some(Ok(Message::Pong(_))) => continue,
+                    other => panic!("expected a Ping, got {other:?}"),
+                }
+            }
+        }
+    }
+
     /// The next protocol message or the close, within `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> WsEvent {
         loop {

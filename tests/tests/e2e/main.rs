@@ -17,3 +17,4 @@ mod persistence;
 mod schema;
 mod subscriptions;
 mod webhooks;
+mod websocket_hygiene;

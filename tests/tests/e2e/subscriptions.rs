@@ -307,8 +307,12 @@ async fn min_severity_filters_and_tenants_only_see_their_own_events() {
     app.key = ours;
 }
 
-/// A second `governance serve` process (no workers) on the same database, Redis and namespace.
-async fn second_replica(app: &crate::helpers::TestApp) -> (tokio::process::Child, u16) {
+/// A second `governance serve` process (no workers) on the same database, Redis and namespace,
+/// with `env` added to its environment (e.g. `GOVERNANCE_WEBSOCKET__…` settings).
+pub(crate) async fn second_replica(
+    app: &crate::helpers::TestApp,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, u16) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut args = vec![
         "serve".to_string(),
@@ -322,6 +326,7 @@ async fn second_replica(app: &crate::helpers::TestApp) -> (tokio::process::Child
         .args(&args)
         .env("GOVERNANCE_NAMESPACE", &app.env.namespace)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -353,7 +358,7 @@ async fn an_incident_on_one_replica_reaches_a_subscriber_on_another() {
     }
     let app = spawn_app().await;
     secrets_policy(&app, "HIGH").await;
-    let (_replica, port) = second_replica(&app).await;
+    let (_replica, port) = second_replica(&app, &[]).await;
     let bearer = format!("Bearer {}", app.key);
     let mut on_b = crate::helpers::ws_connect_to(port, json!({ "Authorization": bearer })).await;
     on_b.expect_ack().await;
