@@ -173,12 +173,19 @@ impl Application {
         let shutdown = CancellationToken::new();
         let bus = open_bus(&config, shutdown.clone()).await?;
         let download_key = Arc::new(governance_core::exports::download_key(&store).await?);
+        let cache = SnapshotCache::new();
+        let recorder = governance_core::steps::Recorder::new(
+            store.clone(),
+            cache.clone(),
+            config.limits.evaluation_budget(),
+        );
         let state = AppState {
             db,
             store,
             jobs,
             bus,
-            cache: SnapshotCache::new(),
+            cache,
+            recorder,
             config: config.clone(),
             metrics,
             download_key,
@@ -217,6 +224,7 @@ impl Application {
                     cache: state.cache.clone(),
                     renderer: config.renderer(),
                     egress: state.webhook_rules.egress.clone(),
+                    recorder: state.recorder.clone(),
                 },
                 shutdown.clone(),
             ))),

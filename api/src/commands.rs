@@ -49,12 +49,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app::cancel_on_signals(shutdown.clone());
             let bus = app::open_bus(&config, shutdown.clone()).await?;
             tracing::info!("governance worker started");
+            let store = Store::new(db);
+            let cache = SnapshotCache::new();
             governance_workers::run(
                 WorkerDeps {
-                    store: Store::new(db),
+                    recorder: governance_core::steps::Recorder::new(
+                        store.clone(),
+                        cache.clone(),
+                        config.limits.evaluation_budget(),
+                    ),
+                    store,
                     jobs,
                     bus,
-                    cache: SnapshotCache::new(),
+                    cache,
                     renderer: config.renderer(),
                     egress,
                 },

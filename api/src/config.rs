@@ -48,6 +48,9 @@ pub struct Limits {
     pub max_root_fields: usize,
     /// Most operations in one batched POST (a JSON array); 0 refuses batches.
     pub max_batch: usize,
+    /// Milliseconds the policies of a snapshot may take to evaluate one step; past it the step
+    /// is answered STOP (fail-closed) and its run stopped.
+    pub evaluation_budget_ms: u64,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_aliases: 30,
             max_root_fields: 20,
             max_batch: 10,
+            evaluation_budget_ms: 1000,
         }
     }
 }
@@ -210,6 +214,13 @@ impl Default for Config {
 
 /// The environment variable naming an optional configuration file.
 pub const CONFIG_FILE_ENV: &str = "GOVERNANCE_CONFIG";
+
+impl Limits {
+    /// The evaluation budget (at least 1 ms).
+    pub fn evaluation_budget(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.evaluation_budget_ms.max(1))
+    }
+}
 
 impl Config {
     /// Layer defaults, the file (if any), the environment, then `overrides` (from flags).

@@ -21,6 +21,8 @@ pub struct AppState {
     pub bus: EventBus,
     /// Compiled policy snapshots by content hash.
     pub cache: SnapshotCache,
+    /// Decides and writes step reports (owns the per-run ordering and the evaluation budget).
+    pub recorder: governance_core::steps::Recorder,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     /// Signs export download URLs (shared by every replica through the database).

@@ -12,9 +12,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use crate::{
     error::CoreResult,
     outcome::Committed,
-    policy::{CompiledSnapshot, SnapshotCache},
-    steps::{self, RecordStep, StepOutcome},
-    store::Store,
+    policy::CompiledSnapshot,
+    steps::{self, RecordStep, Recorder, StepOutcome},
     time::now,
 };
 
@@ -32,10 +31,8 @@ fn blocking_duration_limit(snapshot: &CompiledSnapshot) -> Option<i64> {
 }
 
 /// Stop every running run past its duration limit. Returns what each stop committed.
-pub async fn stop_overdue(
-    store: &Store,
-    cache: &SnapshotCache,
-) -> CoreResult<Vec<Committed<StepOutcome>>> {
+pub async fn stop_overdue(recorder: &Recorder) -> CoreResult<Vec<Committed<StepOutcome>>> {
+    let (store, cache) = (recorder.store(), recorder.cache());
     let running: Vec<run::Model> = run::Entity::find()
         .filter(run::Column::Status.eq(RunStatus::Running))
         .order_by_asc(run::Column::StartedAt)
@@ -52,22 +49,21 @@ pub async fn stop_overdue(
         if (at - run.started_at).num_milliseconds() <= limit * 1000 {
             continue;
         }
-        let outcome = steps::record(
-            store,
-            cache,
-            &run.tenant_id,
-            RecordStep {
-                run_id: run.id.clone(),
-                step_index: None,
-                step_type: StepType::Other,
-                tokens: 0,
-                cost_micros: 0,
-                content: None,
-                tool_name: None,
-                timestamp: Some(at),
-            },
-        )
-        .await;
+        let outcome = recorder
+            .record(
+                &run.tenant_id,
+                RecordStep {
+                    run_id: run.id.clone(),
+                    step_index: None,
+                    step_type: StepType::Other,
+                    tokens: 0,
+                    cost_micros: 0,
+                    content: None,
+                    tool_name: None,
+                    timestamp: Some(at),
+                },
+            )
+            .await;
         match outcome {
             Ok(committed) => stopped.push(committed),
             // The run ended meanwhile (a step or completion got there first): nothing to do.

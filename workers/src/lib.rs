@@ -35,6 +35,8 @@ pub struct WorkerDeps {
     pub renderer: std::sync::Arc<render::Renderer>,
     /// Which addresses webhook deliveries may connect to.
     pub egress: EgressPolicy,
+    /// Records the steps the sweeper reports for silent runs (shared with the API when embedded).
+    pub recorder: governance_core::steps::Recorder,
 }
 
 /// Carries out what a committed change leaves to do: publish its events, enqueue its jobs.

@@ -67,7 +67,7 @@ pub async fn sweep_once(store: &Store, jobs: &JobQueue) -> anyhow::Result<usize>
 
 /// Stop overdue runs and publish/enqueue what their stops committed. Returns how many stopped.
 pub async fn stop_overdue(deps: &WorkerDeps) -> anyhow::Result<usize> {
-    let stopped = timeouts::stop_overdue(&deps.store, &deps.cache).await?;
+    let stopped = timeouts::stop_overdue(&deps.recorder).await?;
     let count = stopped.len();
     let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
     for committed in stopped {

@@ -5,7 +5,7 @@ use async_graphql::ErrorExtensions;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use governance_core::{
     ids,
-    steps::{self, RecordStep, StepOutcome},
+    steps::{RecordStep, StepOutcome},
     verify,
 };
 use governance_entities::{incident, run, trace_step, violation};
@@ -345,23 +345,23 @@ impl StepMutation {
     ) -> async_graphql::Result<StepDecision> {
         let principal = principal(ctx)?;
         let state = state(ctx);
-        let committed = steps::record(
-            &state.store,
-            &state.cache,
-            &principal.tenant_id,
-            RecordStep {
-                run_id: input.run_id.to_string(),
-                step_index: input.step_index,
-                step_type: input.step_type.into(),
-                tokens: input.tokens,
-                cost_micros: input.cost_micros,
-                content: input.content,
-                tool_name: input.tool_name,
-                timestamp: input.timestamp.map(|t| t.0),
-            },
-        )
-        .await
-        .gql()?;
+        let committed = state
+            .recorder
+            .record(
+                &principal.tenant_id,
+                RecordStep {
+                    run_id: input.run_id.to_string(),
+                    step_index: input.step_index,
+                    step_type: input.step_type.into(),
+                    tokens: input.tokens,
+                    cost_micros: input.cost_micros,
+                    content: input.content,
+                    tool_name: input.tool_name,
+                    timestamp: input.timestamp.map(|t| t.0),
+                },
+            )
+            .await
+            .gql()?;
         let outcome = state.after_commit(committed).await;
         Ok(match outcome {
             StepOutcome::Recorded(record) => StepDecision {

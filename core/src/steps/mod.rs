@@ -35,10 +35,88 @@ use crate::{
 use decision::{Basis, Decided, Report, classify, content_hash, timestamp_of};
 use write::{Written, record_committed};
 
-/// How long the policies of one snapshot may take to evaluate one step. Past it the step is
-/// answered STOP (fail-closed) and its run stopped; nothing else waits for it, because
-/// evaluation happens before the write path, on a thread of its own.
+/// How long the policies of one snapshot may take to evaluate one step, unless configured
+/// otherwise. Past it the step is answered STOP (fail-closed) and its run stopped; nothing else
+/// waits for it, because evaluation happens before the write path, on a thread of its own.
 pub const EVALUATION_BUDGET: Duration = Duration::from_secs(1);
+
+/// Records steps: decides each one (snapshots compiled once, from its cache; evaluation under
+/// its budget), then writes it (through the store's group-commit lane on SQLite). Reports of one
+/// run are decided one after another in this process, so they do not race each other's
+/// decisions; a decision overtaken anyway (a report of the same run through another process) is
+/// made again. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    store: Store,
+    cache: SnapshotCache,
+    budget: Duration,
+    runs: RunTurns,
+}
+
+impl Recorder {
+    pub fn new(store: Store, cache: SnapshotCache, budget: Duration) -> Self {
+        Self {
+            store,
+            cache,
+            budget,
+            runs: RunTurns::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &SnapshotCache {
+        &self.cache
+    }
+
+    /// Record a step. On a failure to commit, the answer is STOP with `SYSTEM_FAILURE`
+    /// (fail-closed), and the run is stopped if that can still be recorded.
+    pub async fn record(
+        &self,
+        tenant_id: &str,
+        input: RecordStep,
+    ) -> CoreResult<Committed<StepOutcome>> {
+        validate(&input)?;
+        let turn = self.runs.of(&input.run_id);
+        let _mine = turn.lock().await;
+        record(&self.store, &self.cache, self.budget, tenant_id, input).await
+    }
+}
+
+/// One turn at a time per run: the reports of a run wait for each other (only for each other)
+/// before they are decided.
+#[derive(Clone, Default)]
+struct RunTurns(
+    Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+        >,
+    >,
+);
+
+impl RunTurns {
+    /// Entries kept before the ones no report holds any more are dropped.
+    const PRUNE_ABOVE: usize = 1024;
+
+    fn of(&self, run_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        // A poisoned map only means a panic elsewhere mid-update; the map is still usable.
+        let mut turns = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(turn) = turns.get(run_id).and_then(std::sync::Weak::upgrade) {
+            return turn;
+        }
+        if turns.len() > Self::PRUNE_ABOVE {
+            turns.retain(|_, turn| turn.strong_count() > 0);
+        }
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        turns.insert(run_id.to_string(), Arc::downgrade(&turn));
+        turn
+    }
+}
 
 /// How many times a step is decided again because its run moved on before the decision could be
 /// written (other steps of the same run reported at the same time).
@@ -156,22 +234,21 @@ pub async fn compiled_snapshot<C: ConnectionTrait>(
     Ok(compiled)
 }
 
-/// Record a step. On a failure to commit, the answer is STOP with `SYSTEM_FAILURE` (fail-closed),
-/// and the run is stopped if that can still be recorded.
-pub async fn record(
+/// Decide and write a validated step, deciding again while its run moves on underneath.
+async fn record(
     store: &Store,
     cache: &SnapshotCache,
+    budget: Duration,
     tenant_id: &str,
     input: RecordStep,
 ) -> CoreResult<Committed<StepOutcome>> {
-    validate(&input)?;
     for _ in 0..MAX_DECISIONS {
-        let decided = match decide(store, cache, tenant_id, &input).await {
+        let decided = match decide(store, cache, budget, tenant_id, &input).await {
             Ok(decided) => decided,
             Err(Undecided::OverBudget) => {
                 let reason = format!(
                     "the policies' evaluation budget ({} ms per step) was exceeded; failing closed: STOP ({})",
-                    EVALUATION_BUDGET.as_millis(),
+                    budget.as_millis(),
                     TerminationReason::SystemFailure
                 );
                 return fail_closed(store, tenant_id, &input, reason).await;
@@ -209,7 +286,7 @@ pub async fn record(
 
 /// Why a report could not be decided.
 enum Undecided {
-    /// Evaluating the snapshot took longer than [`EVALUATION_BUDGET`].
+    /// Evaluating the snapshot took longer than its budget.
     OverBudget,
     Failed(CoreError),
 }
@@ -227,6 +304,7 @@ impl From<CoreError> for Undecided {
 async fn decide(
     store: &Store,
     cache: &SnapshotCache,
+    budget: Duration,
     tenant_id: &str,
     input: &RecordStep,
 ) -> Result<Option<Decided>, Undecided> {
@@ -251,7 +329,8 @@ async fn decide(
         None => Vec::new(),
     };
     let basis = Basis::of(&run);
-    let evaluation = evaluate_within_budget(snapshot, run, index, input, timestamp, recent).await?;
+    let evaluation =
+        evaluate_within_budget(snapshot, run, index, input, timestamp, recent, budget).await?;
     Ok(Some(Decided {
         basis,
         index,
@@ -261,7 +340,7 @@ async fn decide(
 }
 
 /// Evaluate a step. Snapshots with EXPRESSION policies (whose cost depends on run data) are
-/// evaluated on a blocking thread under [`EVALUATION_BUDGET`]; the others are a few integer
+/// evaluated on a blocking thread under `budget`; the others are a few integer
 /// comparisons, a set lookup and one bounded regex scan, done in place.
 async fn evaluate_within_budget(
     snapshot: Arc<CompiledSnapshot>,
@@ -270,6 +349,7 @@ async fn evaluate_within_budget(
     input: &RecordStep,
     timestamp: DateTime<Utc>,
     recent: Vec<DateTime<Utc>>,
+    budget: Duration,
 ) -> Result<Evaluation, Undecided> {
     if !snapshot.has_expressions() {
         return Ok(decision::check(
@@ -280,7 +360,7 @@ async fn evaluate_within_budget(
     let evaluation = tokio::task::spawn_blocking(move || {
         decision::check(&snapshot, &run, index, &input, timestamp, &recent)
     });
-    match tokio::time::timeout(EVALUATION_BUDGET, evaluation).await {
+    match tokio::time::timeout(budget, evaluation).await {
         Ok(Ok(evaluation)) => Ok(evaluation),
         Ok(Err(join)) => Err(Undecided::Failed(CoreError::Internal(anyhow::anyhow!(
             "policy evaluation failed: {join}"

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::{
-    RecordStep, StepOutcome, compiled_snapshot,
+    EVALUATION_BUDGET, RecordStep, Recorder, StepOutcome, compiled_snapshot,
     decision::{Report, check, classify, count_clean_step, step_row},
 };
 use crate::{
@@ -146,15 +146,10 @@ fn inputs(run: &run::Model, specs: &[StepSpec]) -> Vec<RecordStep> {
 }
 
 /// Report every step of one run, in order, and collect the answers.
-async fn report(
-    store: Store,
-    cache: SnapshotCache,
-    tenant_id: String,
-    steps: Vec<RecordStep>,
-) -> Vec<Answer> {
+async fn report(recorder: Recorder, tenant_id: String, steps: Vec<RecordStep>) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(steps.len());
     for step in steps {
-        let answer = match super::record(&store, &cache, &tenant_id, step).await {
+        let answer = match recorder.record(&tenant_id, step).await {
             Ok(committed) => match committed.value {
                 StepOutcome::Recorded(record) => Answer::Recorded {
                     action: record.step.decision,
@@ -243,6 +238,7 @@ async fn check_paths(
     for store in [batched, single] {
         // Every run's steps are reported concurrently with the other runs' (so the lane
         // batches them), each run's in order.
+        let recorder = Recorder::new(store.clone(), cache.clone(), EVALUATION_BUDGET);
         let mut reports = tokio::task::JoinSet::new();
         let mut wanted = Vec::new();
         for specs in &runs_specs {
@@ -266,10 +262,11 @@ async fn check_paths(
                 .await
                 .expect("snapshot");
             wanted.push((run.id.clone(), expected(&snapshot, run, &steps)));
-            let (store, cache, tenant) = (store.clone(), cache.clone(), tenant.clone());
+            let recorder = recorder.clone();
+            let tenant = tenant.clone();
             reports.spawn(async move {
                 let run_id = steps[0].run_id.clone();
-                (run_id, report(store, cache, tenant, steps).await)
+                (run_id, report(recorder, tenant, steps).await)
             });
         }
         let mut got = Vec::new();

@@ -235,3 +235,94 @@ async fn the_embedded_store_is_readable_by_its_owner_only() {
         assert_eq!(mode(dir.join(name)), 0o600, "{name}");
     }
 }
+
+const CREATE_POLICY: &str =
+    "mutation($input: CreatePolicyInput!) { createPolicy(input: $input) { id } }";
+
+#[tokio::test]
+async fn a_policy_whose_cost_run_data_could_make_unbounded_is_refused_when_written() {
+    let app = spawn_app().await;
+    // The policy that once stalled every tenant for 51 s with a 10,000-item metadata list.
+    let refused = app
+        .gql(
+            CREATE_POLICY,
+            json!({ "input": {
+                "name": "quadratic", "kind": "EXPRESSION", "action": "BLOCK", "severity": "HIGH",
+                "rule": { "expression": "run.metadata.l.map(a, run.metadata.l.map(b, a + b)).size() > 0" },
+            } }),
+        )
+        .await;
+    assert_eq!(refused.error_code().as_deref(), Some("BAD_USER_INPUT"));
+    assert_eq!(
+        refused.body["errors"][0]["extensions"]["field"],
+        "input.rule.expression"
+    );
+    assert!(
+        refused.error_message().contains("nests one comprehension"),
+        "{}",
+        refused.body
+    );
+    let listed = app.gql_ok("{ policies { totalCount } }", json!({})).await;
+    assert_eq!(listed["policies"]["totalCount"], 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_step_over_the_evaluation_budget_stops_its_run_alone_and_others_carry_on() {
+    let app = spawn_app_with(|c| c.limits.evaluation_budget_ms = 1).await;
+    // Linear, so it is accepted; over a 30,000-item list it takes longer than 1 ms.
+    app.create_policy(json!({
+        "name": "big list", "kind": "EXPRESSION", "action": "BLOCK", "severity": "HIGH",
+        "rule": { "expression": "run.metadata.l.map(a, a + 1).filter(b, b > 5).size() > 0" },
+    }))
+    .await;
+    let started = app
+        .gql_ok(
+            "mutation($input: StartRunInput!) { startRun(input: $input) { id } }",
+            json!({ "input": { "workflowId": "heavy", "metadata": { "l": vec![1; 30_000] } } }),
+        )
+        .await;
+    let heavy = started["startRun"]["id"].as_str().unwrap().to_string();
+    let answer = app
+        .record_step(&heavy, json!({ "type": "LLM_CALL", "tokens": 1 }))
+        .await;
+    let decision = &answer.body["data"]["recordStep"];
+    assert_eq!(decision["action"], "STOP", "{}", answer.body);
+    assert_eq!(decision["recorded"], false);
+    assert_eq!(decision["terminationReason"], "SYSTEM_FAILURE");
+    assert!(
+        decision["reason"]
+            .as_str()
+            .unwrap()
+            .contains("evaluation budget (1 ms per step) was exceeded"),
+        "{}",
+        answer.body
+    );
+    // The run is stopped, so its later steps are refused.
+    let later = app
+        .record_step(&heavy, json!({ "type": "LLM_CALL", "tokens": 1 }))
+        .await;
+    assert_eq!(later.error_code().as_deref(), Some("RUN_TERMINATED"));
+    // Another tenant (another snapshot) is not affected at all.
+    let other = app.other_tenant("other").await;
+    let theirs = app
+        .gql_auth(
+            Some(&other),
+            "mutation { startRun(input: { workflowId: \"light\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    let light = theirs.data()["startRun"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        let step = app
+            .gql_auth(
+                Some(&other),
+                "mutation($input: RecordStepInput!) { recordStep(input: $input) { action } }",
+                json!({ "input": { "runId": light, "type": "LLM_CALL", "tokens": 1 } }),
+            )
+            .await;
+        assert_eq!(step.data()["recordStep"]["action"], "CONTINUE");
+    }
+}
