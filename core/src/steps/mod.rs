@@ -33,6 +33,7 @@ use crate::{
 };
 
 use decision::{Basis, Decided, Report, classify, content_hash, timestamp_of};
+use turns::Known;
 use write::{Written, record_committed};
 
 /// How long the policies of one snapshot may take to evaluate one step, unless configured
@@ -50,7 +51,7 @@ pub struct Recorder {
     store: Store,
     cache: SnapshotCache,
     budget: Duration,
-    runs: RunTurns,
+    runs: turns::RunTurns,
 }
 
 impl Recorder {
@@ -59,7 +60,7 @@ impl Recorder {
             store,
             cache,
             budget,
-            runs: RunTurns::default(),
+            runs: turns::RunTurns::default(),
         }
     }
 
@@ -80,41 +81,32 @@ impl Recorder {
     ) -> CoreResult<Committed<StepOutcome>> {
         validate(&input)?;
         let turn = self.runs.of(&input.run_id);
-        let _mine = turn.lock().await;
-        record(&self.store, &self.cache, self.budget, tenant_id, input).await
-    }
-}
-
-/// One turn at a time per run: the reports of a run wait for each other (only for each other)
-/// before they are decided.
-#[derive(Clone, Default)]
-struct RunTurns(
-    Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
-        >,
-    >,
-);
-
-impl RunTurns {
-    /// Entries kept before the ones no report holds any more are dropped.
-    const PRUNE_ABOVE: usize = 1024;
-
-    fn of(&self, run_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        // A poisoned map only means a panic elsewhere mid-update; the map is still usable.
-        let mut turns = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(turn) = turns.get(run_id).and_then(std::sync::Weak::upgrade) {
-            return turn;
+        let mut known = turn.lock().await;
+        let answer = record(
+            &self.store,
+            &self.cache,
+            self.budget,
+            tenant_id,
+            input,
+            &mut known,
+        )
+        .await;
+        // What the write path answered is the run as stored; anything else is forgotten.
+        match &answer {
+            Ok(Committed {
+                value: StepOutcome::Recorded(record),
+                ..
+            }) if !record.replayed => match known.as_mut() {
+                Some(kept) => kept.stepped(record.run.clone(), record.step.timestamp),
+                None => *known = Some(Known::new(record.run.clone())),
+            },
+            Ok(Committed {
+                value: StepOutcome::Recorded(_),
+                ..
+            }) => {}
+            _ => *known = None,
         }
-        if turns.len() > Self::PRUNE_ABOVE {
-            turns.retain(|_, turn| turn.strong_count() > 0);
-        }
-        let turn = Arc::new(tokio::sync::Mutex::new(()));
-        turns.insert(run_id.to_string(), Arc::downgrade(&turn));
-        turn
+        answer
     }
 }
 
@@ -130,6 +122,7 @@ mod lane;
 mod synthetic;
 #[cfg(test)]
 mod tests;
+mod turns;
 mod write;
 
 pub(crate) use lane::StepLane;
@@ -241,9 +234,10 @@ async fn record(
     budget: Duration,
     tenant_id: &str,
     input: RecordStep,
+    known: &mut Option<Known>,
 ) -> CoreResult<Committed<StepOutcome>> {
     for _ in 0..MAX_DECISIONS {
-        let decided = match decide(store, cache, budget, tenant_id, &input).await {
+        let decided = match decide(store, cache, budget, tenant_id, &input, known).await {
             Ok(decided) => decided,
             Err(Undecided::OverBudget) => {
                 let reason = format!(
@@ -271,7 +265,8 @@ async fn record(
                     steps: committed.steps,
                 });
             }
-            Ok(Written::Stale) => continue,
+            // Decide again on the run as stored.
+            Ok(Written::Stale) => *known = None,
             Err(CoreError::Internal(err)) => {
                 return fail_closed_on_error(store, tenant_id, &input, err).await;
             }
@@ -307,24 +302,38 @@ async fn decide(
     budget: Duration,
     tenant_id: &str,
     input: &RecordStep,
+    known: &mut Option<Known>,
 ) -> Result<Option<Decided>, Undecided> {
-    let run = match runs::get(store.db(), tenant_id, &input.run_id).await {
-        Ok(run) => run,
-        Err(CoreError::NotFound { .. }) => return Ok(None),
-        Err(err) => return Err(err.into()),
+    let kept = match known.take() {
+        Some(kept) if kept.run.id == input.run_id => kept,
+        _ => match runs::get(store.db(), tenant_id, &input.run_id).await {
+            Ok(run) => Known::new(run),
+            Err(CoreError::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        },
     };
+    // Another tenant's run is "not found", as the write path will say.
+    if kept.run.tenant_id != tenant_id {
+        *known = Some(kept);
+        return Ok(None);
+    }
+    let kept = known.insert(kept);
+    let run = kept.run.clone();
     let Ok(Report::New { index, timestamp }) = classify(&run, input) else {
         return Ok(None);
     };
     let snapshot = compiled_snapshot(store.db(), cache, &run).await?;
     let recent = match snapshot.max_rate_window_seconds() {
         Some(window) => {
-            step_times_since(
-                store.db(),
-                &run.id,
-                timestamp - chrono::Duration::seconds(window),
-            )
-            .await?
+            let since = timestamp - chrono::Duration::seconds(window);
+            match kept.times.after(since) {
+                Some(times) => times,
+                None => {
+                    let times = step_times_since(store.db(), &run.id, since).await?;
+                    kept.times.remember(since, &times);
+                    times
+                }
+            }
         }
         None => Vec::new(),
     };
