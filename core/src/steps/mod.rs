@@ -50,7 +50,7 @@ pub const EVALUATION_BUDGET: Duration = Duration::from_secs(1);
 pub struct Recorder {
     store: Store,
     cache: SnapshotCache,
-    budget: Duration,
+    budget: EvaluationBudget,
     runs: turns::RunTurns,
 }
 
@@ -59,7 +59,7 @@ impl Recorder {
         Self {
             store,
             cache,
-            budget,
+            budget: EvaluationBudget::new(budget),
             runs: turns::RunTurns::default(),
         }
     }
@@ -85,7 +85,7 @@ impl Recorder {
         let answer = record(
             &self.store,
             &self.cache,
-            self.budget,
+            &self.budget,
             tenant_id,
             input,
             &mut known,
@@ -107,6 +107,48 @@ impl Recorder {
             _ => *known = None,
         }
         answer
+    }
+}
+
+/// How long expression policies may take on one step, and how many evaluations of one tenant
+/// may run at once.
+#[derive(Clone)]
+struct EvaluationBudget {
+    per_step: Duration,
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+}
+
+impl EvaluationBudget {
+    /// Evaluations of one tenant's expression policies running at once, counting those still
+    /// finishing after their budget ran out (a thread cannot be stopped): however costly a
+    /// tenant's policies, they occupy at most this many threads, and other tenants keep the rest
+    /// of the machine. A step waiting for its turn here waits within its budget.
+    const PER_TENANT: usize = 2;
+    /// Tenants remembered before the idle ones are dropped.
+    const PRUNE_ABOVE: usize = 4096;
+
+    fn new(per_step: Duration) -> Self {
+        Self {
+            per_step,
+            running: Arc::default(),
+        }
+    }
+
+    fn of(&self, tenant_id: &str) -> Arc<tokio::sync::Semaphore> {
+        // A poisoned map only means a panic elsewhere mid-update; the map is still usable.
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(permits) = running.get(tenant_id) {
+            return permits.clone();
+        }
+        if running.len() > Self::PRUNE_ABOVE {
+            running.retain(|_, permits| Arc::strong_count(permits) > 1);
+        }
+        let permits = Arc::new(tokio::sync::Semaphore::new(Self::PER_TENANT));
+        running.insert(tenant_id.to_string(), permits.clone());
+        permits
     }
 }
 
@@ -231,7 +273,7 @@ pub async fn compiled_snapshot<C: ConnectionTrait>(
 async fn record(
     store: &Store,
     cache: &SnapshotCache,
-    budget: Duration,
+    budget: &EvaluationBudget,
     tenant_id: &str,
     input: RecordStep,
     known: &mut Option<Known>,
@@ -242,7 +284,7 @@ async fn record(
             Err(Undecided::OverBudget) => {
                 let reason = format!(
                     "the policies' evaluation budget ({} ms per step) was exceeded; failing closed: STOP ({})",
-                    budget.as_millis(),
+                    budget.per_step.as_millis(),
                     TerminationReason::SystemFailure
                 );
                 return fail_closed(store, tenant_id, &input, reason).await;
@@ -299,7 +341,7 @@ impl From<CoreError> for Undecided {
 async fn decide(
     store: &Store,
     cache: &SnapshotCache,
-    budget: Duration,
+    budget: &EvaluationBudget,
     tenant_id: &str,
     input: &RecordStep,
     known: &mut Option<Known>,
@@ -358,18 +400,31 @@ async fn evaluate_within_budget(
     input: &RecordStep,
     timestamp: DateTime<Utc>,
     recent: Vec<DateTime<Utc>>,
-    budget: Duration,
+    budget: &EvaluationBudget,
 ) -> Result<Evaluation, Undecided> {
     if !snapshot.has_expressions() {
         return Ok(decision::check(
             &snapshot, &run, index, input, timestamp, &recent,
         ));
     }
+    let deadline = tokio::time::Instant::now() + budget.per_step;
+    let permits = budget.of(&run.tenant_id);
+    let permit = match tokio::time::timeout_at(deadline, permits.acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(closed)) => {
+            return Err(Undecided::Failed(CoreError::Internal(anyhow::anyhow!(
+                "evaluation permits closed: {closed}"
+            ))));
+        }
+        Err(_) => return Err(Undecided::OverBudget),
+    };
     let input = input.clone();
     let evaluation = tokio::task::spawn_blocking(move || {
+        // Held until the evaluation ends, even past its budget.
+        let _running = permit;
         decision::check(&snapshot, &run, index, &input, timestamp, &recent)
     });
-    match tokio::time::timeout(budget, evaluation).await {
+    match tokio::time::timeout_at(deadline, evaluation).await {
         Ok(Ok(evaluation)) => Ok(evaluation),
         Ok(Err(join)) => Err(Undecided::Failed(CoreError::Internal(anyhow::anyhow!(
             "policy evaluation failed: {join}"
