@@ -14,7 +14,12 @@ use governance_entities::{
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 
-use crate::{error::CoreResult, runs, time::to_millis};
+use crate::{
+    decision_record::{DecisionRecord, RecordedFinding},
+    error::CoreResult,
+    runs,
+    time::to_millis,
+};
 
 /// Where the run was in its life at the instant asked about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +58,8 @@ pub struct ExplainedDecision {
     /// Position of the step's entry in the run's hash chain. Position 0 is the genesis hash
     /// (binding the run id and the snapshot hash), so step `i` is at position `i + 1`.
     pub chain_position: i64,
-    /// Every finding recorded with the decision (`decision_json.findings`), as stored.
-    pub findings: Value,
+    /// Every finding recorded with the decision, as stored.
+    pub findings: Vec<RecordedFinding>,
 }
 
 /// What governed a run at one instant.
@@ -177,75 +182,29 @@ fn phase_at(
     }
 }
 
-/// The decision recorded with `step`, attributed to its deciding policy.
+/// The decision recorded with `step`, attributed to its deciding policy. A record that does not
+/// parse explains nothing beyond the step's own columns (`verifyRun` reports it).
 fn explain_step(step: &trace_step::Model, thresholds: &Value) -> ExplainedDecision {
-    let findings = step
-        .decision_json
-        .get("findings")
-        .cloned()
-        .unwrap_or_else(|| Value::Array(Vec::new()));
-    let deciding = deciding_finding(step.decision, &step.decision_json);
-    let policy_id = deciding.and_then(|f| text(f, "policyId"));
+    let record = DecisionRecord::from_json(&step.decision_json).ok();
+    let deciding = record.as_ref().and_then(DecisionRecord::deciding_finding);
     let threshold = deciding.and_then(|f| {
-        f.get("threshold")
+        Some(f.threshold.clone())
             .filter(|t| !t.is_null())
-            .cloned()
-            .or_else(|| {
-                policy_id
-                    .as_deref()
-                    .and_then(|id| thresholds.get(id))
-                    .cloned()
-            })
+            .or_else(|| thresholds.get(&f.policy_id).cloned())
     });
     ExplainedDecision {
         action: step.decision,
         reason: step.reason.clone(),
-        policy_name: deciding.and_then(|f| text(f, "policyName")),
-        policy_version: deciding
-            .and_then(|f| f.get("policyVersion"))
-            .and_then(Value::as_i64)
-            .and_then(|v| i32::try_from(v).ok()),
-        policy_id,
+        policy_id: deciding.map(|f| f.policy_id.clone()),
+        policy_name: deciding.map(|f| f.policy_name.clone()),
+        policy_version: deciding.map(|f| f.policy_version),
         threshold,
-        observed_value: deciding.and_then(observed_of),
+        observed_value: deciding.map(RecordedFinding::observed_text),
         step_index: step.step_index,
         step_timestamp: step.timestamp,
         entry_hash: step.entry_hash.clone(),
         chain_position: step.step_index + 1,
-        findings,
-    }
-}
-
-/// The finding that decided the step: for STOP the one of `inflectionPolicyId`; for WARN the
-/// first WARN finding (else the first finding); for CONTINUE none.
-fn deciding_finding(action: DecisionAction, decision_json: &Value) -> Option<&Value> {
-    let findings = decision_json.get("findings")?.as_array()?;
-    match action {
-        DecisionAction::Continue => None,
-        DecisionAction::Stop => {
-            let inflection = decision_json.get("inflectionPolicyId")?.as_str()?;
-            findings
-                .iter()
-                .find(|f| f.get("policyId").and_then(Value::as_str) == Some(inflection))
-        }
-        DecisionAction::Warn => findings
-            .iter()
-            .find(|f| f.get("action").and_then(Value::as_str) == Some("WARN"))
-            .or_else(|| findings.first()),
-    }
-}
-
-fn text(finding: &Value, key: &str) -> Option<String> {
-    finding.get(key).and_then(Value::as_str).map(str::to_string)
-}
-
-/// The finding's `observed` as text (a JSON string as is, anything else as JSON), else its
-/// `evaluatedValue`.
-fn observed_of(finding: &Value) -> Option<String> {
-    match finding.get("observed") {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(value) if !value.is_null() => Some(value.to_string()),
-        _ => text(finding, "evaluatedValue"),
+        findings: record.map(|r| r.findings).unwrap_or_default(),
     }
 }
 
@@ -412,6 +371,7 @@ mod tests {
             "severity": "HIGH",
             "threshold": { "maxTokens": 100 },
             "observed": observed,
+            "violatedRule": "maxTokens",
             "evaluatedValue": "120",
             "thresholdCondition": "tokensUsed > 100",
             "reason": "over budget",
@@ -561,7 +521,7 @@ mod tests {
         assert_eq!(d.policy_version, Some(3));
         assert_eq!(d.threshold, Some(json!({ "maxTokens": 100 })));
         assert_eq!(d.observed_value.as_deref(), Some("120"));
-        assert_eq!(d.findings.as_array().map(Vec::len), Some(2));
+        assert_eq!(d.findings.len(), 2);
     }
 
     #[test]

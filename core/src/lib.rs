@@ -8,6 +8,7 @@ pub mod canonical;
 pub mod chain;
 pub mod compare;
 pub mod db;
+pub mod decision_record;
 pub mod egress;
 pub mod error;
 pub mod evaluation;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     chain,
+    decision_record::DecisionRecord,
     error::CoreResult,
     hashing::sha256_hex,
     policy::{CompiledSnapshot, ContentInput, RunState, StepInput, evaluate},
@@ -24,7 +25,8 @@ pub struct Mismatch {
     /// The step concerned; `None` for the snapshot or the run as a whole.
     pub step_index: Option<i64>,
     /// `SNAPSHOT_HASH`, `MISSING_STEP`, `PREV_HASH`, `ENTRY_HASH`, `HEAD_HASH`, `DECISION`,
-    /// `STATUS`, `FINDINGS`, `VIOLATION_RECORD`, `RUN_TOTALS`.
+    /// `STATUS`, `FINDINGS`, `DECISION_RECORD` (the recorded decision does not parse),
+    /// `VIOLATION_RECORD`, `RUN_TOTALS`.
     pub kind: String,
     pub expected: String,
     pub found: String,
@@ -126,11 +128,20 @@ pub async fn verify<C: ConnectionTrait>(
         }
         prev = step.entry_hash.clone();
 
+        let record = DecisionRecord::from_json(&step.decision_json);
+        if let Err(err) = &record {
+            mismatches.push(mismatch(
+                Some(index),
+                "DECISION_RECORD",
+                "a decision record",
+                format!("unreadable: {err}"),
+            ));
+        }
+        let record = record.ok();
         if let Ok(compiled) = &compiled {
-            let content_matches: Vec<String> = step
-                .decision_json
-                .get("contentMatches")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
+            let content_matches: Vec<String> = record
+                .as_ref()
+                .map(|r| r.content_matches.clone())
                 .unwrap_or_default();
             let evaluation = evaluate(
                 compiled,
@@ -177,19 +188,9 @@ pub async fn verify<C: ConnectionTrait>(
                 .iter()
                 .map(|f| f.policy_id.clone())
                 .collect();
-            let in_decision: BTreeSet<String> = step
-                .decision_json
-                .get("findings")
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|f| {
-                            f.get("policyId")
-                                .and_then(|p| p.as_str())
-                                .map(str::to_string)
-                        })
-                        .collect()
-                })
+            let in_decision: BTreeSet<String> = record
+                .as_ref()
+                .map(|r| r.findings.iter().map(|f| f.policy_id.clone()).collect())
                 .unwrap_or_default();
             if replayed != in_decision {
                 mismatches.push(mismatch(

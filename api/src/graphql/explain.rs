@@ -118,7 +118,7 @@ impl ExplainedStepDecision {
     }
     /// Every finding of the step (each policy that fired, with threshold and observed value).
     async fn findings(&self) -> Json<Value> {
-        Json(self.0.findings.clone())
+        Json(serde_json::to_value(&self.0.findings).unwrap_or_default())
     }
     /// The 0-based index of the step that carries the decision.
     async fn step_index(&self) -> i64 {

@@ -12,11 +12,12 @@ use governance_entities::{
     enums::{DecisionAction, RunStatus},
     run, trace_step,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::RecordStep;
 use crate::{
     chain,
+    decision_record::DecisionRecord,
     error::{CoreError, CoreResult},
     hashing::sha256_hex,
     policy::{CompiledSnapshot, ContentInput, Evaluation, RunState, StepInput, evaluate},
@@ -182,33 +183,7 @@ pub(crate) fn same_step(recorded: &trace_step::Model, input: &RecordStep) -> boo
 
 /// The decision detail stored with the step (and hashed into the chain).
 fn decision_detail(evaluation: &Evaluation) -> Value {
-    let findings: Vec<Value> = evaluation
-        .findings
-        .iter()
-        .map(|f| {
-            json!({
-                "policyId": f.policy_id,
-                "policyVersion": f.policy_version,
-                "policyName": f.policy_name,
-                "kind": f.kind.as_str(),
-                "action": f.action.as_str(),
-                "severity": f.severity.as_str(),
-                "violatedRule": f.violated_rule,
-                "evaluatedValue": f.evaluated_value,
-                "thresholdCondition": f.threshold_condition,
-                "threshold": f.threshold,
-                "observed": f.observed,
-                "reason": f.reason,
-            })
-        })
-        .collect();
-    json!({
-        "action": evaluation.action.as_str(),
-        "findings": findings,
-        "inflectionPolicyId": evaluation.inflection.map(|i| evaluation.findings[i].policy_id.clone()),
-        "terminationReason": evaluation.termination_reason().map(|r| r.as_str()),
-        "contentMatches": evaluation.content_matches,
-    })
+    DecisionRecord::from(evaluation).to_json()
 }
 
 /// The step row as it will be (or would have been) recorded.
