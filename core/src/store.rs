@@ -4,11 +4,8 @@
 //! first take one async lock, so they queue in memory rather than in SQLite's busy loop.
 //! PostgreSQL needs neither (row locks and advisory locks do it).
 //!
-//! Group commit: on SQLite, step reports go through one "step lane" (see `crate::steps`), a task
-//! that takes every report waiting at that moment, writes them all in ONE transaction, commits
-//! once, and only then answers each of them. Concurrent steps of different runs thus share one
-//! fsync instead of queueing for one each. Nothing waits for a batch to fill: a report that finds
-//! the lane idle is written at once.
+//! Group commit of step reports belongs to the step recorder (`crate::steps::Recorder`); the
+//! store keeps only the lane for evaluation records, which every store clone shares.
 
 use std::{
     ops::Deref,
@@ -50,15 +47,14 @@ pub struct Store {
     db: DatabaseConnection,
     writer: Option<Arc<Mutex<()>>>,
     faults: Arc<AtomicU32>,
-    /// The group-commit lane for step reports (SQLite, inside a Tokio runtime).
-    step_lane: Option<crate::steps::StepLane>,
-    /// The group-commit lane for evaluation records (likewise).
+    /// The group-commit lane for evaluation records (SQLite, inside a Tokio runtime).
     evaluation_lane: Option<crate::evaluation::EvaluationLane>,
 }
 
 impl Store {
-    /// Open the store. On SQLite, called inside a Tokio runtime, this also starts the step lane
-    /// on that runtime; it ends when the last clone of this store is dropped.
+    /// Open the store. On SQLite, called inside a Tokio runtime, this also starts the
+    /// evaluation-record lane on that runtime; it ends when the last clone of this store is
+    /// dropped.
     pub fn new(db: DatabaseConnection) -> Self {
         let writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
@@ -66,36 +62,14 @@ impl Store {
             db,
             writer,
             faults: Arc::new(AtomicU32::new(0)),
-            step_lane: None,
             evaluation_lane: None,
         };
         if store.writer.is_some() && tokio::runtime::Handle::try_current().is_ok() {
-            // A lane's own store has no lanes, so a lane does not keep itself alive.
+            // A lane's own store has no lane, so a lane does not keep itself alive.
             let plain = store.clone();
-            store.step_lane = Some(crate::steps::StepLane::start(plain.clone()));
             store.evaluation_lane = Some(crate::evaluation::EvaluationLane::start(plain));
         }
         store
-    }
-
-    /// A store whose writes never go through the group-commit lanes: the tests compare the two
-    /// paths.
-    #[cfg(test)]
-    pub(crate) fn unbatched(db: DatabaseConnection) -> Self {
-        let writer =
-            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Self {
-            db,
-            writer,
-            faults: Arc::new(AtomicU32::new(0)),
-            step_lane: None,
-            evaluation_lane: None,
-        }
-    }
-
-    /// The group-commit lane, when steps are batched.
-    pub(crate) fn step_lane(&self) -> Option<&crate::steps::StepLane> {
-        self.step_lane.as_ref()
     }
 
     /// The group-commit lane for evaluation records, when they are batched.

@@ -42,7 +42,7 @@ use write::{Written, record_committed};
 pub const EVALUATION_BUDGET: Duration = Duration::from_secs(1);
 
 /// Records steps: decides each one (snapshots compiled once, from its cache; evaluation under
-/// its budget), then writes it (through the store's group-commit lane on SQLite). Reports of one
+/// its budget), then writes it (through its group-commit lane on SQLite). Reports of one
 /// run are decided one after another in this process, so they do not race each other's
 /// decisions; a decision overtaken anyway (a report of the same run through another process) is
 /// made again. Cheap to clone.
@@ -52,11 +52,26 @@ pub struct Recorder {
     cache: SnapshotCache,
     budget: EvaluationBudget,
     runs: turns::RunTurns,
+    /// Group commit on SQLite (inside a Tokio runtime); it ends with the last clone.
+    lane: Option<StepLane>,
 }
 
 impl Recorder {
     pub fn new(store: Store, cache: SnapshotCache, budget: Duration) -> Self {
+        let batched = store.backend() == sea_orm::DbBackend::Sqlite
+            && tokio::runtime::Handle::try_current().is_ok();
+        let mut recorder = Self::unbatched(store, cache, budget);
+        if batched {
+            recorder.lane = Some(StepLane::start(recorder.store.clone()));
+        }
+        recorder
+    }
+
+    /// A recorder that writes every step in a transaction of its own (PostgreSQL does; the
+    /// tests compare the two paths on SQLite).
+    pub(crate) fn unbatched(store: Store, cache: SnapshotCache, budget: Duration) -> Self {
         Self {
+            lane: None,
             store,
             cache,
             budget: EvaluationBudget::new(budget),
@@ -84,6 +99,7 @@ impl Recorder {
         let mut known = turn.lock().await;
         let answer = record(
             &self.store,
+            self.lane.as_ref(),
             &self.cache,
             &self.budget,
             tenant_id,
@@ -167,7 +183,7 @@ mod tests;
 mod turns;
 mod write;
 
-pub(crate) use lane::StepLane;
+use lane::StepLane;
 pub use synthetic::load_synthetic;
 
 /// A step as an integrator reports it.
@@ -272,6 +288,7 @@ pub async fn compiled_snapshot<C: ConnectionTrait>(
 /// Decide and write a validated step, deciding again while its run moves on underneath.
 async fn record(
     store: &Store,
+    lane: Option<&StepLane>,
     cache: &SnapshotCache,
     budget: &EvaluationBudget,
     tenant_id: &str,
@@ -294,7 +311,7 @@ async fn record(
             }
             Err(Undecided::Failed(other)) => return Err(other),
         };
-        let written = match store.step_lane() {
+        let written = match lane {
             Some(lane) => lane.record(tenant_id, &input, decided).await,
             None => record_committed(store, tenant_id, &input, decided.as_ref()).await,
         };

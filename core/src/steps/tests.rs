@@ -210,16 +210,15 @@ async fn check_paths(
         .await
         .expect("database");
     Migrator::up(&db, None).await.expect("migrations");
-    let batched = Store::new(db.clone());
-    let single = Store::unbatched(db.clone());
+    let store = Store::new(db.clone());
     let cache = SnapshotCache::new();
-    let tenant = tenancy::create_tenant(&batched, "prop")
+    let tenant = tenancy::create_tenant(&store, "prop")
         .await
         .expect("tenant")
         .tenant_id;
     for (i, (kind, rule, action)) in policies.into_iter().enumerate() {
         policies::create(
-            &batched,
+            &store,
             &tenant,
             NewPolicy {
                 name: format!("policy {i}"),
@@ -235,10 +234,11 @@ async fn check_paths(
         .await
         .expect("policy");
     }
-    for store in [batched, single] {
+    let batched = Recorder::new(store.clone(), cache.clone(), EVALUATION_BUDGET);
+    let single = Recorder::unbatched(store.clone(), cache.clone(), EVALUATION_BUDGET);
+    for recorder in [batched, single] {
         // Every run's steps are reported concurrently with the other runs' (so the lane
         // batches them), each run's in order.
-        let recorder = Recorder::new(store.clone(), cache.clone(), EVALUATION_BUDGET);
         let mut reports = tokio::task::JoinSet::new();
         let mut wanted = Vec::new();
         for specs in &runs_specs {
