@@ -179,6 +179,8 @@ impl Application {
             cache.clone(),
             config.limits.evaluation_budget(),
         );
+        let batch_sizes = metrics.step_batch_size.clone();
+        recorder.observe_batches(Arc::new(move |size| batch_sizes.observe(size as f64)));
         let state = AppState {
             db,
             store,

@@ -11,7 +11,8 @@ use actix_web::{
     web,
 };
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The service's metrics, registered in one registry.
@@ -26,6 +27,13 @@ pub struct Metrics {
     /// SQL statements executed through the ORM (reads and writes of the service; the job
     /// queue's own statements are not counted).
     pub db_statements: IntCounterVec,
+    /// `recordStep` on the server: received → decided → committed → answered.
+    pub step_seconds: Histogram,
+    /// Steps answered, by decision (`CONTINUE`, `WARN`, `STOP`, `REPLAYED`, `FAIL_CLOSED`) or
+    /// `REFUSED` (an error answer).
+    pub steps: IntCounterVec,
+    /// Steps per group commit (SQLite); its `_count` is the number of commits.
+    pub step_batch_size: Histogram,
 }
 
 impl Metrics {
@@ -55,6 +63,26 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let step_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "step_decision_seconds",
+                "recordStep from request to committed answer, on the server",
+            )
+            .buckets(vec![
+                0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
+        let steps = IntCounterVec::new(
+            Opts::new("steps_total", "steps answered, by decision"),
+            &["decision"],
+        )?;
+        let step_batch_size = Histogram::with_opts(
+            HistogramOpts::new("step_batch_size", "steps written per group commit")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
+        registry.register(Box::new(step_seconds.clone()))?;
+        registry.register(Box::new(steps.clone()))?;
+        registry.register(Box::new(step_batch_size.clone()))?;
         registry.register(Box::new(db_statements.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
@@ -67,6 +95,9 @@ impl Metrics {
             graphql_errors,
             ws_connections,
             db_statements,
+            step_seconds,
+            steps,
+            step_batch_size,
         })
     }
 

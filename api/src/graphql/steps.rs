@@ -345,6 +345,7 @@ impl StepMutation {
     ) -> async_graphql::Result<StepDecision> {
         let principal = principal(ctx)?;
         let state = state(ctx);
+        let started = std::time::Instant::now();
         let committed = state
             .recorder
             .record(
@@ -360,9 +361,21 @@ impl StepMutation {
                     timestamp: input.timestamp.map(|t| t.0),
                 },
             )
-            .await
-            .gql()?;
-        let outcome = state.after_commit(committed).await;
+            .await;
+        let decision = match &committed {
+            Ok(c) => match &c.value {
+                StepOutcome::Recorded(record) if record.replayed => "REPLAYED",
+                StepOutcome::Recorded(record) => record.step.decision.as_str(),
+                StepOutcome::FailClosed { .. } => "FAIL_CLOSED",
+            },
+            Err(_) => "REFUSED",
+        };
+        state
+            .metrics
+            .step_seconds
+            .observe(started.elapsed().as_secs_f64());
+        state.metrics.steps.with_label_values(&[decision]).inc();
+        let outcome = state.after_commit(committed.gql()?).await;
         Ok(match outcome {
             StepOutcome::Recorded(record) => StepDecision {
                 action: record.step.decision.into(),

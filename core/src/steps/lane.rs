@@ -14,7 +14,10 @@
 //! since moved past (two steps of one run in one batch) is answered [`Written::Stale`], and its
 //! caller decides again.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use governance_entities::{run, trace_step};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
@@ -35,6 +38,9 @@ use crate::{
 /// Largest number of step reports written in one group commit.
 const MAX_BATCH: usize = 256;
 
+/// Told the size of every commit the lane makes (for metrics); set once, after the lane started.
+pub type BatchObserver = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// A step report waiting for the lane.
 struct PendingStep {
     tenant_id: String,
@@ -47,6 +53,7 @@ struct PendingStep {
 #[derive(Clone)]
 pub(crate) struct StepLane {
     queue: mpsc::UnboundedSender<PendingStep>,
+    observer: Arc<OnceLock<BatchObserver>>,
 }
 
 impl StepLane {
@@ -54,8 +61,14 @@ impl StepLane {
     /// task ends when the last sender, held by the stores that do, is dropped).
     pub(crate) fn start(store: Store) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(run_lane(store, waiting));
-        Self { queue }
+        let observer = Arc::new(OnceLock::new());
+        tokio::spawn(run_lane(store, waiting, observer.clone()));
+        Self { queue, observer }
+    }
+
+    /// Report every commit's size to `observer` (the first observer set stays).
+    pub(crate) fn observe(&self, observer: BatchObserver) {
+        let _ = self.observer.set(observer);
     }
 
     /// Hand a decided report to the lane and wait for its committed answer.
@@ -84,16 +97,26 @@ impl StepLane {
 }
 
 /// Take whatever reports are waiting, write them in one transaction, commit, answer.
-async fn run_lane(store: Store, mut waiting: mpsc::UnboundedReceiver<PendingStep>) {
+async fn run_lane(
+    store: Store,
+    mut waiting: mpsc::UnboundedReceiver<PendingStep>,
+    observer: Arc<OnceLock<BatchObserver>>,
+) {
     while let Some(batch) = next_batch(&mut waiting, MAX_BATCH).await {
-        commit_batch(&store, batch).await;
+        commit_batch(&store, batch, &observer).await;
     }
 }
 
-async fn commit_batch(store: &Store, batch: Vec<PendingStep>) {
+async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLock<BatchObserver>) {
+    let observe = |size: usize| {
+        if let Some(observer) = observer.get() {
+            observer(size);
+        }
+    };
     if batch.len() > 1 {
         match write_batch(store, &batch).await {
             Ok(answers) => {
+                observe(batch.len());
                 for (pending, answer) in batch.into_iter().zip(answers) {
                     // A dropped receiver is a client that went away; its step is committed.
                     let _ = pending.reply.send(answer);
@@ -116,6 +139,7 @@ async fn commit_batch(store: &Store, batch: Vec<PendingStep>) {
             pending.decided.as_ref(),
         )
         .await;
+        observe(1);
         let _ = pending.reply.send(answer);
     }
 }

@@ -83,6 +83,14 @@ impl Recorder {
         &self.store
     }
 
+    /// Tell `observer` the number of steps in every group commit (SQLite; PostgreSQL commits
+    /// each step on its own and reports nothing here).
+    pub fn observe_batches(&self, observer: BatchObserver) {
+        if let Some(lane) = &self.lane {
+            lane.observe(observer);
+        }
+    }
+
     pub fn cache(&self) -> &SnapshotCache {
         &self.cache
     }
@@ -183,6 +191,7 @@ mod tests;
 mod turns;
 mod write;
 
+pub use lane::BatchObserver;
 use lane::StepLane;
 pub use synthetic::load_synthetic;
 

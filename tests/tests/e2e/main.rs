@@ -15,6 +15,7 @@ mod limits;
 mod operations;
 mod persistence;
 mod schema;
+mod step_metrics;
 mod subscriptions;
 mod webhooks;
 mod websocket_hygiene;
