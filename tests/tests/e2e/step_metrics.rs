@@ -32,7 +32,8 @@ async fn recorded_steps_show_up_by_decision_with_their_latency_and_commits() {
         2.0
     );
     assert_eq!(
-        app.metric("governance_steps_total{decision=\"STOP\"}").await,
+        app.metric("governance_steps_total{decision=\"STOP\"}")
+            .await,
         1.0
     );
     assert_eq!(
@@ -40,7 +41,10 @@ async fn recorded_steps_show_up_by_decision_with_their_latency_and_commits() {
             .await,
         1.0
     );
-    assert_eq!(app.metric("governance_step_decision_seconds_count").await, 4.0);
+    assert_eq!(
+        app.metric("governance_step_decision_seconds_count").await,
+        4.0
+    );
     if app.env.database_url.is_none() {
         // SQLite group-commits: three steps written (and the refusal's record), in at least one
         // commit, none bigger than all of them.
