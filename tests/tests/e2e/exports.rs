@@ -56,7 +56,8 @@ async fn request(app: &TestApp, incident: &str, kind: &str) -> String {
 
 async fn ready(app: &TestApp, id: &str) -> Value {
     let data = app
-        .poll_until(EXPORT, json!({ "id": id }), Duration::from_secs(30), |d| {
+        // A deadline, not a duration: debug builds on 2 loaded cores can take long to render.
+        .poll_until(EXPORT, json!({ "id": id }), Duration::from_secs(90), |d| {
             matches!(d["export"]["status"].as_str(), Some("READY" | "FAILED"))
         })
         .await;
