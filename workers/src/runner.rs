@@ -45,9 +45,17 @@ fn backoff() -> anyhow::Result<ExponentialBackoff> {
 
 /// Map a handler's error to apalis: permanent failures are not retried.
 fn to_apalis(err: JobError) -> BoxDynError {
+    // Logged here, once per failed attempt: apalis keeps retries quiet, and a job that keeps
+    // failing (an export stuck RUNNING, say) must leave a trace an operator can find.
     match err {
-        JobError::Permanent(message) => AbortError::new(message).into(),
-        JobError::Transient(message) => message.into(),
+        JobError::Permanent(message) => {
+            tracing::warn!(error = %message, "job failed for good");
+            AbortError::new(message).into()
+        }
+        JobError::Transient(message) => {
+            tracing::warn!(error = %message, "job attempt failed; it will be retried");
+            message.into()
+        }
     }
 }
 
