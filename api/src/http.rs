@@ -9,7 +9,7 @@ use async_graphql::{BatchRequest, BatchResponse, ServerError, http::GraphiQLSour
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::graphql::loaders;
+use crate::graphql::{limits, loaders};
 use crate::{auth, graphql::GovernanceSchema, state::AppState, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -169,11 +169,8 @@ fn error_response(status: StatusCode, message: &str, code: &str) -> HttpResponse
 }
 
 /// A refusal by a documented limit, before anything ran.
-fn limit_response(message: &str, limit: &str) -> HttpResponse {
-    HttpResponse::BadRequest().json(json!({
-        "data": null,
-        "errors": [{ "message": message, "extensions": { "code": "BAD_USER_INPUT", "limit": limit } }],
-    }))
+fn limit_response(refusal: ServerError) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({ "data": null, "errors": [refusal] }))
 }
 
 /// Read the body up to the configured limit, refusing more with 413 and a GraphQL error.
@@ -247,16 +244,21 @@ async fn graphql(
     if let BatchRequest::Batch(operations) = &request {
         let max = state.config.limits.max_batch;
         if operations.len() > max {
-            let message = if max == 0 {
-                "batched requests (a JSON array of operations) are turned off here (limits.max_batch = 0): send one operation per request".to_string()
+            let refusal = if max == 0 {
+                limits::refusal(
+                    "limits.max_batch",
+                    "batched requests (a JSON array of operations) are turned off here (limits.max_batch = 0): send one operation per request".to_string(),
+                )
             } else {
-                format!(
-                    "the batch holds {} operations, {} more than the limit of {max} (limits.max_batch): send smaller batches",
+                limits::over_limit(
+                    "limits.max_batch",
+                    format!("the batch holds {} operations", operations.len()),
                     operations.len(),
-                    operations.len() - max
+                    max,
+                    ": send smaller batches",
                 )
             };
-            return limit_response(&message, "limits.max_batch");
+            return limit_response(refusal);
         }
     }
     let loader = loaders::for_tenant(state.db.clone(), principal.tenant_id.clone());

@@ -15,6 +15,8 @@ use async_graphql::{
     parser::types::{ExecutableDocument, Selection, SelectionSet},
 };
 
+use governance_core::CoreError;
+
 use crate::config::Limits;
 
 /// The extension that enforces [`Limits`] on every operation, over HTTP and WebSocket alike.
@@ -28,13 +30,31 @@ impl ExtensionFactory for OperationLimits {
 
 struct OperationLimitsExtension(Limits);
 
-/// A refusal by the limit named `setting`.
+/// A refusal by the limit named `setting`, mapped as every domain error is (`CoreError::Limit`:
+/// `BAD_USER_INPUT` with `extensions.limit`). It refers to no place in the query.
 pub fn refusal(setting: &'static str, message: String) -> ServerError {
-    let mut error = ServerError::new(message, None);
-    let extensions = error.extensions.get_or_insert_with(Default::default);
-    extensions.set("code", "BAD_USER_INPUT");
-    extensions.set("limit", setting);
+    let mut error = super::error::to_gql(CoreError::limit(setting, message))
+        .into_server_error(async_graphql::Pos::default());
+    error.locations.clear();
     error
+}
+
+/// `found` is over the limit `setting` = `limit`: "{what}, N more than the limit of M
+/// (setting){advice}".
+pub fn over_limit(
+    setting: &'static str,
+    what: String,
+    found: usize,
+    limit: usize,
+    advice: &str,
+) -> ServerError {
+    refusal(
+        setting,
+        format!(
+            "{what}, {} more than the limit of {limit} ({setting}){advice}",
+            found - limit
+        ),
+    )
 }
 
 #[async_trait::async_trait]
@@ -72,26 +92,24 @@ fn check_shape(limits: &Limits, document: &ExecutableDocument) -> ServerResult<(
         aliases += count_aliases(&fragment.node.selection_set.node);
     }
     if aliases > limits.max_aliases {
-        return Err(refusal(
+        return Err(over_limit(
             "limits.max_aliases",
-            format!(
-                "the request uses {aliases} aliases, {} more than the limit of {} (limits.max_aliases): split it into several requests",
-                aliases - limits.max_aliases,
-                limits.max_aliases
-            ),
+            format!("the request uses {aliases} aliases"),
+            aliases,
+            limits.max_aliases,
+            ": split it into several requests",
         ));
     }
     for (_, operation) in document.operations.iter() {
         let mut seen = HashSet::new();
         let roots = count_root_fields(document, &operation.node.selection_set.node, &mut seen);
         if roots > limits.max_root_fields {
-            return Err(refusal(
+            return Err(over_limit(
                 "limits.max_root_fields",
-                format!(
-                    "an operation selects {roots} root fields, {} more than the limit of {} (limits.max_root_fields): split it into several requests",
-                    roots - limits.max_root_fields,
-                    limits.max_root_fields
-                ),
+                format!("an operation selects {roots} root fields"),
+                roots,
+                limits.max_root_fields,
+                ": split it into several requests",
             ));
         }
     }
@@ -144,25 +162,21 @@ fn count_root_fields<'d>(
 /// Depth and cost, from validation.
 fn check_size(limits: &Limits, result: &ValidationResult) -> Result<(), ServerError> {
     if result.depth > limits.max_depth {
-        return Err(refusal(
+        return Err(over_limit(
             "limits.max_depth",
-            format!(
-                "the query is nested too deep: depth {}, {} more than the limit of {} (limits.max_depth)",
-                result.depth,
-                result.depth - limits.max_depth,
-                limits.max_depth
-            ),
+            format!("the query is nested too deep: depth {}", result.depth),
+            result.depth,
+            limits.max_depth,
+            "",
         ));
     }
     if result.complexity > limits.max_complexity {
-        return Err(refusal(
+        return Err(over_limit(
             "limits.max_complexity",
-            format!(
-                "the query is too complex: it costs {}, {} more than the limit of {} (limits.max_complexity); a list multiplies what it selects by its page size, so ask for smaller pages (`first`/`last`) or fewer fields",
-                result.complexity,
-                result.complexity - limits.max_complexity,
-                limits.max_complexity
-            ),
+            format!("the query is too complex: it costs {}", result.complexity),
+            result.complexity,
+            limits.max_complexity,
+            "; a list multiplies what it selects by its page size, so ask for smaller pages (`first`/`last`) or fewer fields",
         ));
     }
     Ok(())
