@@ -386,11 +386,11 @@ async fn decide(
         return Ok(None);
     }
     let kept = known.insert(kept);
-    let run = kept.run.clone();
-    let Ok(Report::New { index, timestamp }) = classify(&run, input) else {
+    let run = &kept.run;
+    let Ok(Report::New { index, timestamp }) = classify(run, input) else {
         return Ok(None);
     };
-    let snapshot = compiled_snapshot(store.db(), cache, &run).await?;
+    let snapshot = compiled_snapshot(store.db(), cache, run).await?;
     let recent = match snapshot.max_rate_window_seconds() {
         Some(window) => {
             let since = timestamp - chrono::Duration::seconds(window);
@@ -405,7 +405,7 @@ async fn decide(
         }
         None => Vec::new(),
     };
-    let basis = Basis::of(&run);
+    let basis = Basis::of(run);
     let evaluation =
         evaluate_within_budget(snapshot, run, index, input, timestamp, recent, budget).await?;
     Ok(Some(Decided {
@@ -421,7 +421,7 @@ async fn decide(
 /// comparisons, a set lookup and one bounded regex scan, done in place.
 async fn evaluate_within_budget(
     snapshot: Arc<CompiledSnapshot>,
-    run: run::Model,
+    run: &run::Model,
     index: i64,
     input: &RecordStep,
     timestamp: DateTime<Utc>,
@@ -430,9 +430,10 @@ async fn evaluate_within_budget(
 ) -> Result<Evaluation, Undecided> {
     if !snapshot.has_expressions() {
         return Ok(decision::check(
-            &snapshot, &run, index, input, timestamp, &recent,
+            &snapshot, run, index, input, timestamp, &recent,
         ));
     }
+    // The blocking thread may outlive this call (past the budget): it gets its own copies.
     let deadline = tokio::time::Instant::now() + budget.per_step;
     let permits = budget.of(&run.tenant_id);
     let permit = match tokio::time::timeout_at(deadline, permits.acquire_owned()).await {
@@ -444,7 +445,7 @@ async fn evaluate_within_budget(
         }
         Err(_) => return Err(Undecided::OverBudget),
     };
-    let input = input.clone();
+    let (run, input) = (run.clone(), input.clone());
     let evaluation = tokio::task::spawn_blocking(move || {
         // Held until the evaluation ends, even past its budget.
         let _running = permit;
