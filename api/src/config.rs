@@ -63,7 +63,10 @@ impl Default for Limits {
             max_aliases: 30,
             max_root_fields: 20,
             max_batch: 10,
-            evaluation_budget_ms: 1000,
+            evaluation_budget_ms: u64::try_from(
+                governance_core::steps::EVALUATION_BUDGET.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
         }
     }
 }
