@@ -139,7 +139,13 @@ async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLoc
             pending.decided.as_ref(),
         )
         .await;
-        observe(1);
+        // Only a transaction that was committed: a stale decision or a refusal wrote nothing.
+        if matches!(
+            answer,
+            Ok(Written::Done(_)) | Err(CoreError::RunTerminated(_))
+        ) {
+            observe(1);
+        }
         let _ = pending.reply.send(answer);
     }
 }
