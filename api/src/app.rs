@@ -196,6 +196,7 @@ impl Application {
             )),
             webhook_rules,
             ws_sockets: Default::default(),
+            keys: Default::default(),
         };
         let schema = build_schema(state.clone(), &config.limits);
 

@@ -2,9 +2,13 @@
 //! `connection_init` payload on WebSocket. Resolution itself is `governance_core::tenancy`.
 
 use actix_web::HttpRequest;
+use async_graphql::{
+    BatchRequest,
+    parser::types::{DocumentOperations, OperationType, Selection},
+};
 use governance_core::{
     CoreError, CoreResult,
-    tenancy::{self, Principal},
+    tenancy::{KeyCache, KeyCheck, Principal},
 };
 use sea_orm::DatabaseConnection;
 
@@ -23,18 +27,66 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The principal of an HTTP request.
-pub async fn from_request(db: &DatabaseConnection, req: &HttpRequest) -> CoreResult<Principal> {
-    let header = req
-        .headers()
+fn presented(req: &HttpRequest) -> CoreResult<&str> {
+    req.headers()
         .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(missing)?;
-    let token = header
+        .ok_or_else(missing)?
         .to_str()
         .ok()
         .and_then(bearer_token)
-        .ok_or_else(missing)?;
-    tenancy::authenticate(db, token).await
+        .ok_or_else(missing)
+}
+
+/// The principal of an HTTP request, its key checked as `check` says.
+pub async fn from_request(
+    keys: &KeyCache,
+    db: &DatabaseConnection,
+    req: &HttpRequest,
+    check: KeyCheck,
+) -> CoreResult<Principal> {
+    keys.authenticate(db, presented(req)?, check).await
+}
+
+/// A commit refused the request's key (it was revoked since it was cached): read it next time.
+pub fn forget(keys: &KeyCache, req: &HttpRequest) {
+    if let Ok(key) = presented(req) {
+        keys.forget(key);
+    }
+}
+
+/// How a GraphQL request's key must be checked: [`KeyCheck::AtCommit`] when all it does is
+/// record steps (one operation, a mutation whose root fields are all `recordStep`; the step
+/// writer checks the key as it commits), [`KeyCheck::Now`] for anything else. The document is
+/// parsed here once and kept in the request for execution.
+pub fn key_check(request: &mut BatchRequest) -> KeyCheck {
+    let BatchRequest::Single(request) = request else {
+        return KeyCheck::Now;
+    };
+    let name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
+        return KeyCheck::Now;
+    };
+    let operation = match (&document.operations, name) {
+        (DocumentOperations::Single(operation), _) => operation,
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            match operations.get(name.as_str()) {
+                Some(operation) => operation,
+                None => return KeyCheck::Now,
+            }
+        }
+        (DocumentOperations::Multiple(_), None) => return KeyCheck::Now,
+    };
+    let roots = &operation.node.selection_set.node.items;
+    let steps_only = operation.node.ty == OperationType::Mutation
+        && !roots.is_empty()
+        && roots.iter().all(|item| {
+            matches!(&item.node, Selection::Field(field) if field.node.name.node == "recordStep")
+        });
+    if steps_only {
+        KeyCheck::AtCommit
+    } else {
+        KeyCheck::Now
+    }
 }
 
 /// The key a WebSocket connection presents in `{"Authorization": "Bearer <key>"}`. The socket

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::graphql::{limits, loaders};
 use crate::{auth, graphql::GovernanceSchema, state::AppState, ws};
+use governance_core::tenancy::KeyCheck;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -88,7 +89,7 @@ async fn download_export(
             }
             Err(err) => Err(err),
         },
-        _ => match auth::from_request(&state.db, &req).await {
+        _ => match auth::from_request(&state.keys, &state.db, &req, KeyCheck::Now).await {
             Ok(principal) => {
                 governance_core::exports::get(&state.db, &principal.tenant_id, &id).await
             }
@@ -207,7 +208,14 @@ async fn graphql(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let principal = match auth::from_request(&state.db, &req).await {
+    // The body is read before the key is checked: a request that only records steps has its
+    // key checked by the step writer as it commits, not by a read of its own here.
+    let mut parsed = serde_json::from_slice::<BatchRequest>(&body);
+    let check = match &mut parsed {
+        Ok(request) => auth::key_check(request),
+        Err(_) => KeyCheck::Now,
+    };
+    let principal = match auth::from_request(&state.keys, &state.db, &req, check).await {
         Ok(principal) => principal,
         Err(err) => {
             state
@@ -229,7 +237,7 @@ async fn graphql(
             return error_response(status, &message, err.code());
         }
     };
-    let request: BatchRequest = match serde_json::from_slice(&body) {
+    let request: BatchRequest = match parsed {
         Ok(request) => request,
         Err(e) => {
             return error_response(
@@ -269,6 +277,7 @@ async fn graphql(
         BatchResponse::Single(r) => r.errors.iter().collect(),
         BatchResponse::Batch(rs) => rs.iter().flat_map(|r| r.errors.iter()).collect(),
     };
+    let mut unauthenticated = false;
     for error in errors {
         if let Some(code) = error
             .extensions
@@ -279,6 +288,7 @@ async fn graphql(
                 _ => None,
             })
         {
+            unauthenticated |= code == "UNAUTHENTICATED";
             state
                 .metrics
                 .graphql_errors
@@ -286,7 +296,15 @@ async fn graphql(
                 .inc();
         }
     }
-    HttpResponse::Ok()
+    // A key checked at commit and refused there was revoked after it was cached: the request
+    // is answered as one refused at the door would be, and the key is read again next time.
+    let status = if check == KeyCheck::AtCommit && unauthenticated {
+        auth::forget(&state.keys, &req);
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    HttpResponse::build(status)
         .content_type("application/graphql-response+json; charset=utf-8")
         .json(response)
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub webhook_rules: Arc<governance_core::webhooks::WebhookRules>,
     /// Subscription sockets open per tenant on this replica.
     pub ws_sockets: TenantSockets,
+    /// Principals of recently seen API keys, for requests that only record steps.
+    pub keys: Arc<governance_core::tenancy::KeyCache>,
 }
 
 impl AppState {

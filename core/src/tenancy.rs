@@ -3,9 +3,11 @@
 
 use governance_entities::{api_key, tenant};
 use rand::RngCore;
+use std::collections::{HashMap, HashSet};
+
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, Set,
+    PaginatorTrait, QueryFilter, QuerySelect, Set,
 };
 
 use crate::{
@@ -158,20 +160,27 @@ pub async fn revoke_key(db: &DatabaseConnection, key_id: &str) -> CoreResult<api
     Ok(active.update(db).await?)
 }
 
-/// Resolve a presented key to its principal. Unknown and revoked keys are both refused with
-/// the same message, so a caller learns nothing about which keys exist.
+/// The refusal of a key that is unknown or revoked: the same for both, so a caller learns nothing
+/// about which keys exist.
+pub fn key_refused() -> CoreError {
+    CoreError::Unauthenticated(
+        "the API key is not valid: send `Authorization: Bearer <key>` with an active key"
+            .to_string(),
+    )
+}
+
+/// Resolve a presented key to its principal (one read). Unknown and revoked keys are both
+/// refused with [`key_refused`].
 pub async fn authenticate<C: ConnectionTrait>(conn: &C, presented: &str) -> CoreResult<Principal> {
-    let refused = || {
-        CoreError::Unauthenticated(
-            "the API key is not valid: send `Authorization: Bearer <key>` with an active key"
-                .to_string(),
-        )
-    };
     if !presented.starts_with(KEY_PREFIX) {
-        return Err(refused());
+        return Err(key_refused());
     }
+    authenticate_hash(conn, &sha256_hex(presented)).await
+}
+
+async fn authenticate_hash<C: ConnectionTrait>(conn: &C, key_hash: &str) -> CoreResult<Principal> {
     let found = api_key::Entity::find()
-        .filter(api_key::Column::KeyHash.eq(sha256_hex(presented)))
+        .filter(api_key::Column::KeyHash.eq(key_hash))
         .find_also_related(tenant::Entity)
         .one(conn)
         .await?;
@@ -182,7 +191,103 @@ pub async fn authenticate<C: ConnectionTrait>(conn: &C, presented: &str) -> Core
             key_id: key.id,
             key_name: key.name,
         }),
-        _ => Err(refused()),
+        _ => Err(key_refused()),
+    }
+}
+
+/// The keys among `key_ids` that are not revoked, read in the caller's transaction (one
+/// statement). A step writer calls it before it writes, so no step commits under a key revoked
+/// before that commit, in this process or any other.
+pub async fn active_keys<C: ConnectionTrait>(
+    conn: &C,
+    key_ids: impl IntoIterator<Item = &str>,
+) -> CoreResult<HashSet<String>> {
+    let mut ids: Vec<&str> = key_ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let active: Vec<String> = api_key::Entity::find()
+        .select_only()
+        .column(api_key::Column::Id)
+        .filter(api_key::Column::Id.is_in(ids))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(active.into_iter().collect())
+}
+
+/// When a presented key is checked against the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Before the request does anything.
+    Now,
+    /// When what the request writes commits. For requests that only record steps: the step
+    /// writer checks every key in the committing transaction ([`active_keys`]), so a key seen
+    /// recently need not be read again first.
+    AtCommit,
+}
+
+/// The principals of keys seen recently, by the sha256 of the key (never the key itself).
+/// [`KeyCheck::AtCommit`] requests are answered from it without a read; every other request
+/// reads the key, which also refreshes or drops its entry. A revoked key therefore never gets
+/// past a check: a read refuses it, and a commit refuses it.
+#[derive(Default)]
+pub struct KeyCache {
+    principals: std::sync::Mutex<HashMap<String, Principal>>,
+}
+
+impl KeyCache {
+    /// Keys remembered before the cache starts again from empty (it refills from reads).
+    const MAX_KEYS: usize = 10_000;
+
+    /// Resolve a presented key, reading it unless `check` is [`KeyCheck::AtCommit`] and it was
+    /// seen recently.
+    pub async fn authenticate<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        presented: &str,
+        check: KeyCheck,
+    ) -> CoreResult<Principal> {
+        if !presented.starts_with(KEY_PREFIX) {
+            return Err(key_refused());
+        }
+        let hash = sha256_hex(presented);
+        if check == KeyCheck::AtCommit
+            && let Some(known) = self.entries().get(&hash)
+        {
+            return Ok(known.clone());
+        }
+        match authenticate_hash(conn, &hash).await {
+            Ok(principal) => {
+                let mut entries = self.entries();
+                if entries.len() >= Self::MAX_KEYS {
+                    entries.clear();
+                }
+                entries.insert(hash, principal.clone());
+                Ok(principal)
+            }
+            Err(err) => {
+                if matches!(err, CoreError::Unauthenticated(_)) {
+                    self.entries().remove(&hash);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Drop a key a commit refused (it was revoked): its next request reads it again.
+    pub fn forget(&self, presented: &str) {
+        self.entries().remove(&sha256_hex(presented));
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Principal>> {
+        // A poisoned map only means a panic elsewhere mid-update; the map is still usable.
+        self.principals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -348,8 +348,8 @@ impl StepMutation {
         let started = std::time::Instant::now();
         let committed = state
             .recorder
-            .record(
-                &principal.tenant_id,
+            .record_by_key(
+                principal,
                 RecordStep {
                     run_id: input.run_id.to_string(),
                     step_index: input.step_index,

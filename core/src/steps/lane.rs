@@ -1,4 +1,4 @@
-//! Group commit of step reports on SQLite (see [`crate::store`]).
+//! Group commit of step reports, on SQLite and PostgreSQL alike.
 //!
 //! One task, the lane, takes every report waiting at that moment and writes them in ONE
 //! transaction, then commits once and only then answers each of them. Nothing waits for a batch
@@ -20,18 +20,21 @@ use std::{
 };
 
 use governance_entities::{run, trace_step};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    RecordStep, StepRecord,
+    RecordStep, Reporter, StepRecord,
     decision::{Decided, Report, classify, continues_cleanly, count_clean_step, step_row},
-    write::{Written, insert_steps, record_committed, record_in, update_run_totals},
+    write::{Written, insert_steps, record_committed, record_in, update_runs_totals},
 };
 use crate::{
     error::{CoreError, CoreResult},
     outcome::{Committed, StepNotice},
     store::{Store, next_batch},
+    tenancy,
     time::now,
 };
 
@@ -44,6 +47,8 @@ pub type BatchObserver = Arc<dyn Fn(usize) + Send + Sync>;
 /// A step report waiting for the lane.
 struct PendingStep {
     tenant_id: String,
+    /// The API key it was reported with; `None` for the service's own reports.
+    key_id: Option<String>,
     input: RecordStep,
     decided: Option<Decided>,
     reply: oneshot::Sender<CoreResult<Written>>,
@@ -74,13 +79,14 @@ impl StepLane {
     /// Hand a decided report to the lane and wait for its committed answer.
     pub(super) async fn record(
         &self,
-        tenant_id: &str,
+        reporter: Reporter<'_>,
         input: &RecordStep,
         decided: Option<Decided>,
     ) -> CoreResult<Written> {
         let (reply, answer) = oneshot::channel();
         let pending = PendingStep {
-            tenant_id: tenant_id.to_string(),
+            tenant_id: reporter.tenant_id.to_string(),
+            key_id: reporter.key_id.map(str::to_string),
             input: input.clone(),
             decided,
             reply,
@@ -134,7 +140,7 @@ async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLoc
     for pending in batch {
         let answer = record_committed(
             store,
-            &pending.tenant_id,
+            pending.reporter(),
             &pending.input,
             pending.decided.as_ref(),
         )
@@ -154,9 +160,19 @@ async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLoc
 /// (a database failure); refusals (conflicts, bad input, a terminated run) are answers.
 async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<CoreResult<Written>>> {
     let txn = store.begin().await?;
+    let active =
+        tenancy::active_keys(&*txn, batch.iter().filter_map(|p| p.key_id.as_deref())).await?;
     let mut group = Group::load(&*txn, batch).await?;
     let mut answers = Vec::with_capacity(batch.len());
     for pending in batch {
+        if pending
+            .key_id
+            .as_ref()
+            .is_some_and(|key| !active.contains(key))
+        {
+            answers.push(Err(tenancy::key_refused()));
+            continue;
+        }
         if let Some(answer) = group.stage_clean(pending) {
             answers.push(Ok(Written::Done(answer)));
             continue;
@@ -181,6 +197,15 @@ async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<Cor
     Ok(answers)
 }
 
+impl PendingStep {
+    fn reporter(&self) -> Reporter<'_> {
+        Reporter {
+            tenant_id: &self.tenant_id,
+            key_id: self.key_id.as_deref(),
+        }
+    }
+}
+
 /// The batch's runs as its steps leave them, and what is not yet written.
 struct Group {
     runs: HashMap<String, run::Model>,
@@ -189,13 +214,19 @@ struct Group {
 }
 
 impl Group {
-    /// One statement for the batch's runs.
+    /// One statement for the batch's runs; on PostgreSQL their rows are locked, in id order (as
+    /// every batch of every replica locks them, so two batches cannot deadlock on each other).
     async fn load<C: ConnectionTrait>(conn: &C, batch: &[PendingStep]) -> CoreResult<Self> {
         let mut ids: Vec<String> = batch.iter().map(|p| p.input.run_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let runs = run::Entity::find()
+        let mut query = run::Entity::find()
             .filter(run::Column::Id.is_in(ids))
+            .order_by_asc(run::Column::Id);
+        if conn.get_database_backend() == DbBackend::Postgres {
+            query = query.lock_exclusive();
+        }
+        let runs = query
             .all(conn)
             .await?
             .into_iter()
@@ -259,17 +290,121 @@ impl Group {
         self.runs.insert(record.run.id.clone(), record.run.clone());
     }
 
-    /// Write the staged steps (multi-row inserts) and the staged runs (one update each).
+    /// Write the staged steps (multi-row inserts) and the staged runs (one statement).
     async fn flush<C: ConnectionTrait>(&mut self, conn: &C) -> CoreResult<()> {
         let steps = std::mem::take(&mut self.new_steps);
         insert_steps(conn, &steps).await?;
-        for run_id in std::mem::take(&mut self.dirty) {
-            let run = self
-                .runs
-                .get(&run_id)
-                .ok_or_else(|| anyhow::anyhow!("staged run {run_id} vanished from the batch"))?;
-            update_run_totals(conn, run).await?;
+        let dirty = std::mem::take(&mut self.dirty);
+        let runs = dirty
+            .iter()
+            .map(|run_id| {
+                self.runs
+                    .get(run_id)
+                    .ok_or_else(|| anyhow::anyhow!("staged run {run_id} vanished from the batch"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        update_runs_totals(conn, &runs).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use governance_entities::enums::StepType;
+    use migration::{Migrator, MigratorTrait};
+    use tokio::sync::oneshot;
+
+    use super::{PendingStep, write_batch};
+    use crate::{
+        db::{self, DbSettings},
+        error::CoreError,
+        policy::SnapshotCache,
+        runs::{self, StartRun},
+        steps::{EVALUATION_BUDGET, EvaluationBudget, RecordStep, decide, write::Written},
+        store::Store,
+        tenancy,
+    };
+
+    /// One group commit holding reports of a revoked key and of an active one: the first are
+    /// refused and write nothing, the others are written (two runs' totals in one update).
+    #[tokio::test]
+    async fn a_batch_refuses_the_reports_of_a_revoked_key_and_writes_the_others() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = db::connect(&DbSettings::new(DbSettings::sqlite_file_url(dir.path())))
+            .await
+            .expect("database");
+        Migrator::up(&db, None).await.expect("migrations");
+        let store = Store::new(db.clone());
+        let first = tenancy::create_tenant(&store, "acme")
+            .await
+            .expect("tenant");
+        let second = tenancy::create_key(&db, "acme", "second")
+            .await
+            .expect("key");
+        tenancy::revoke_key(&db, &second.key_id)
+            .await
+            .expect("revoke");
+        let cache = SnapshotCache::new();
+        let budget = EvaluationBudget::new(EVALUATION_BUDGET);
+        let mut batch = Vec::new();
+        let mut run_ids = Vec::new();
+        for key_id in [&second.key_id, &first.key_id, &first.key_id] {
+            let run = runs::start(
+                &store,
+                &first.tenant_id,
+                StartRun {
+                    workflow_id: "batch".to_string(),
+                    agent: None,
+                    triggered_by: None,
+                    is_synthetic: false,
+                    synthetic_scenario_id: None,
+                    metadata: None,
+                },
+            )
+            .await
+            .expect("run")
+            .value;
+            let input = RecordStep {
+                run_id: run.id.clone(),
+                step_index: None,
+                step_type: StepType::LlmCall,
+                tokens: 5,
+                cost_micros: 1,
+                content: Some("hello".to_string()),
+                tool_name: None,
+                timestamp: None,
+            };
+            let decided = decide(&store, &cache, &budget, &first.tenant_id, &input, &mut None)
+                .await
+                .unwrap_or_else(|_| panic!("decided"));
+            assert!(decided.is_some(), "a new step of a running run is decided");
+            let (reply, _answer) = oneshot::channel();
+            batch.push(PendingStep {
+                tenant_id: first.tenant_id.clone(),
+                key_id: Some(key_id.clone()),
+                input,
+                decided,
+                reply,
+            });
+            run_ids.push(run.id);
         }
-        Ok(())
+
+        let answers = write_batch(&store, &batch).await.expect("batch committed");
+        assert!(
+            matches!(answers[0], Err(CoreError::Unauthenticated(_))),
+            "the revoked key's report is refused: {:?}",
+            answers[0]
+        );
+        for answer in &answers[1..] {
+            assert!(
+                matches!(answer, Ok(Written::Done(_))),
+                "the active key's reports are written: {answer:?}"
+            );
+        }
+        let mut stored = Vec::new();
+        for run_id in &run_ids {
+            let run = runs::get(&db, &first.tenant_id, run_id).await.expect("run");
+            stored.push((run.step_count, run.tokens_used, run.cost_micros));
+        }
+        assert_eq!(stored, vec![(0, 0, 0), (1, 5, 1), (1, 5, 1)]);
     }
 }

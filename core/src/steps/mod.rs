@@ -6,7 +6,7 @@
 //!
 //! - [`decision`]: the pure rules (what a report is for the run, the evaluation, the row).
 //! - [`write`]: the transaction (step, stop, violations, incident, enforcements, events).
-//! - [`lane`]: group commit on SQLite.
+//! - [`lane`]: group commit (one transaction for the reports waiting at that moment).
 //! - [`synthetic`]: bulk synthetic runs for benchmarks.
 //!
 //! Steps of one run are serialised (PostgreSQL: the run row is locked; SQLite: one writer), so
@@ -29,6 +29,7 @@ use crate::{
     policy::{CompiledSnapshot, Evaluation, SnapshotCache},
     runs,
     store::Store,
+    tenancy::{self, Principal},
     time::now,
 };
 
@@ -42,7 +43,7 @@ use write::{Written, record_committed};
 pub const EVALUATION_BUDGET: Duration = Duration::from_secs(1);
 
 /// Records steps: decides each one (snapshots compiled once, from its cache; evaluation under
-/// its budget), then writes it (through its group-commit lane on SQLite). Reports of one
+/// its budget), then writes it (through its group-commit lane). Reports of one
 /// run are decided one after another in this process, so they do not race each other's
 /// decisions; a decision overtaken anyway (a report of the same run through another process) is
 /// made again. Cheap to clone.
@@ -52,14 +53,13 @@ pub struct Recorder {
     cache: SnapshotCache,
     budget: EvaluationBudget,
     runs: turns::RunTurns,
-    /// Group commit on SQLite (inside a Tokio runtime); it ends with the last clone.
+    /// Group commit (when made inside a Tokio runtime); it ends with the last clone.
     lane: Option<StepLane>,
 }
 
 impl Recorder {
     pub fn new(store: Store, cache: SnapshotCache, budget: Duration) -> Self {
-        let batched = store.backend() == sea_orm::DbBackend::Sqlite
-            && tokio::runtime::Handle::try_current().is_ok();
+        let batched = tokio::runtime::Handle::try_current().is_ok();
         let mut recorder = Self::unbatched(store, cache, budget);
         if batched {
             recorder.lane = Some(StepLane::start(recorder.store.clone()));
@@ -67,8 +67,8 @@ impl Recorder {
         recorder
     }
 
-    /// A recorder that writes every step in a transaction of its own (PostgreSQL does; the
-    /// tests compare the two paths on SQLite).
+    /// A recorder that writes every step in a transaction of its own (the tests compare the
+    /// two paths).
     pub(crate) fn unbatched(store: Store, cache: SnapshotCache, budget: Duration) -> Self {
         Self {
             lane: None,
@@ -83,8 +83,7 @@ impl Recorder {
         &self.store
     }
 
-    /// Tell `observer` the number of steps in every group commit (SQLite; PostgreSQL commits
-    /// each step on its own and reports nothing here).
+    /// Tell `observer` the number of steps in every group commit.
     pub fn observe_batches(&self, observer: BatchObserver) {
         if let Some(lane) = &self.lane {
             lane.observe(observer);
@@ -95,11 +94,33 @@ impl Recorder {
         &self.cache
     }
 
-    /// Record a step. On a failure to commit, the answer is STOP with `SYSTEM_FAILURE`
-    /// (fail-closed), and the run is stopped if that can still be recorded.
+    /// Record a step on the service's own behalf (the sweeper's timeouts). On a failure to
+    /// commit, the answer is STOP with `SYSTEM_FAILURE` (fail-closed), and the run is stopped if
+    /// that can still be recorded.
     pub async fn record(
         &self,
         tenant_id: &str,
+        input: RecordStep,
+    ) -> CoreResult<Committed<StepOutcome>> {
+        self.record_as(tenant_id, None, input).await
+    }
+
+    /// Record a step reported with an API key, as [`Recorder::record`] does; it commits only
+    /// while the key is active (checked in the committing transaction), else the answer is
+    /// `UNAUTHENTICATED` and nothing is written.
+    pub async fn record_by_key(
+        &self,
+        principal: &Principal,
+        input: RecordStep,
+    ) -> CoreResult<Committed<StepOutcome>> {
+        self.record_as(&principal.tenant_id, Some(&principal.key_id), input)
+            .await
+    }
+
+    async fn record_as(
+        &self,
+        tenant_id: &str,
+        key_id: Option<&str>,
         input: RecordStep,
     ) -> CoreResult<Committed<StepOutcome>> {
         validate(&input)?;
@@ -110,7 +131,7 @@ impl Recorder {
             self.lane.as_ref(),
             &self.cache,
             &self.budget,
-            tenant_id,
+            Reporter { tenant_id, key_id },
             input,
             &mut known,
         )
@@ -174,6 +195,13 @@ impl EvaluationBudget {
         running.insert(tenant_id.to_string(), permits.clone());
         permits
     }
+}
+
+/// Who reports a step: a tenant's API key (checked when the step commits), or the service itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reporter<'a> {
+    pub tenant_id: &'a str,
+    pub key_id: Option<&'a str>,
 }
 
 /// How many times a step is decided again because its run moved on before the decision could be
@@ -300,10 +328,11 @@ async fn record(
     lane: Option<&StepLane>,
     cache: &SnapshotCache,
     budget: &EvaluationBudget,
-    tenant_id: &str,
+    reporter: Reporter<'_>,
     input: RecordStep,
     known: &mut Option<Known>,
 ) -> CoreResult<Committed<StepOutcome>> {
+    let tenant_id = reporter.tenant_id;
     for _ in 0..MAX_DECISIONS {
         let decided = match decide(store, cache, budget, tenant_id, &input, known).await {
             Ok(decided) => decided,
@@ -313,16 +342,16 @@ async fn record(
                     budget.per_step.as_millis(),
                     TerminationReason::SystemFailure
                 );
-                return fail_closed(store, tenant_id, &input, reason).await;
+                return fail_closed(store, reporter, &input, reason).await;
             }
             Err(Undecided::Failed(CoreError::Internal(err))) => {
-                return fail_closed_on_error(store, tenant_id, &input, err).await;
+                return fail_closed_on_error(store, reporter, &input, err).await;
             }
             Err(Undecided::Failed(other)) => return Err(other),
         };
         let written = match lane {
-            Some(lane) => lane.record(tenant_id, &input, decided).await,
-            None => record_committed(store, tenant_id, &input, decided.as_ref()).await,
+            Some(lane) => lane.record(reporter, &input, decided).await,
+            None => record_committed(store, reporter, &input, decided.as_ref()).await,
         };
         match written {
             Ok(Written::Done(committed)) => {
@@ -336,7 +365,7 @@ async fn record(
             // Decide again on the run as stored.
             Ok(Written::Stale) => *known = None,
             Err(CoreError::Internal(err)) => {
-                return fail_closed_on_error(store, tenant_id, &input, err).await;
+                return fail_closed_on_error(store, reporter, &input, err).await;
             }
             Err(other) => return Err(other),
         }
@@ -481,7 +510,7 @@ async fn step_times_since<C: ConnectionTrait>(
 /// to the log entry that has the details.
 async fn fail_closed_on_error(
     store: &Store,
-    tenant_id: &str,
+    reporter: Reporter<'_>,
     input: &RecordStep,
     err: anyhow::Error,
 ) -> CoreResult<Committed<StepOutcome>> {
@@ -491,17 +520,25 @@ async fn fail_closed_on_error(
         "the decision could not be recorded (reference {reference}); failing closed: STOP ({})",
         TerminationReason::SystemFailure
     );
-    fail_closed(store, tenant_id, input, reason).await
+    fail_closed(store, reporter, input, reason).await
 }
 
 /// Answer STOP (`SYSTEM_FAILURE`) with `reason`, never CONTINUE; stop the run if that can still
-/// be recorded, so its later steps are refused too.
+/// be recorded, so its later steps are refused too. A key known to be revoked stops nothing: its
+/// answer is `UNAUTHENTICATED` (a key that cannot be checked now does not hold the stop back).
 async fn fail_closed(
     store: &Store,
-    tenant_id: &str,
+    reporter: Reporter<'_>,
     input: &RecordStep,
     reason: String,
 ) -> CoreResult<Committed<StepOutcome>> {
+    let tenant_id = reporter.tenant_id;
+    if let Some(key_id) = reporter.key_id
+        && let Ok(active) = tenancy::active_keys(store.db(), [key_id]).await
+        && active.is_empty()
+    {
+        return Err(tenancy::key_refused());
+    }
     // Best effort: stop the run so later steps are refused too. This may fail as well.
     let stopped = runs::stop_for_system_failure(store, tenant_id, &input.run_id, &reason).await;
     let (run, events, follow_ups) = match stopped {

@@ -168,14 +168,15 @@ async fn report(recorder: Recorder, tenant_id: String, steps: Vec<RecordStep>) -
     answers
 }
 
-/// The answers the pure decision gives, deciding the steps one after another in memory.
+/// The answers the pure decision gives, deciding the steps one after another in memory, and the
+/// run's totals after them.
 fn expected(
     snapshot: &crate::policy::CompiledSnapshot,
     mut run: run::Model,
     steps: &[RecordStep],
-) -> Vec<Answer> {
+) -> (Vec<Answer>, Totals) {
     let mut times: Vec<DateTime<Utc>> = Vec::new();
-    steps
+    let answers = steps
         .iter()
         .map(
             |input| match classify(&run, input).expect("indexes are in order") {
@@ -198,7 +199,28 @@ fn expected(
                 Report::Resent(_) => unreachable!("every index is new"),
             },
         )
-        .collect()
+        .collect();
+    (answers, Totals::of(&run))
+}
+
+/// What a run's row must hold after its steps.
+#[derive(Debug, PartialEq)]
+struct Totals {
+    tokens_used: i64,
+    cost_micros: i64,
+    step_count: i64,
+    trace_head_hash: String,
+}
+
+impl Totals {
+    fn of(run: &run::Model) -> Self {
+        Self {
+            tokens_used: run.tokens_used,
+            cost_micros: run.cost_micros,
+            step_count: run.step_count,
+            trace_head_hash: run.trace_head_hash.clone(),
+        }
+    }
 }
 
 async fn check_paths(
@@ -279,7 +301,9 @@ async fn check_paths(
                 .find(|(id, _)| *id == run_id)
                 .map(|(_, answers)| answers)
                 .expect("answers of every run");
-            prop_assert_eq!(answers, &want, "run {}", run_id);
+            prop_assert_eq!(answers, &want.0, "run {}", run_id);
+            let stored = runs::get(store.db(), &tenant, &run_id).await.expect("run");
+            prop_assert_eq!(Totals::of(&stored), want.1, "run {} as stored", run_id);
         }
     }
     Ok(())

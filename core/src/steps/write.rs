@@ -20,7 +20,7 @@ use sea_orm::{
 use serde_json::json;
 
 use super::{
-    RecordStep, StepRecord,
+    RecordStep, Reporter, StepRecord,
     decision::{Decided, Report, classify, same_step, step_row},
 };
 use crate::{
@@ -32,6 +32,7 @@ use crate::{
     policy::{Evaluation, Finding},
     runs,
     store::Store,
+    tenancy,
     time::now,
 };
 
@@ -50,15 +51,20 @@ pub(crate) enum Written {
     Stale,
 }
 
-/// Write one report in its own transaction.
+/// Write one report in its own transaction (refused, writing nothing, when its key was revoked).
 pub(crate) async fn record_committed(
     store: &Store,
-    tenant_id: &str,
+    reporter: Reporter<'_>,
     input: &RecordStep,
     decided: Option<&Decided>,
 ) -> CoreResult<Written> {
     let txn = store.begin().await?;
-    match record_in(&*txn, tenant_id, input, decided).await {
+    if let Some(key_id) = reporter.key_id
+        && tenancy::active_keys(&*txn, [key_id]).await?.is_empty()
+    {
+        return Err(tenancy::key_refused());
+    }
+    match record_in(&*txn, reporter.tenant_id, input, decided).await {
         Ok(Written::Done(committed)) => {
             // Only a committed decision is answered.
             txn.commit().await?;
@@ -416,6 +422,66 @@ pub(crate) async fn update_run_totals<C: ConnectionTrait>(
         .await?;
     if updated.rows_affected != 1 {
         return Err(anyhow::anyhow!("run {} could not be updated", run.id).into());
+    }
+    Ok(())
+}
+
+/// Run totals as [`update_run_totals`] writes them, for many runs in ONE statement
+/// (`UPDATE … FROM (VALUES …)`, which SQLite and PostgreSQL both read the same way: the values'
+/// columns are `column1`, `column2`, …).
+pub(crate) async fn update_runs_totals<C: ConnectionTrait>(
+    conn: &C,
+    runs: &[&run::Model],
+) -> CoreResult<()> {
+    match runs {
+        [] => return Ok(()),
+        [run] => return update_run_totals(conn, run).await,
+        _ => {}
+    }
+    let backend = conn.get_database_backend();
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(runs.len() * 6);
+    let mut rows = Vec::with_capacity(runs.len());
+    for run in runs {
+        let n = values.len();
+        rows.push(match backend {
+            sea_orm::DbBackend::Postgres => format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6
+            ),
+            _ => "(?, ?, ?, ?, ?, ?)".to_string(),
+        });
+        values.extend([
+            run.id.clone().into(),
+            run.tokens_used.into(),
+            run.cost_micros.into(),
+            run.step_count.into(),
+            run.trace_head_hash.clone().into(),
+            run.updated_at.into(),
+        ]);
+    }
+    let sql = format!(
+        "UPDATE runs SET tokens_used = v.column2, cost_micros = v.column3, step_count = v.column4, \
+         trace_head_hash = v.column5, updated_at = v.column6 \
+         FROM (VALUES {}) AS v WHERE runs.id = v.column1",
+        rows.join(", ")
+    );
+    let updated = conn
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend, sql, values,
+        ))
+        .await?;
+    if updated.rows_affected() != runs.len() as u64 {
+        return Err(anyhow::anyhow!(
+            "{} of {} runs could be updated",
+            updated.rows_affected(),
+            runs.len()
+        )
+        .into());
     }
     Ok(())
 }

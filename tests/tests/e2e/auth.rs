@@ -100,6 +100,60 @@ async fn cli_creates_tenants_and_keys_and_revoked_keys_stop_working() {
     assert_eq!(still.data()["me"]["tenant"]["name"], "acme");
 }
 
+const STEP: &str = "mutation($input: RecordStepInput!) { recordStep(input: $input) { action recorded step { stepIndex } } }";
+
+/// A key that records steps is not read on every step; its revocation must still stop the very
+/// next step, which is then not recorded.
+#[tokio::test]
+async fn a_key_revoked_while_it_records_steps_records_nothing_more() {
+    let app = spawn_app().await;
+    let (ok, out, err) = run_cli(
+        &app.env,
+        &["key", "create", "--tenant", "default", "--name", "agent"],
+    )
+    .await;
+    assert!(ok, "key create failed: {err}");
+    let agent = format!("Bearer {}", key_in(&out).expect("key printed"));
+    let key_id = app.gql_auth(Some(&agent), ME, json!({})).await.data()["me"]["apiKey"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run_id = app.start_run("wf-revoked-agent").await;
+    let step = |i: i64| json!({ "input": { "runId": run_id, "type": "LLM_CALL", "tokens": 10, "content": format!("step {i}") } });
+    for i in 0..3 {
+        let response = app.gql_auth(Some(&agent), STEP, step(i)).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.data()["recordStep"]["step"]["stepIndex"], i);
+    }
+
+    let (ok, _, err) = run_cli(&app.env, &["key", "revoke", &key_id]).await;
+    assert!(ok, "revoke failed: {err}");
+    for i in 3..5 {
+        let refused = app.gql_auth(Some(&agent), STEP, step(i)).await;
+        assert_eq!(refused.status, 401, "{}", refused.body);
+        assert_eq!(refused.error_code().as_deref(), Some("UNAUTHENTICATED"));
+        assert!(refused.body["data"].is_null(), "{}", refused.body);
+    }
+
+    // Nothing of the refused steps was written: the run still has 3 steps, and the tenant's
+    // other key records the next one as step 3.
+    let run = app
+        .gql_ok(
+            "query($id: ID!) { run(id: $id) { stepCount status } }",
+            json!({ "id": run_id }),
+        )
+        .await;
+    assert_eq!(run["run"]["stepCount"], 3);
+    assert_eq!(run["run"]["status"], "RUNNING");
+    let next = app
+        .step_ok(
+            &run_id,
+            json!({ "type": "LLM_CALL", "tokens": 10, "content": "after" }),
+        )
+        .await;
+    assert_eq!(next["step"]["stepIndex"], 3);
+}
+
 #[tokio::test]
 async fn tenants_cannot_see_each_others_objects() {
     let app = spawn_app().await;
