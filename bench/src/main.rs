@@ -9,7 +9,12 @@
 //! 4 the frontend query (a page of 100 runs with their links and 20 trace steps each) with its
 //! SQL statement count, 5 phase 3 again after loading 1,000,000 steps, 6 evaluation-record
 //! jobs/s on SQLite and on Redis, 7 the SOC2 PDF of a 1,000-step incident by Typst and by
-//! reportlab.
+//! reportlab, 8 `recordStep` latency at 100 steps/s, 9 the soak: phase 3's rate for 10 minutes
+//! (1 with `--quick`), with errors counted, the server's memory sampled and p99 per minute.
+//!
+//! Phase 3 also reports `{ __typename }` at the same arrival rate (the framework's own latency
+//! there; the targets compare the p99s) and the server's own `recordStep` latency, from its
+//! histogram.
 
 use std::{
     path::PathBuf,
@@ -40,8 +45,8 @@ struct Args {
     /// The API key for `--url`.
     #[arg(long)]
     key: Option<String>,
-    /// The phases to run (phases 3 and 5 need phase 2).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    /// The phases to run (phases 3, 5 and 9 need phase 2).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9")]
     phases: Vec<u8>,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench-results.json")]
@@ -125,7 +130,7 @@ impl Latencies {
 
 /// The service under test, when we started it.
 struct Service {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     dir: tempfile::TempDir,
 }
 
@@ -189,7 +194,7 @@ async fn start_service() -> anyhow::Result<(Service, Client)> {
     let dir = tempfile::tempdir()?;
     let (child, port) = serve(dir.path(), &[]).await?;
     let client = client_of(dir.path(), port)?;
-    Ok((Service { _child: child, dir }, client))
+    Ok((Service { child, dir }, client))
 }
 
 /// A second API process on the service's database, without background workers.
@@ -351,36 +356,278 @@ async fn throughput(
 }
 
 /// Phase 3: open loop at `rate` steps/s over many runs; latency from the scheduled send time
-/// (so a stall is charged to every request it delays).
+/// (so a stall is charged to every request it delays). Any failure ends the benchmark.
 async fn open_loop(client: &Client, rate: f64, duration: Duration) -> anyhow::Result<Latencies> {
+    let steps = step_loop(client, rate, duration).await?;
+    steps.fatal()?;
+    Ok(steps.latencies())
+}
+
+/// `recordStep` at `rate` steps/s over 64 runs, failures counted.
+async fn step_loop(client: &Client, rate: f64, duration: Duration) -> anyhow::Result<OpenLoop> {
     let mut runs = Vec::new();
     for _ in 0..64 {
         runs.push(start_run(client).await?);
     }
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    let total = (duration.as_secs_f64() * rate) as u64;
-    // A bounded number in flight, like a real client's connection pool: past it, a send waits
-    // for a slot, and the wait counts in its latency (measured from the scheduled time).
-    let slots = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for n in 0..total {
-        let scheduled = start + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        let slot = slots.clone().acquire_owned().await?;
+    let client = client.clone();
+    Ok(open_loop_of(rate, duration, move |n| {
         let client = client.clone();
         let run = runs[(n % runs.len() as u64) as usize].clone();
+        async move { step(&client, &run, n).await }
+    })
+    .await)
+}
+
+/// `{ __typename }` at `rate` requests/s: the framework's own latency at that arrival rate.
+async fn typename_loop(
+    client: &Client,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Latencies> {
+    let client = client.clone();
+    let requests = open_loop_of(rate, duration, move |_| {
+        let client = client.clone();
+        async move { client.gql("{ __typename }", json!({})).await.map(|_| ()) }
+    })
+    .await;
+    requests.fatal()?;
+    Ok(requests.latencies())
+}
+
+/// What an open loop measured: for each request, when it was scheduled (seconds from the start)
+/// and its latency from that time (µs), and the failures.
+struct OpenLoop {
+    samples: Vec<(f64, u64)>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl OpenLoop {
+    fn latencies(&self) -> Latencies {
+        Latencies(self.samples.iter().map(|(_, micros)| *micros).collect())
+    }
+
+    fn fatal(&self) -> anyhow::Result<()> {
+        match &self.first_error {
+            Some(error) => bail!("{} requests failed; the first: {error}", self.errors),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Call `op(n)` at `rate` calls/s for `duration`, each at its scheduled time (a bounded number in
+/// flight, like a real client's connection pool: past it, a call waits for a slot, and the wait
+/// counts in its latency).
+async fn open_loop_of<F, Fut>(rate: f64, duration: Duration, op: F) -> OpenLoop
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let total = (duration.as_secs_f64() * rate) as u64;
+    let slots = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        let offset = interval.mul_f64(n as f64);
+        let scheduled = start + offset;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let call = op(n);
         tasks.push(tokio::spawn(async move {
-            step(&client, &run, n).await?;
+            let result = call.await;
             drop(slot);
-            Ok::<u64, anyhow::Error>(scheduled.elapsed().as_micros() as u64)
+            (
+                offset.as_secs_f64(),
+                scheduled.elapsed().as_micros() as u64,
+                result,
+            )
         }));
     }
-    let mut all = Latencies::default();
-    for t in tasks {
-        all.0.push(t.await??);
+    let mut measured = OpenLoop {
+        samples: Vec::with_capacity(tasks.len()),
+        errors: 0,
+        first_error: None,
+    };
+    for task in tasks {
+        match task.await {
+            Ok((offset, micros, Ok(()))) => measured.samples.push((offset, micros)),
+            Ok((_, _, Err(err))) => {
+                measured.errors += 1;
+                measured.first_error.get_or_insert_with(|| err.to_string());
+            }
+            Err(err) => {
+                measured.errors += 1;
+                measured.first_error.get_or_insert_with(|| err.to_string());
+            }
+        }
     }
-    Ok(all)
+    measured
+}
+
+/// The server's own `recordStep` latency histogram (`governance_step_decision_seconds`):
+/// cumulative counts by upper bound, in seconds.
+async fn decision_histogram(client: &Client) -> anyhow::Result<Vec<(f64, f64)>> {
+    let text = client
+        .http
+        .get(format!("{}/metrics", client.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("governance_step_decision_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let Some((bound, count)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let bound = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound.parse()?
+        };
+        buckets.push((bound, count.trim().parse()?));
+    }
+    Ok(buckets)
+}
+
+/// The `p`th percentile (ms) of what the histogram counted between `before` and `after`,
+/// interpolated within its bucket (the histogram's resolution is its buckets).
+fn histogram_percentile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(bound, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| b == bound)
+                .map_or(0.0, |(_, c)| *c);
+            (*bound, count - earlier)
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = total * p / 100.0;
+    let mut lower = (0.0, 0.0);
+    for (bound, cumulative) in counts {
+        if cumulative >= rank {
+            if bound.is_infinite() {
+                return Some(lower.0 * 1000.0);
+            }
+            let within = (rank - lower.1) / (cumulative - lower.1).max(1.0);
+            return Some((lower.0 + (bound - lower.0) * within) * 1000.0);
+        }
+        lower = (bound, cumulative);
+    }
+    None
+}
+
+/// Resident memory of process `pid`, in KiB (Linux).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Phase 9: the soak. `recordStep` at `rate` for `duration` with the failures counted, the
+/// server's resident memory sampled every 10 s, and p99 per minute.
+async fn soak(
+    client: &Client,
+    pid: Option<u32>,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    // The server's memory every 10 s: growth is counted from the end of the first minute (when
+    // its caches are warm) to the end, and the peak is reported.
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(Duration, u64)>::new()));
+    let started = Instant::now();
+    let sampling = pid.map(|pid| {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                if let Some(kib) = rss_kib(pid) {
+                    samples
+                        .lock()
+                        .expect("samples")
+                        .push((started.elapsed(), kib));
+                }
+            }
+        })
+    });
+    let rss_start = pid.and_then(rss_kib);
+    let measured = step_loop(client, rate, duration).await?;
+    let rss_end = pid.and_then(rss_kib);
+    if let Some(sampling) = sampling {
+        sampling.abort();
+    }
+    let minutes = (duration.as_secs_f64() / 60.0).ceil().max(1.0) as usize;
+    let mut per_minute: Vec<Latencies> = (0..minutes).map(|_| Latencies::default()).collect();
+    for (offset, micros) in &measured.samples {
+        let minute = ((offset / 60.0) as usize).min(minutes - 1);
+        per_minute[minute].0.push(*micros);
+    }
+    let p99s: Vec<f64> = per_minute.iter_mut().map(|l| l.percentile(99.0)).collect();
+    let mut all = measured.latencies();
+    let samples = samples.lock().expect("samples").clone();
+    let rss_peak = samples.iter().map(|(_, kib)| *kib).max();
+    let warm = Duration::from_secs(60).min(duration / 2);
+    let rss_start = samples
+        .iter()
+        .find(|(at, _)| *at >= warm)
+        .map(|(_, kib)| *kib)
+        .or(rss_start);
+    let growth = match (rss_start, rss_end) {
+        (Some(start), Some(end)) if start > 0 => {
+            Some((end as f64 - start as f64) / start as f64 * 100.0)
+        }
+        _ => None,
+    };
+    println!(
+        "9 soak              {:.0} s at {rate:.0}/s     {} steps, {} errors  p50 {:.2} ms  {}  p99 by minute {:?} ms  RSS after warm-up {} -> end {} MiB ({}, peak {} MiB)",
+        duration.as_secs_f64(),
+        measured.samples.len(),
+        measured.errors,
+        all.percentile(50.0),
+        all.tail(),
+        p99s.iter()
+            .map(|p| (p * 100.0).round() / 100.0)
+            .collect::<Vec<_>>(),
+        rss_start.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        rss_end.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        growth.map_or("growth not measured (--url)".to_string(), |g| format!(
+            "{g:+.1} %"
+        )),
+        rss_peak.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)),
+    );
+    if let Some(error) = &measured.first_error {
+        println!("  first soak error: {error}");
+    }
+    Ok(json!({
+        "seconds": duration.as_secs(),
+        "rate": rate,
+        "steps": measured.samples.len(),
+        "errors": measured.errors,
+        "p50Ms": all.percentile(50.0),
+        "tail": all.tail_json(),
+        "p99ByMinuteMs": p99s,
+        "rssStartKiB": rss_start,
+        "rssEndKiB": rss_end,
+        "rssPeakKiB": rss_peak,
+        "rssGrowthPercent": growth,
+    }))
 }
 
 /// Requests the open loop keeps in flight at most.
@@ -760,8 +1007,8 @@ async fn exports(client: &Client) -> anyhow::Result<(f64, f64, Option<f64>)> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wants = |n: u8| args.phases.contains(&n);
-    if (wants(3) || wants(5)) && !wants(2) {
-        bail!("phases 3 and 5 run at half of phase 2's rate: include phase 2");
+    if (wants(3) || wants(5) || wants(9)) && !wants(2) {
+        bail!("phases 3, 5 and 9 run at half of phase 2's rate: include phase 2");
     }
     let (service, client) = match (&args.url, &args.key) {
         (Some(url), Some(key)) => (
@@ -826,17 +1073,58 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut open_p50 = None;
     if let (true, Some(half)) = (wants(3), half) {
+        let before = decision_histogram(&client).await?;
         let mut open = open_loop(&client, half, phase).await?;
+        let after = decision_histogram(&client).await?;
+        let server_p99 = histogram_percentile(&before, &after, 99.0);
+        let mut framework = typename_loop(&client, half, phase).await?;
+        let p99_ratio = open.percentile(99.0) / framework.percentile(99.0);
         println!(
-            "3 recordStep        open loop {half:>7.0}/s  p50 {:.2} ms  {}",
+            "3 recordStep        open loop {half:>7.0}/s  p50 {:.2} ms  {}  server p99 {}",
             open.percentile(50.0),
-            open.tail()
+            open.tail(),
+            server_p99.map_or("-".to_string(), |p| format!("{p:.2} ms")),
+        );
+        println!(
+            "  {{ __typename }}    open loop {half:>7.0}/s  p50 {:.2} ms  {}  recordStep p99 / this p99 {p99_ratio:.2}",
+            framework.percentile(50.0),
+            framework.tail(),
         );
         results.insert(
             "openLoop".into(),
-            json!({ "rate": half, "p50Ms": open.percentile(50.0), "p99Ms": open.percentile(99.0), "tail": open.tail_json() }),
+            json!({
+                "rate": half,
+                "p50Ms": open.percentile(50.0),
+                "p99Ms": open.percentile(99.0),
+                "tail": open.tail_json(),
+                "serverP99Ms": server_p99,
+                "typenameP50Ms": framework.percentile(50.0),
+                "typenameTail": framework.tail_json(),
+                "p99RatioToTypename": p99_ratio,
+            }),
         );
         open_p50 = Some(open.percentile(50.0));
+    }
+    if wants(8) {
+        let mut slow = open_loop(&client, 100.0, phase).await?;
+        println!(
+            "8 recordStep        open loop     100/s  p50 {:.2} ms  {}",
+            slow.percentile(50.0),
+            slow.tail()
+        );
+        results.insert(
+            "openLoop100".into(),
+            json!({ "p50Ms": slow.percentile(50.0), "tail": slow.tail_json() }),
+        );
+    }
+    if let (true, Some(half)) = (wants(9), half) {
+        let length = if args.quick {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(600)
+        };
+        let pid = service.as_ref().and_then(|s| s.child.id());
+        results.insert("soak".into(), soak(&client, pid, half, length).await?);
     }
     if let (true, Some(half)) = (wants(5), half) {
         match &service {
