@@ -46,6 +46,11 @@ pub(crate) async fn next_batch<T>(
 pub struct Store {
     db: DatabaseConnection,
     writer: Option<Arc<Mutex<()>>>,
+    /// SQLite: taken before `writer` by every write transaction but the group-commit lanes', so
+    /// at most one of those waits for `writer` at a time. A burst of other writes (32 runs
+    /// started at once, each its own commit) then delays the next group commit by one
+    /// transaction, not by the whole burst.
+    queue: Option<Arc<Mutex<()>>>,
     faults: Arc<AtomicU32>,
     /// The group-commit lane for evaluation records (SQLite, inside a Tokio runtime).
     evaluation_lane: Option<crate::evaluation::EvaluationLane>,
@@ -56,11 +61,13 @@ impl Store {
     /// evaluation-record lane on that runtime; it ends when the last clone of this store is
     /// dropped.
     pub fn new(db: DatabaseConnection) -> Self {
-        let writer =
-            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+        let writer = sqlite.then(|| Arc::new(Mutex::new(())));
+        let queue = sqlite.then(|| Arc::new(Mutex::new(())));
         let mut store = Self {
             db,
             writer,
+            queue,
             faults: Arc::new(AtomicU32::new(0)),
             evaluation_lane: None,
         };
@@ -94,6 +101,19 @@ impl Store {
 
     /// Begin a write transaction. Commit it with [`WriteTxn::commit`]; dropping it rolls back.
     pub async fn begin(&self) -> CoreResult<WriteTxn> {
+        let queued = match &self.queue {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let mut txn = self.begin_first().await?;
+        txn._queued = queued;
+        Ok(txn)
+    }
+
+    /// Begin a write transaction ahead of the queue of ordinary ones: it waits for at most the
+    /// one transaction in progress and one queued. For the group-commit lanes, whose batches
+    /// carry many waiting callers each.
+    pub(crate) async fn begin_first(&self) -> CoreResult<WriteTxn> {
         let guard = match &self.writer {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
@@ -116,6 +136,7 @@ impl Store {
         Ok(WriteTxn {
             txn,
             _guard: guard,
+            _queued: None,
             faults: self.faults.clone(),
         })
     }
@@ -125,6 +146,8 @@ impl Store {
 pub struct WriteTxn {
     txn: DatabaseTransaction,
     _guard: Option<OwnedMutexGuard<()>>,
+    /// The ordinary writers' queue, held until the end (see [`Store`]).
+    _queued: Option<OwnedMutexGuard<()>>,
     faults: Arc<AtomicU32>,
 }
 
@@ -171,4 +194,58 @@ where
         query
     };
     query.one(conn).await?.ok_or_else(not_found)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::Store;
+    use crate::db::{self, DbSettings};
+
+    /// A group commit does not queue behind a burst of ordinary write transactions: it waits
+    /// for the one in progress only, and takes the write lock before the ordinary ones queued
+    /// ahead of it.
+    #[tokio::test]
+    async fn a_lane_begins_ahead_of_queued_ordinary_writers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = db::connect(&DbSettings::new(DbSettings::sqlite_file_url(dir.path())))
+            .await
+            .expect("database");
+        let store = Store::new(db);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let settle = || async {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        };
+
+        let first = store.begin().await.expect("first");
+        let mut waiting = tokio::task::JoinSet::new();
+        for name in ["ordinary 1", "ordinary 2"] {
+            let (store, order) = (store.clone(), order.clone());
+            waiting.spawn(async move {
+                let txn = store.begin().await.expect("begin");
+                order.lock().unwrap().push(name);
+                txn.commit().await.expect("commit");
+            });
+            settle().await;
+        }
+        let (lane_store, lane_order) = (store.clone(), order.clone());
+        waiting.spawn(async move {
+            let txn = lane_store.begin_first().await.expect("begin first");
+            lane_order.lock().unwrap().push("lane");
+            txn.commit().await.expect("commit");
+        });
+        settle().await;
+        assert!(order.lock().unwrap().is_empty(), "all wait for the first");
+        first.commit().await.expect("commit first");
+        while let Some(done) = waiting.join_next().await {
+            done.expect("writer task");
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec!["lane", "ordinary 1", "ordinary 2"]
+        );
+    }
 }

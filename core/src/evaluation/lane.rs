@@ -84,7 +84,7 @@ async fn run_lane(store: Store, mut waiting: mpsc::UnboundedReceiver<PendingReco
 
 /// Insert `rows` in one transaction; for each, whether it was inserted.
 async fn write(store: &Store, rows: &[policy_evaluation::Model]) -> CoreResult<Vec<bool>> {
-    let txn = store.begin().await?;
+    let txn = store.begin_first().await?;
     let mut inserted = Vec::with_capacity(rows.len());
     for row in rows {
         inserted.push(insert_in(&*txn, row).await?);

@@ -159,7 +159,7 @@ async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLoc
 /// Every report of the batch in one transaction. `Err` when the transaction must be abandoned
 /// (a database failure); refusals (conflicts, bad input, a terminated run) are answers.
 async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<CoreResult<Written>>> {
-    let txn = store.begin().await?;
+    let txn = store.begin_first().await?;
     let active =
         tenancy::active_keys(&*txn, batch.iter().filter_map(|p| p.key_id.as_deref())).await?;
     let mut group = Group::load(&*txn, batch).await?;

@@ -58,7 +58,7 @@ pub(crate) async fn record_committed(
     input: &RecordStep,
     decided: Option<&Decided>,
 ) -> CoreResult<Written> {
-    let txn = store.begin().await?;
+    let txn = store.begin_first().await?;
     if let Some(key_id) = reporter.key_id
         && tenancy::active_keys(&*txn, [key_id]).await?.is_empty()
     {
