@@ -54,12 +54,14 @@ pub struct Store {
     faults: Arc<AtomicU32>,
     /// The group-commit lane for evaluation records (SQLite, inside a Tokio runtime).
     evaluation_lane: Option<crate::evaluation::EvaluationLane>,
+    /// Keeps the WAL checkpointer (SQLite) running while any clone of this store lives.
+    _checkpoints: Arc<()>,
 }
 
 impl Store {
     /// Open the store. On SQLite, called inside a Tokio runtime, this also starts the
-    /// evaluation-record lane on that runtime; it ends when the last clone of this store is
-    /// dropped.
+    /// evaluation-record lane and the WAL checkpointer on that runtime; they end when the last
+    /// clone of this store is dropped.
     pub fn new(db: DatabaseConnection) -> Self {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         let writer = sqlite.then(|| Arc::new(Mutex::new(())));
@@ -70,7 +72,9 @@ impl Store {
             queue,
             faults: Arc::new(AtomicU32::new(0)),
             evaluation_lane: None,
+            _checkpoints: Arc::new(()),
         };
+        crate::db::checkpoint_in_background(store.db.clone(), Arc::downgrade(&store._checkpoints));
         if store.writer.is_some() && tokio::runtime::Handle::try_current().is_ok() {
             // A lane's own store has no lane, so a lane does not keep itself alive.
             let plain = store.clone();
