@@ -76,6 +76,9 @@ pub enum Command {
         #[arg(long)]
         ended: bool,
     },
+    /// Copy the embedded database to PATH, consistently, while the service runs (SQLite
+    /// `VACUUM INTO`; on PostgreSQL use `pg_dump`). PATH must not exist.
+    Backup { path: std::path::PathBuf },
     /// Drive a full scenario through the API (policies, a run stopped by a policy, the
     /// incident, its proof) and write the three export PDFs to a folder.
     Demo {

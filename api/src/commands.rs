@@ -40,6 +40,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app::cancel_on_signals(app.shutdown_token());
             app.run_until_stopped().await
         }
+        Some(Command::Backup { path }) => {
+            let db = app::open_database(&config).await?;
+            let bytes = governance_core::db::backup(&db, &path).await?;
+            println!(
+                "Backed up the database to {} ({bytes} bytes). To restore: stop the service, put this file in place of governance.db in the data directory (removing governance.db-wal and governance.db-shm), and start it.",
+                path.display()
+            );
+            Ok(())
+        }
         Some(Command::Worker) => {
             let egress = config.webhooks.rules()?.egress;
             let db = app::open_database(&config).await?;

@@ -73,6 +73,45 @@ pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection
     Ok(db)
 }
 
+/// Copy the embedded database to `target`, consistently, while the service keeps running
+/// (`VACUUM INTO`: one read transaction, so the copy is the database as of one commit, jobs
+/// included, compacted). `target` must not exist; it is written with mode 0600. PostgreSQL is
+/// refused with a pointer to `pg_dump`.
+pub async fn backup(db: &DatabaseConnection, target: &std::path::Path) -> anyhow::Result<u64> {
+    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        anyhow::bail!(
+            "`governance backup` copies the embedded SQLite database; on PostgreSQL use `pg_dump` (see the README, \"Backups\")"
+        );
+    }
+    if target.exists() {
+        anyhow::bail!(
+            "{} already exists: name a new file (a backup never overwrites)",
+            target.display()
+        );
+    }
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        anyhow::bail!("{} is not a directory", parent.display());
+    }
+    let path = target
+        .to_str()
+        .with_context(|| format!("{} is not a UTF-8 path", target.display()))?;
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Sqlite,
+        "VACUUM INTO ?",
+        [path.into()],
+    ))
+    .await
+    .with_context(|| format!("cannot write the backup to {}", target.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(std::fs::metadata(target)?.len())
+}
+
 /// Bytes a WAL file is truncated back to after it was reset (it is reused from the start).
 const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 

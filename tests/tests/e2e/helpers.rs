@@ -143,6 +143,11 @@ pub async fn spawn_in(env: TestEnv, config: Config) -> TestApp {
     start(env, config, None).await
 }
 
+/// Start the application in-process on a database bootstrapped before, whose tenant key is `key`.
+pub async fn spawn_existing(env: TestEnv, config: Config, key: String) -> TestApp {
+    start(env, config, Some(key)).await
+}
+
 /// Start the application; `key` is the tenant key when the database was bootstrapped before.
 async fn start(env: TestEnv, config: Config, key: Option<String>) -> TestApp {
     // Server logs go to the test's output (shown for failing tests); RUST_LOG sets the level.

@@ -7,6 +7,7 @@ mod helpers;
 
 mod audits;
 mod auth;
+mod backup;
 mod exports;
 mod governance;
 mod graph;
