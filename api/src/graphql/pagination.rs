@@ -237,7 +237,27 @@ where
     E::Model: Sync,
     N: OutputType,
 {
-    let window = Window::of(&args, max_page_size(ctx)).gql()?;
+    let mut window = Window::of(&args, max_page_size(ctx)).gql()?;
+    // A keyset cursor names its table as well as its key, so a cursor of another list (whose
+    // key would compare fine against this one's) is refused rather than read as a position.
+    let list = E::default().table_name().to_string();
+    for (argument, cursor) in [("after", &mut window.after), ("before", &mut window.before)] {
+        if let Some(named) = cursor.take() {
+            let key = named
+                .strip_prefix(list.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .filter(|key| !key.is_empty())
+                .ok_or_else(|| {
+                    CoreError::bad_field(
+                        argument,
+                        "the cursor is not a cursor of this list: pass a cursor from a previous page of it",
+                    )
+                })
+                .gql()?;
+            *cursor = Some(key.to_string());
+        }
+    }
+    let key_of = |model: &E::Model| format!("{list}/{}", key_of(model));
     let db = &state(ctx).db;
     // `totalCount` rides along with the page as a scalar subquery: one statement, not two.
     let mut count = query.clone().select_only().into_query();

@@ -544,6 +544,35 @@ async fn pagination_walks_forwards_and_backwards_and_refuses_bad_cursors() {
         "{}",
         wrong.body
     );
+    // So is a cursor of another top-level list, though its key would compare against this
+    // one's: an incident's cursor given to `runs`, and a run's given to `incidents`.
+    budget_policy(&app, 100, "BLOCK", "HIGH").await;
+    stopped_run(&app, "wf-pages-incident").await;
+    let incident_cursor = app
+        .gql_ok(
+            "{ incidents(first: 1) { pageInfo { endCursor } } }",
+            json!({}),
+        )
+        .await["incidents"]["pageInfo"]["endCursor"]
+        .clone();
+    assert!(incident_cursor.is_string(), "an incident was opened");
+    for (query, cursor) in [
+        (q, incident_cursor),
+        (
+            "query($first: Int, $after: String) { incidents(first: $first, after: $after) { totalCount } }",
+            run_cursor,
+        ),
+    ] {
+        let response = app.gql(query, json!({ "first": 2, "after": cursor })).await;
+        assert_eq!(
+            response.error_code().as_deref(),
+            Some("BAD_USER_INPUT"),
+            "{}",
+            response.body
+        );
+        assert_eq!(response.body["errors"][0]["extensions"]["field"], "after");
+        assert!(response.body["data"].is_null(), "{}", response.body);
+    }
 }
 
 #[tokio::test]
