@@ -125,7 +125,9 @@ async fn store<C: ConnectionTrait>(
         return Ok(existing);
     }
     // ON CONFLICT DO NOTHING: a concurrent run may store the same snapshot first; that is fine,
-    // and must not abort this transaction (it would on PostgreSQL with a plain INSERT).
+    // and must not abort this transaction (it would on PostgreSQL with a plain INSERT). No
+    // conflict target: both unique indexes (tenant + content hash, tenant + snapshot id) must be
+    // arbiters, or PostgreSQL raises the race on the other one as a unique violation.
     policy_snapshot::Entity::insert(policy_snapshot::ActiveModel {
         tenant_id: Set(tenant_id.to_string()),
         snapshot_id: Set(content.snapshot_id.clone()),
@@ -137,14 +139,7 @@ async fn store<C: ConnectionTrait>(
         created_at: Set(now()),
         ..Default::default()
     })
-    .on_conflict(
-        OnConflict::columns([
-            policy_snapshot::Column::TenantId,
-            policy_snapshot::Column::ContentHash,
-        ])
-        .do_nothing()
-        .to_owned(),
-    )
+    .on_conflict(OnConflict::new().do_nothing().to_owned())
     .exec_without_returning(conn)
     .await?;
     find().one(conn).await?.ok_or_else(|| {

@@ -811,3 +811,38 @@ async fn tenant_of(app: &TestApp) -> String {
     let me = app.gql_ok("{ me { tenant { id } } }", json!({})).await;
     me["me"]["tenant"]["id"].as_str().unwrap().to_string()
 }
+
+/// Runs started at the same moment after a policy change all get the one new snapshot: on
+/// PostgreSQL their transactions race to store it, and the ones that lose must still start.
+/// (Three policy changes, 32 runs started at once after each, to give the race its chances.)
+#[tokio::test]
+async fn runs_started_at_once_after_a_policy_change_share_one_snapshot() {
+    let app = spawn_app().await;
+    for round in 1..=3 {
+        app.create_policy(json!({
+            "name": format!("Race budget {round}"), "kind": "TOKEN_BUDGET",
+            "rule": { "maxTokens": 1000 * round }, "action": "BLOCK", "severity": "HIGH",
+        }))
+        .await;
+        let starts = (0..32).map(|_| {
+            app.gql(
+                "mutation($input: StartRunInput!) { startRun(input: $input) { id status policySnapshot { id policyCount } } }",
+                json!({ "input": { "workflowId": "wf-race" } }),
+            )
+        });
+        let responses = futures::future::join_all(starts).await;
+        let mut snapshots = std::collections::HashSet::new();
+        for response in &responses {
+            assert!(
+                response.body["errors"].is_null(),
+                "a concurrent startRun failed: {}",
+                response.body
+            );
+            let run = &response.data()["startRun"];
+            assert_eq!(run["status"], "RUNNING");
+            assert_eq!(run["policySnapshot"]["policyCount"], round);
+            snapshots.insert(run["policySnapshot"]["id"].as_str().unwrap().to_string());
+        }
+        assert_eq!(snapshots.len(), 1, "one snapshot for one policy set");
+    }
+}
