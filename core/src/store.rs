@@ -106,7 +106,7 @@ impl Store {
     /// Begin a write transaction. Commit it with [`WriteTxn::commit`]; dropping it rolls back.
     pub async fn begin(&self) -> CoreResult<WriteTxn> {
         let queued = match &self.queue {
-            Some(lock) => Some(lock.clone().lock_owned().await),
+            Some(lock) => Some(lock_reporting_waits(lock, "queue").await),
             None => None,
         };
         let mut txn = self.begin_first().await?;
@@ -119,7 +119,7 @@ impl Store {
     /// carry many waiting callers each.
     pub(crate) async fn begin_first(&self) -> CoreResult<WriteTxn> {
         let guard = match &self.writer {
-            Some(lock) => Some(lock.clone().lock_owned().await),
+            Some(lock) => Some(lock_reporting_waits(lock, "writer").await),
             None => None,
         };
         let options = match self.backend() {
@@ -143,6 +143,31 @@ impl Store {
             _queued: None,
             faults: self.faults.clone(),
         })
+    }
+}
+
+/// How long a write transaction waits for a lock before the wait is logged (and again after
+/// each such period): a wait this long means a transaction is held far longer than any should be.
+const LONG_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Take `lock`, logging a warning for every [`LONG_WAIT`] spent waiting, so a stuck writer
+/// shows up in the log instead of as silence.
+async fn lock_reporting_waits(lock: &Arc<Mutex<()>>, name: &'static str) -> OwnedMutexGuard<()> {
+    let taking = lock.clone().lock_owned();
+    tokio::pin!(taking);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match tokio::time::timeout(LONG_WAIT, &mut taking).await {
+            Ok(guard) => return guard,
+            Err(_) => {
+                waited += LONG_WAIT;
+                tracing::warn!(
+                    lock = name,
+                    waited_secs = waited.as_secs(),
+                    "a write transaction is still waiting for the store's {name} lock"
+                );
+            }
+        }
     }
 }
 
