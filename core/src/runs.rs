@@ -54,6 +54,19 @@ fn check_label(field: &str, value: &str, required: bool) -> CoreResult<()> {
 }
 
 impl StartRun {
+    /// A run of `workflow_id` with nothing else said about it (no agent, trigger or metadata;
+    /// not synthetic).
+    pub fn of_workflow(workflow_id: &str) -> Self {
+        Self {
+            workflow_id: workflow_id.to_string(),
+            agent: None,
+            triggered_by: None,
+            is_synthetic: false,
+            synthetic_scenario_id: None,
+            metadata: None,
+        }
+    }
+
     fn validate(&self) -> CoreResult<()> {
         check_label("input.workflowId", &self.workflow_id, true)?;
         for (field, value) in [

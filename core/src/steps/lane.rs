@@ -348,21 +348,10 @@ mod tests {
         let mut batch = Vec::new();
         let mut run_ids = Vec::new();
         for key_id in [&second.key_id, &first.key_id, &first.key_id] {
-            let run = runs::start(
-                &store,
-                &first.tenant_id,
-                StartRun {
-                    workflow_id: "batch".to_string(),
-                    agent: None,
-                    triggered_by: None,
-                    is_synthetic: false,
-                    synthetic_scenario_id: None,
-                    metadata: None,
-                },
-            )
-            .await
-            .expect("run")
-            .value;
+            let run = runs::start(&store, &first.tenant_id, StartRun::of_workflow("batch"))
+                .await
+                .expect("run")
+                .value;
             let input = RecordStep {
                 run_id: run.id.clone(),
                 step_index: None,

@@ -264,21 +264,10 @@ async fn check_paths(
         let mut reports = tokio::task::JoinSet::new();
         let mut wanted = Vec::new();
         for specs in &runs_specs {
-            let run = runs::start(
-                &store,
-                &tenant,
-                StartRun {
-                    workflow_id: "prop".to_string(),
-                    agent: None,
-                    triggered_by: None,
-                    is_synthetic: false,
-                    synthetic_scenario_id: None,
-                    metadata: None,
-                },
-            )
-            .await
-            .expect("run")
-            .value;
+            let run = runs::start(&store, &tenant, StartRun::of_workflow("prop"))
+                .await
+                .expect("run")
+                .value;
             let steps = inputs(&run, specs);
             let snapshot = compiled_snapshot(store.db(), &cache, &run)
                 .await
