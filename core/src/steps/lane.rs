@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     RecordStep, Reporter, StepRecord,
     decision::{Decided, Report, classify, continues_cleanly, count_clean_step, step_row},
-    write::{Written, insert_steps, record_committed, record_in, update_runs_totals},
+    write::{Written, insert_steps, record_committed, record_in, update_run_totals},
 };
 use crate::{
     error::{CoreError, CoreResult},
@@ -303,7 +303,7 @@ impl Group {
                     .ok_or_else(|| anyhow::anyhow!("staged run {run_id} vanished from the batch"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        update_runs_totals(conn, &runs).await
+        update_run_totals(conn, &runs).await
     }
 }
 

@@ -131,7 +131,7 @@ async fn synthetic_run<C: ConnectionTrait>(
     if !rows.is_empty() {
         insert_steps(conn, &rows).await?;
         run.updated_at = now();
-        update_run_totals(conn, &run).await?;
+        update_run_totals(conn, &[&run]).await?;
     }
     Ok(run)
 }

@@ -15,7 +15,6 @@ use governance_entities::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
-    sea_query::Expr,
 };
 use serde_json::json;
 
@@ -403,40 +402,15 @@ pub(crate) async fn insert_steps<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Write what clean steps change on their run: totals, step count, chain head.
+/// Write what clean steps change on their runs (totals, step count, chain head), for any number
+/// of runs in ONE statement: `UPDATE … FROM (VALUES …)`, which SQLite and PostgreSQL both read the
+/// same way (the values' columns are `column1`, `column2`, …).
 pub(crate) async fn update_run_totals<C: ConnectionTrait>(
-    conn: &C,
-    run: &run::Model,
-) -> CoreResult<()> {
-    let updated = run::Entity::update_many()
-        .col_expr(run::Column::TokensUsed, Expr::value(run.tokens_used))
-        .col_expr(run::Column::CostMicros, Expr::value(run.cost_micros))
-        .col_expr(run::Column::StepCount, Expr::value(run.step_count))
-        .col_expr(
-            run::Column::TraceHeadHash,
-            Expr::value(run.trace_head_hash.clone()),
-        )
-        .col_expr(run::Column::UpdatedAt, Expr::value(run.updated_at))
-        .filter(run::Column::Id.eq(run.id.as_str()))
-        .exec(conn)
-        .await?;
-    if updated.rows_affected != 1 {
-        return Err(anyhow::anyhow!("run {} could not be updated", run.id).into());
-    }
-    Ok(())
-}
-
-/// Run totals as [`update_run_totals`] writes them, for many runs in ONE statement
-/// (`UPDATE … FROM (VALUES …)`, which SQLite and PostgreSQL both read the same way: the values'
-/// columns are `column1`, `column2`, …).
-pub(crate) async fn update_runs_totals<C: ConnectionTrait>(
     conn: &C,
     runs: &[&run::Model],
 ) -> CoreResult<()> {
-    match runs {
-        [] => return Ok(()),
-        [run] => return update_run_totals(conn, run).await,
-        _ => {}
+    if runs.is_empty() {
+        return Ok(());
     }
     let backend = conn.get_database_backend();
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(runs.len() * 6);
