@@ -172,10 +172,16 @@ pub fn key_refused() -> CoreError {
 /// Resolve a presented key to its principal (one read). Unknown and revoked keys are both
 /// refused with [`key_refused`].
 pub async fn authenticate<C: ConnectionTrait>(conn: &C, presented: &str) -> CoreResult<Principal> {
+    authenticate_hash(conn, &hash_of(presented)?).await
+}
+
+/// The stored form of a presented key (its sha256); a value that is not a key at all is refused
+/// without a read.
+fn hash_of(presented: &str) -> CoreResult<String> {
     if !presented.starts_with(KEY_PREFIX) {
         return Err(key_refused());
     }
-    authenticate_hash(conn, &sha256_hex(presented)).await
+    Ok(sha256_hex(presented))
 }
 
 async fn authenticate_hash<C: ConnectionTrait>(conn: &C, key_hash: &str) -> CoreResult<Principal> {
@@ -251,10 +257,7 @@ impl KeyCache {
         presented: &str,
         check: KeyCheck,
     ) -> CoreResult<Principal> {
-        if !presented.starts_with(KEY_PREFIX) {
-            return Err(key_refused());
-        }
-        let hash = sha256_hex(presented);
+        let hash = hash_of(presented)?;
         if check == KeyCheck::AtCommit
             && let Some(known) = self.entries().get(&hash)
         {
