@@ -116,7 +116,7 @@ pub async fn backup(db: &DatabaseConnection, target: &std::path::Path) -> anyhow
 const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// How often the WAL is checkpointed (copied into the database file) off the write path.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Checkpoint the WAL of an SQLite database every [`CHECKPOINT_INTERVAL`] until `alive` is
 /// gone. SQLite's own automatic checkpoint runs inside the COMMIT that crosses its threshold
@@ -173,6 +173,17 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// A migrated SQLite database in `dir`, for tests that need the real schema.
+#[cfg(test)]
+pub(crate) async fn migrated_sqlite(dir: &Path) -> DatabaseConnection {
+    use migration::{Migrator, MigratorTrait};
+    let db = connect(&DbSettings::new(DbSettings::sqlite_file_url(dir)))
+        .await
+        .expect("database");
+    Migrator::up(&db, None).await.expect("migrations");
+    db
 }
 
 #[cfg(test)]

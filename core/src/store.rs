@@ -75,7 +75,7 @@ impl Store {
             _checkpoints: Arc::new(()),
         };
         crate::db::checkpoint_in_background(store.db.clone(), Arc::downgrade(&store._checkpoints));
-        if store.writer.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+        if sqlite && tokio::runtime::Handle::try_current().is_ok() {
             // A lane's own store has no lane, so a lane does not keep itself alive.
             let plain = store.clone();
             store.evaluation_lane = Some(crate::evaluation::EvaluationLane::start(plain));
@@ -230,7 +230,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::Store;
-    use crate::db::{self, DbSettings};
+    use crate::db;
 
     /// A group commit does not queue behind a burst of ordinary write transactions: it waits
     /// for the one in progress only, and takes the write lock before the ordinary ones queued
@@ -238,9 +238,7 @@ mod tests {
     #[tokio::test]
     async fn a_lane_begins_ahead_of_queued_ordinary_writers() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = db::connect(&DbSettings::new(DbSettings::sqlite_file_url(dir.path())))
-            .await
-            .expect("database");
+        let db = db::migrated_sqlite(dir.path()).await;
         let store = Store::new(db);
         let order = Arc::new(Mutex::new(Vec::new()));
         let settle = || async {

@@ -310,12 +310,11 @@ impl Group {
 #[cfg(test)]
 mod tests {
     use governance_entities::enums::StepType;
-    use migration::{Migrator, MigratorTrait};
     use tokio::sync::oneshot;
 
     use super::{PendingStep, write_batch};
     use crate::{
-        db::{self, DbSettings},
+        db,
         error::CoreError,
         policy::SnapshotCache,
         runs::{self, StartRun},
@@ -329,10 +328,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_refuses_the_reports_of_a_revoked_key_and_writes_the_others() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = db::connect(&DbSettings::new(DbSettings::sqlite_file_url(dir.path())))
-            .await
-            .expect("database");
-        Migrator::up(&db, None).await.expect("migrations");
+        let db = db::migrated_sqlite(dir.path()).await;
         let store = Store::new(db.clone());
         let first = tenancy::create_tenant(&store, "acme")
             .await

@@ -8,7 +8,6 @@ use governance_entities::{
     enums::{DecisionAction, PolicyAction, PolicyKind, RunStatus, Severity, StepType},
     run,
 };
-use migration::{Migrator, MigratorTrait};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -17,7 +16,7 @@ use super::{
     decision::{Report, check, classify, count_clean_step, step_row},
 };
 use crate::{
-    db::{self, DbSettings},
+    db,
     policies::{self, NewPolicy},
     policy::SnapshotCache,
     runs::{self, StartRun},
@@ -228,10 +227,7 @@ async fn check_paths(
     runs_specs: Vec<Vec<StepSpec>>,
 ) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = db::connect(&DbSettings::new(DbSettings::sqlite_file_url(dir.path())))
-        .await
-        .expect("database");
-    Migrator::up(&db, None).await.expect("migrations");
+    let db = db::migrated_sqlite(dir.path()).await;
     let store = Store::new(db.clone());
     let cache = SnapshotCache::new();
     let tenant = tenancy::create_tenant(&store, "prop")
