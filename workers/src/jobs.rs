@@ -48,6 +48,42 @@ pub struct BuildExport {
     pub export_id: String,
 }
 
+/// The identity of what a job works on: its idempotency key in its queue, so the same work is
+/// never queued twice (ids are unique across tenants).
+pub trait JobKey {
+    fn key(&self) -> String;
+}
+
+impl JobKey for RecordEvaluation {
+    fn key(&self) -> String {
+        self.run_id.clone()
+    }
+}
+
+impl JobKey for RunAudit {
+    fn key(&self) -> String {
+        self.audit_id.clone()
+    }
+}
+
+impl JobKey for FanOutWebhooks {
+    fn key(&self) -> String {
+        self.event_id.to_string()
+    }
+}
+
+impl JobKey for DeliverWebhook {
+    fn key(&self) -> String {
+        format!("{}/{}", self.webhook_id, self.event_id)
+    }
+}
+
+impl JobKey for BuildExport {
+    fn key(&self) -> String {
+        self.export_id.clone()
+    }
+}
+
 /// Runs of an export job after which a transient failure becomes the export's final error.
 pub const EXPORT_ATTEMPTS: i32 = 5;
 

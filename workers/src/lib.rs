@@ -9,6 +9,7 @@ pub mod queue;
 pub mod render;
 mod runner;
 pub mod sweeper;
+pub mod wakeup;
 pub mod webhook_client;
 
 use governance_core::{

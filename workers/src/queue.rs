@@ -3,17 +3,20 @@
 //! Queue names are explicit and namespaced, so moving a Rust type never orphans queued jobs and
 //! several deployments can share one Redis.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context;
-use apalis::prelude::TaskSink;
+use apalis::prelude::{Task, TaskBuilder, TaskSink};
 use apalis_postgres::PostgresStorage;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use governance_core::outcome::FollowUp;
 use sea_orm::{DatabaseConnection, DbBackend};
+use tokio::sync::Notify;
 
-use crate::jobs::{BuildExport, DeliverWebhook, FanOutWebhooks, RecordEvaluation, RunAudit};
+use crate::jobs::{
+    BuildExport, DeliverWebhook, FanOutWebhooks, JobKey, RecordEvaluation, RunAudit,
+};
 
 /// How to reach the queues.
 #[derive(Clone)]
@@ -31,14 +34,31 @@ pub enum Storage<T> {
     Redis(RedisStorage<T>),
 }
 
+/// One job type's queue: its storage, and the signal that this process pushed to it (which
+/// wakes this process's worker at once, see [`crate::wakeup`]).
+#[derive(Clone)]
+pub struct Queue<T> {
+    pub storage: Storage<T>,
+    pub pushed: Arc<Notify>,
+}
+
+impl<T> Queue<T> {
+    fn new(storage: Storage<T>) -> Self {
+        Self {
+            storage,
+            pushed: Arc::new(Notify::new()),
+        }
+    }
+}
+
 /// The queues of every job type.
 #[derive(Clone)]
 pub struct JobQueue {
-    pub evaluation: Storage<RecordEvaluation>,
-    pub audit: Storage<RunAudit>,
-    pub export: Storage<BuildExport>,
-    pub fan_out: Storage<FanOutWebhooks>,
-    pub delivery: Storage<DeliverWebhook>,
+    pub evaluation: Queue<RecordEvaluation>,
+    pub audit: Queue<RunAudit>,
+    pub export: Queue<BuildExport>,
+    pub fan_out: Queue<FanOutWebhooks>,
+    pub delivery: Queue<DeliverWebhook>,
     redis: Option<redis::aio::ConnectionManager>,
     db: DatabaseConnection,
     namespace: String,
@@ -76,9 +96,6 @@ end
 return #ids
 "#;
 
-/// How long the SQLite and Redis storages wait between polls when idle.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
 fn queue_name(namespace: &str, job: &str) -> String {
     format!("{namespace}.{job}")
 }
@@ -98,12 +115,12 @@ mod sqlx_pool {
 impl Backend {
     /// The storage of one job type on this backend, under `namespace.job`, fetching up to
     /// `batch` jobs at a time.
-    fn storage<T>(&self, namespace: &str, job: &str, batch: usize) -> Storage<T>
+    fn queue<T>(&self, namespace: &str, job: &str, batch: usize) -> Queue<T>
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
     {
         let queue = queue_name(namespace, job);
-        match self {
+        Queue::new(match self {
             Backend::Sqlite(pool) => Storage::Sqlite(
                 SqliteStorage::new(pool).with_config(
                     apalis_sqlite::Config::default()
@@ -125,7 +142,7 @@ impl Backend {
                         .batch_size(batch),
                 ),
             ),
-        }
+        })
     }
 }
 
@@ -205,11 +222,11 @@ impl JobQueue {
             (None, other) => anyhow::bail!("unsupported database backend {other:?}"),
         };
         Ok(Self {
-            evaluation: backend.storage(&namespace, "evaluation", EVALUATION_CONCURRENCY),
-            audit: backend.storage(&namespace, "audit", CONCURRENCY),
-            export: backend.storage(&namespace, "export", CONCURRENCY),
-            fan_out: backend.storage(&namespace, "webhook-fan-out", CONCURRENCY),
-            delivery: backend.storage(&namespace, "webhook-delivery", CONCURRENCY),
+            evaluation: backend.queue(&namespace, "evaluation", EVALUATION_CONCURRENCY),
+            audit: backend.queue(&namespace, "audit", CONCURRENCY),
+            export: backend.queue(&namespace, "export", CONCURRENCY),
+            fan_out: backend.queue(&namespace, "webhook-fan-out", CONCURRENCY),
+            delivery: backend.queue(&namespace, "webhook-delivery", CONCURRENCY),
             redis: match backend {
                 Backend::Redis(manager) => Some(manager),
                 _ => None,
@@ -223,79 +240,67 @@ impl JobQueue {
         &self.namespace
     }
 
-    /// Enqueue the job a follow-up calls for.
+    /// Enqueue the job a follow-up calls for. Each job carries the identity of what it works
+    /// on as its idempotency key (unique per queue), so enqueueing it again while it is queued,
+    /// running or kept as finished (see [`Self::remove_finished_before`]) adds nothing: the
+    /// sweeper's repairs never duplicate a job that is only late.
     pub async fn enqueue(&self, follow_up: &FollowUp) -> anyhow::Result<()> {
         match follow_up {
             FollowUp::RecordEvaluation { tenant_id, run_id } => {
-                push(
-                    &self.evaluation,
-                    RecordEvaluation {
-                        tenant_id: tenant_id.clone(),
-                        run_id: run_id.clone(),
-                    },
-                )
-                .await
+                let job = RecordEvaluation {
+                    tenant_id: tenant_id.clone(),
+                    run_id: run_id.clone(),
+                };
+                push_all(&self.evaluation, vec![keyed(job)]).await
             }
             FollowUp::BuildExport {
                 tenant_id,
                 export_id,
             } => {
-                push(
-                    &self.export,
-                    BuildExport {
-                        tenant_id: tenant_id.clone(),
-                        export_id: export_id.clone(),
-                    },
-                )
-                .await
+                let job = BuildExport {
+                    tenant_id: tenant_id.clone(),
+                    export_id: export_id.clone(),
+                };
+                push_all(&self.export, vec![keyed(job)]).await
             }
             FollowUp::FanOutWebhooks {
                 tenant_id,
                 event_id,
             } => {
-                push(
-                    &self.fan_out,
-                    FanOutWebhooks {
-                        tenant_id: tenant_id.clone(),
-                        event_id: *event_id,
-                    },
-                )
-                .await
+                let job = FanOutWebhooks {
+                    tenant_id: tenant_id.clone(),
+                    event_id: *event_id,
+                };
+                push_all(&self.fan_out, vec![keyed(job)]).await
             }
             FollowUp::DeliverWebhook {
                 tenant_id,
                 webhook_id,
                 event_id,
             } => {
-                push(
-                    &self.delivery,
-                    DeliverWebhook {
-                        tenant_id: tenant_id.clone(),
-                        webhook_id: webhook_id.clone(),
-                        event_id: *event_id,
-                    },
-                )
-                .await
+                let job = DeliverWebhook {
+                    tenant_id: tenant_id.clone(),
+                    webhook_id: webhook_id.clone(),
+                    event_id: *event_id,
+                };
+                push_all(&self.delivery, vec![keyed(job)]).await
             }
             FollowUp::RunAudit {
                 tenant_id,
                 audit_id,
             } => {
-                push(
-                    &self.audit,
-                    RunAudit {
-                        tenant_id: tenant_id.clone(),
-                        audit_id: audit_id.clone(),
-                    },
-                )
-                .await
+                let job = RunAudit {
+                    tenant_id: tenant_id.clone(),
+                    audit_id: audit_id.clone(),
+                };
+                push_all(&self.audit, vec![keyed(job)]).await
             }
         }
     }
 
     /// Enqueue many evaluation-record jobs at once (bulk loads).
     pub async fn enqueue_evaluations(&self, jobs: Vec<RecordEvaluation>) -> anyhow::Result<()> {
-        push_all(&self.evaluation, jobs).await
+        push_all(&self.evaluation, jobs.into_iter().map(keyed).collect()).await
     }
 
     /// On Redis, move every due job from its queue's scheduled set to its active list, at most
@@ -355,34 +360,37 @@ impl JobQueue {
     }
 }
 
-async fn push<T>(storage: &Storage<T>, job: T) -> anyhow::Result<()>
-where
-    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
-{
-    push_all(storage, vec![job]).await
+/// A job with its idempotency key: the identity of what it works on.
+fn keyed<T: JobKey>(job: T) -> Task<T> {
+    let key = job.key();
+    TaskBuilder::new(job).idempotency_key(key).build()
 }
 
-/// Push `jobs` to `storage` in one go.
-async fn push_all<T>(storage: &Storage<T>, jobs: Vec<T>) -> anyhow::Result<()>
+/// Push `tasks` to `queue` in one go, then wake this process's worker for it. A task whose
+/// idempotency key the queue already holds is left out by the storage.
+async fn push_all<T>(queue: &Queue<T>, tasks: Vec<Task<T>>) -> anyhow::Result<()>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
 {
-    let result = match storage {
+    let mut tasks = futures::stream::iter(tasks);
+    let result = match &queue.storage {
         Storage::Sqlite(s) => s
             .clone()
-            .push_bulk(jobs)
+            .push_all(&mut tasks)
             .await
             .map_err(|e| anyhow::anyhow!("{e}")),
         Storage::Postgres(s) => s
             .clone()
-            .push_bulk(jobs)
+            .push_all(&mut tasks)
             .await
             .map_err(|e| anyhow::anyhow!("{e}")),
         Storage::Redis(s) => s
             .clone()
-            .push_bulk(jobs)
+            .push_all(&mut tasks)
             .await
             .map_err(|e| anyhow::anyhow!("{e}")),
     };
-    result.context("cannot enqueue job")
+    result.context("cannot enqueue job")?;
+    queue.pushed.notify_waiters();
+    Ok(())
 }

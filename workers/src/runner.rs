@@ -18,8 +18,9 @@ use crate::{
     jobs::{
         self, BuildExport, DeliverWebhook, FanOutWebhooks, JobError, RecordEvaluation, RunAudit,
     },
-    queue::{CONCURRENCY, EVALUATION_CONCURRENCY, JobQueue, POLL_INTERVAL, Storage},
+    queue::{CONCURRENCY, EVALUATION_CONCURRENCY, JobQueue, Storage},
     sweeper,
+    wakeup::{POLL_INTERVAL, Wakeup},
     webhook_client::WebhookClient,
 };
 
@@ -132,16 +133,18 @@ fn worker_name(job: &str) -> String {
     )
 }
 
-/// Register one worker for `$storage` on `$monitor`: polled (SQLite, Redis) or notified
-/// (PostgreSQL), with retries and backoff, `$concurrency` jobs at once, and the handler's data.
+/// Register one worker for `$queue` on `$monitor`: polled (SQLite, Redis; woken at once by
+/// this process's pushes) or notified (PostgreSQL), with retries and backoff, `$concurrency`
+/// jobs at once, and the handler's data.
 macro_rules! register {
-    ($monitor:expr, $storage:expr, $job:literal, $concurrency:expr, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
+    ($monitor:expr, $queue:expr, $job:literal, $concurrency:expr, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
         let name = worker_name($job);
         let backoff = $backoff.clone();
-        match $storage.clone() {
+        let pushed = $queue.pushed.clone();
+        match $queue.storage.clone() {
             Storage::Sqlite(storage) => $monitor.register(move |run| {
                 WorkerBuilder::new(format!("{name}-{run}"))
-                    .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                    .backend(storage.clone().poll_with_strategy(Wakeup::new(pushed.clone(), POLL_INTERVAL)))
                     .concurrency($concurrency)
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
                     $(.data($data.clone()))*
@@ -157,7 +160,7 @@ macro_rules! register {
             }),
             Storage::Redis(storage) => $monitor.register(move |run| {
                 WorkerBuilder::new(format!("{name}-{run}"))
-                    .backend(storage.clone().poll_with_interval(POLL_INTERVAL))
+                    .backend(storage.clone().poll_with_strategy(Wakeup::new(pushed.clone(), POLL_INTERVAL)))
                     .concurrency($concurrency)
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
                     $(.data($data.clone()))*

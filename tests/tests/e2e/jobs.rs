@@ -97,12 +97,22 @@ async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start
         json!({ "id": run_id }),
     )
     .await;
-    // The evaluation job `completeRun` enqueued sits behind 9,000 more (duplicates, as a sweeper
-    // repairing a long outage would enqueue; a duplicate writes nothing).
+    // The evaluation job `completeRun` enqueued sits among 9,000 more, of other ended runs
+    // (jobs are keyed by what they work on, so a backlog is of distinct work).
     let tenant_id = app.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
         .as_str()
         .expect("tenant id")
         .to_string();
+    let ended = governance_core::steps::load_synthetic(
+        &app.store,
+        &governance_core::policy::SnapshotCache::new(),
+        &tenant_id,
+        9_000,
+        1,
+        true,
+    )
+    .await
+    .expect("synthetic ended runs");
     let queue = JobQueue::connect(QueueSettings {
         db: app.db.clone(),
         redis_url: app.env.redis_url.clone(),
@@ -110,12 +120,15 @@ async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start
     })
     .await
     .expect("job queue");
-    let job = RecordEvaluation {
-        tenant_id,
-        run_id: run_id.clone(),
-    };
+    let jobs = ended
+        .iter()
+        .map(|run| RecordEvaluation {
+            tenant_id: tenant_id.clone(),
+            run_id: run.id.clone(),
+        })
+        .collect();
     queue
-        .enqueue_evaluations(vec![job; 9_000])
+        .enqueue_evaluations(jobs)
         .await
         .expect("enqueue the backlog");
     let data = app.gql_ok(EVALUATION, json!({ "id": run_id })).await;
@@ -131,4 +144,28 @@ async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start
         )
         .await;
     assert_eq!(data["run"]["evaluation"]["outcome"], "NOT_APPLICABLE");
+}
+
+#[tokio::test]
+async fn jobs_start_promptly_after_the_queue_has_been_idle() {
+    // Workers that found nothing to do for longer than their heartbeat (30 s) used to sleep
+    // until the next one: a job enqueued then waited up to 30 s. Idle past it, then expect each
+    // evaluation record within 5 s (it takes milliseconds when the wake-up works).
+    let app = spawn_app_with(|_| {}).await;
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        let run_id = app.start_run(&format!("wf-idle-{round}")).await;
+        app.gql_ok(
+            "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
+            json!({ "id": run_id }),
+        )
+        .await;
+        app.poll_until(
+            EVALUATION,
+            json!({ "id": run_id }),
+            Duration::from_secs(5),
+            |d| !d["run"]["evaluation"].is_null(),
+        )
+        .await;
+    }
 }

@@ -1,0 +1,126 @@
+//! When a polled worker (SQLite, Redis) looks for jobs: at once when this process enqueues one
+//! for its queue, and on a tokio interval for jobs enqueued by other processes.
+//!
+//! apalis's own `IntervalStrategy` re-arms its timer without polling it, so a wake-up can be
+//! lost: a fetch that completes on its first poll leaves no timer armed, and the worker sleeps
+//! until its next heartbeat (30 s). That is why idle queues used to take up to 30 s to start a
+//! job. This strategy polls every source until it is pending, so a waker is always registered.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use apalis::prelude::{PollSnapshot, PollStrategy};
+use tokio::{
+    sync::Notify,
+    time::{Interval, MissedTickBehavior},
+};
+
+/// Look for jobs at most this long after another process enqueued them.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+type Notified = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// Wakes one worker when its queue is pushed to in this process, and every [`POLL_INTERVAL`].
+pub struct Wakeup {
+    pushed: Arc<Notify>,
+    notified: Notified,
+    period: Duration,
+    /// Created on first poll: a tokio timer needs the runtime, which the monitor provides.
+    interval: Option<Interval>,
+}
+
+impl Wakeup {
+    pub fn new(pushed: Arc<Notify>, period: Duration) -> Self {
+        Self {
+            notified: Self::arm(&pushed),
+            pushed,
+            period,
+            interval: None,
+        }
+    }
+
+    fn arm(pushed: &Arc<Notify>) -> Notified {
+        let pushed = pushed.clone();
+        Box::pin(async move { pushed.notified().await })
+    }
+}
+
+impl PollStrategy for Wakeup {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        let period = self.period;
+        let interval = self.interval.get_or_insert_with(|| {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            interval
+        });
+        let mut woke = false;
+        // Poll each source until it is pending: that is what registers the waker again.
+        while interval.poll_tick(cx).is_ready() {
+            woke = true;
+        }
+        while self.notified.as_mut().poll(cx).is_ready() {
+            self.notified = Self::arm(&self.pushed);
+            woke = true;
+        }
+        if woke {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_once(wakeup: &mut Wakeup) -> (Poll<Option<()>>, Arc<std::sync::atomic::AtomicUsize>) {
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waker = futures::task::waker(Arc::new(CountingWaker(count.clone())));
+        let mut cx = Context::from_waker(&waker);
+        (wakeup.poll_drive(&mut cx, &PollSnapshot::default()), count)
+    }
+
+    struct CountingWaker(Arc<std::sync::atomic::AtomicUsize>);
+    impl futures::task::ArcWake for CountingWaker {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_ready_poll_leaves_a_timer_armed() {
+        let mut wakeup = Wakeup::new(Arc::new(Notify::new()), Duration::from_millis(200));
+        // The first tick is immediate.
+        assert!(poll_once(&mut wakeup).0.is_ready());
+        // Nothing is due now, but the next tick must wake the task without another poll.
+        let (poll, wakes) = poll_once(&mut wakeup);
+        assert!(poll.is_pending());
+        tokio::time::advance(Duration::from_millis(201)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(poll_once(&mut wakeup).0.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_wakes_the_worker_before_the_interval() {
+        let pushed = Arc::new(Notify::new());
+        let mut wakeup = Wakeup::new(pushed.clone(), Duration::from_secs(3600));
+        assert!(poll_once(&mut wakeup).0.is_ready());
+        let (poll, wakes) = poll_once(&mut wakeup);
+        assert!(poll.is_pending());
+        pushed.notify_waiters();
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(poll_once(&mut wakeup).0.is_ready());
+        // And it is armed again for the next push.
+        let (poll, wakes) = poll_once(&mut wakeup);
+        assert!(poll.is_pending());
+        pushed.notify_waiters();
+        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
