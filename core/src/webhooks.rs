@@ -260,7 +260,8 @@ pub fn deliverable(kind: &str) -> bool {
     EVENT_KINDS.contains(&kind)
 }
 
-/// The tenant's endpoints that want `event`.
+/// The tenant's endpoints that want `event`: matched as of the event, so an endpoint created
+/// after it is not sent it (however late the fan-out runs), like [`undelivered`].
 pub async fn matching<C: ConnectionTrait>(
     conn: &C,
     event: &event::Model,
@@ -268,6 +269,7 @@ pub async fn matching<C: ConnectionTrait>(
     Ok(webhook::Entity::find()
         .filter(webhook::Column::TenantId.eq(event.tenant_id.as_str()))
         .filter(webhook::Column::Enabled.eq(true))
+        .filter(webhook::Column::CreatedAt.lte(event.created_at))
         .all(conn)
         .await?
         .into_iter()

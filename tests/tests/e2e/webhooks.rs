@@ -537,3 +537,27 @@ async fn webhooks_per_tenant_are_capped() {
     .await;
     create(&app, &url, json!(["RUN_COMPLETED"]), Value::Null).await;
 }
+
+#[tokio::test]
+async fn endpoints_are_matched_as_of_the_event_not_the_fan_out() {
+    use governance_api::config::WorkersMode;
+    // No workers: the fan-out of the incident waits in the queue.
+    let app = crate::helpers::spawn_app_with(|c| c.workers = WorkersMode::Off).await;
+    secrets(&app).await;
+    let (early_url, mut early_rx) = endpoint(vec![]).await;
+    create(&app, &early_url, json!(["INCIDENT_CREATED"]), Value::Null).await;
+    let first_run = stop_a_run(&app, "secret-high").await;
+    // An endpoint created after the event, before its fan-out runs.
+    let (late_url, mut late_rx) = endpoint(vec![]).await;
+    create(&app, &late_url, json!(["INCIDENT_CREATED"]), Value::Null).await;
+    let app = app.restart(|c| c.workers = WorkersMode::Embedded).await;
+
+    let delivered: Value = serde_json::from_str(&next(&mut early_rx).await.body).unwrap();
+    assert_eq!(delivered["data"]["runId"], first_run, "{delivered}");
+    // The late endpoint's first delivery is of the next event, not of the one before it.
+    let second_run = stop_a_run(&app, "secret-high").await;
+    let late: Value = serde_json::from_str(&next(&mut late_rx).await.body).unwrap();
+    assert_eq!(late["data"]["runId"], second_run, "{late}");
+    let early: Value = serde_json::from_str(&next(&mut early_rx).await.body).unwrap();
+    assert_eq!(early["data"]["runId"], second_run, "{early}");
+}
