@@ -10,6 +10,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::graphql::{limits, loaders};
+use crate::media::{self, ResponseMedia};
 use crate::{auth, graphql::GovernanceSchema, state::AppState, ws};
 use governance_core::tenancy::KeyCheck;
 
@@ -161,17 +162,19 @@ async fn download_export(
         .body(content)
 }
 
-/// A GraphQL-shaped error body (for failures before a request reaches the executor).
+/// A GraphQL-shaped error body for a failure before a request reaches the executor: a
+/// request error, so it has no `data` entry.
 fn error_response(status: StatusCode, message: &str, code: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({
-        "data": null,
         "errors": [{ "message": message, "extensions": { "code": code } }],
     }))
 }
 
-/// A refusal by a documented limit, before anything ran.
-fn limit_response(refusal: ServerError) -> HttpResponse {
-    HttpResponse::BadRequest().json(json!({ "data": null, "errors": [refusal] }))
+/// A refusal by a documented limit, before anything ran (a request error: no `data`).
+fn limit_response(refusal: ServerError, media: ResponseMedia) -> HttpResponse {
+    HttpResponse::BadRequest()
+        .content_type(media.content_type())
+        .json(json!({ "errors": [refusal] }))
 }
 
 /// Read the body up to the configured limit, refusing more with 413 and a GraphQL error.
@@ -197,13 +200,23 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes
     Ok(body)
 }
 
-/// `POST /graphql`: every request needs a valid API key.
+/// `POST /graphql`: every request needs a valid API key. The body is JSON (415 otherwise);
+/// the response is `application/graphql-response+json` when `Accept` prefers it, else
+/// `application/json` (see [`media`]).
 async fn graphql(
     req: HttpRequest,
     payload: web::Payload,
     schema: web::Data<GovernanceSchema>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let media = ResponseMedia::from_accept(req.headers());
+    if !media::accepts_content_type(req.headers()) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the GraphQL request as JSON with `Content-Type: application/json`",
+            "BAD_USER_INPUT",
+        );
+    }
     let body = match read_body(payload, state.config.limits.max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -249,6 +262,16 @@ async fn graphql(
             );
         }
     };
+    if request
+        .iter()
+        .any(|operation| operation.query.trim().is_empty())
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the body is not a GraphQL request: it has no `query` (a string holding the document)",
+            "BAD_USER_INPUT",
+        );
+    }
     if let BatchRequest::Batch(operations) = &request {
         let max = state.config.limits.max_batch;
         if operations.len() > max {
@@ -266,7 +289,7 @@ async fn graphql(
                     ": send smaller batches",
                 )
             };
-            return limit_response(refusal);
+            return limit_response(refusal, media);
         }
     }
     let loader = loaders::for_tenant(state.db.clone(), principal.tenant_id.clone());
@@ -298,15 +321,16 @@ async fn graphql(
     }
     // A key checked at commit and refused there was revoked after it was cached: the request
     // is answered as one refused at the door would be, and the key is read again next time.
+    let (status, body) = media.shape(&response);
     let status = if check == KeyCheck::AtCommit && unauthenticated {
         auth::forget(&state.keys, &req);
         StatusCode::UNAUTHORIZED
     } else {
-        StatusCode::OK
+        status
     };
     HttpResponse::build(status)
-        .content_type("application/graphql-response+json; charset=utf-8")
-        .json(response)
+        .content_type(media.content_type())
+        .json(body)
 }
 
 async fn graphiql() -> HttpResponse {

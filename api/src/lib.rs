@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod graphql;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod state;
 pub mod telemetry;
