@@ -104,6 +104,7 @@ pub async fn open_queue(config: &Config, db: &DatabaseConnection) -> anyhow::Res
         db: db.clone(),
         redis_url: config.redis_url.clone(),
         namespace: config.namespace.clone(),
+        retention: config.jobs.retention(),
     })
     .await
 }

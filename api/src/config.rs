@@ -191,6 +191,30 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// Subscription socket limits and timers.
     pub websocket: WebSocketSettings,
+    /// Job queue housekeeping.
+    pub jobs: JobSettings,
+}
+
+/// Job queue housekeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Hours a finished or dead job is kept in the queue's storage before it is removed.
+    pub retention_hours: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            retention_hours: 7 * 24,
+        }
+    }
+}
+
+impl JobSettings {
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.retention_hours.saturating_mul(3600))
+    }
 }
 
 impl Default for Config {
@@ -211,6 +235,7 @@ impl Default for Config {
             templates_dir: None,
             webhooks: WebhookSettings::default(),
             websocket: WebSocketSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }

@@ -6,7 +6,9 @@
 pub mod events;
 pub mod jobs;
 pub mod queue;
+pub mod queue_stats;
 pub mod render;
+pub mod retention;
 mod runner;
 pub mod sweeper;
 pub mod wakeup;

@@ -3,7 +3,7 @@
 //! Queue names are explicit and namespaced, so moving a Rust type never orphans queued jobs and
 //! several deployments can share one Redis.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::{Task, TaskBuilder, TaskSink};
@@ -24,6 +24,9 @@ pub struct QueueSettings {
     pub db: DatabaseConnection,
     pub redis_url: Option<String>,
     pub namespace: String,
+    /// How long finished and dead jobs are kept (see [`crate::retention`]); on Redis also how
+    /// long a job's idempotency key outlives it.
+    pub retention: Duration,
 }
 
 /// The storage of one job type, on whichever backend is configured.
@@ -59,9 +62,10 @@ pub struct JobQueue {
     pub export: Queue<BuildExport>,
     pub fan_out: Queue<FanOutWebhooks>,
     pub delivery: Queue<DeliverWebhook>,
-    redis: Option<redis::aio::ConnectionManager>,
-    db: DatabaseConnection,
-    namespace: String,
+    pub(crate) redis: Option<redis::aio::ConnectionManager>,
+    pub(crate) db: DatabaseConnection,
+    pub(crate) namespace: String,
+    pub(crate) retention: Duration,
 }
 
 /// Jobs of one type handled at once by one process.
@@ -72,7 +76,7 @@ pub const CONCURRENCY: usize = 4;
 pub const EVALUATION_CONCURRENCY: usize = 64;
 
 /// The job types, by queue name (under the namespace).
-const JOB_QUEUES: [&str; 5] = [
+pub(crate) const JOB_QUEUES: [&str; 5] = [
     "evaluation",
     "audit",
     "export",
@@ -96,7 +100,7 @@ end
 return #ids
 "#;
 
-fn queue_name(namespace: &str, job: &str) -> String {
+pub(crate) fn queue_name(namespace: &str, job: &str) -> String {
     format!("{namespace}.{job}")
 }
 
@@ -115,7 +119,7 @@ mod sqlx_pool {
 impl Backend {
     /// The storage of one job type on this backend, under `namespace.job`, fetching up to
     /// `batch` jobs at a time.
-    fn queue<T>(&self, namespace: &str, job: &str, batch: usize) -> Queue<T>
+    fn queue<T>(&self, namespace: &str, job: &str, batch: usize, retention: Duration) -> Queue<T>
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
     {
@@ -139,7 +143,8 @@ impl Backend {
                 RedisStorage::new(manager.clone()).with_config(
                     apalis_redis::Config::default()
                         .queue(&queue)
-                        .batch_size(batch),
+                        .batch_size(batch)
+                        .idempotency_ttl(Some(retention)),
                 ),
             ),
         })
@@ -184,6 +189,7 @@ impl JobQueue {
             db,
             redis_url,
             namespace,
+            retention,
         } = settings;
         let backend = match (&redis_url, db.get_database_backend()) {
             (Some(url), _) => {
@@ -222,17 +228,18 @@ impl JobQueue {
             (None, other) => anyhow::bail!("unsupported database backend {other:?}"),
         };
         Ok(Self {
-            evaluation: backend.queue(&namespace, "evaluation", EVALUATION_CONCURRENCY),
-            audit: backend.queue(&namespace, "audit", CONCURRENCY),
-            export: backend.queue(&namespace, "export", CONCURRENCY),
-            fan_out: backend.queue(&namespace, "webhook-fan-out", CONCURRENCY),
-            delivery: backend.queue(&namespace, "webhook-delivery", CONCURRENCY),
+            evaluation: backend.queue(&namespace, "evaluation", EVALUATION_CONCURRENCY, retention),
+            audit: backend.queue(&namespace, "audit", CONCURRENCY, retention),
+            export: backend.queue(&namespace, "export", CONCURRENCY, retention),
+            fan_out: backend.queue(&namespace, "webhook-fan-out", CONCURRENCY, retention),
+            delivery: backend.queue(&namespace, "webhook-delivery", CONCURRENCY, retention),
             redis: match backend {
                 Backend::Redis(manager) => Some(manager),
                 _ => None,
             },
             db,
             namespace,
+            retention,
         })
     }
 

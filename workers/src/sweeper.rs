@@ -17,6 +17,8 @@ const REPAIR_EVERY: u64 = 10;
 pub const GRACE: Duration = Duration::from_secs(30);
 /// At most this many runs per sweep, oldest first.
 const BATCH: u64 = 200;
+/// Ticks between two retention passes over the job tables.
+const RETENTION_EVERY: u64 = 60;
 
 /// One sweep: enqueue evaluation jobs for ended, unevaluated runs, and audit jobs for audits
 /// still pending. Returns how many jobs it enqueued.
@@ -103,6 +105,13 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
         }
         // The repair scan is heavier and rarely finds anything: every REPAIR_EVERY ticks.
         ticks += 1;
+        if ticks.is_multiple_of(RETENTION_EVERY) {
+            match crate::retention::apply(&deps.jobs).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed finished jobs past retention"),
+                Err(err) => tracing::warn!(error = %err, "job retention failed; retrying later"),
+            }
+        }
         if !ticks.is_multiple_of(REPAIR_EVERY) {
             continue;
         }

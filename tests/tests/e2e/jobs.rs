@@ -117,6 +117,7 @@ async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start
         db: app.db.clone(),
         redis_url: app.env.redis_url.clone(),
         namespace: app.env.namespace.clone(),
+        retention: app.env.config().jobs.retention(),
     })
     .await
     .expect("job queue");
@@ -168,4 +169,86 @@ async fn jobs_start_promptly_after_the_queue_has_been_idle() {
         )
         .await;
     }
+}
+
+/// The queues of `app`'s deployment, as its workers see them.
+async fn queue_of(app: &TestApp) -> JobQueue {
+    JobQueue::connect(QueueSettings {
+        db: app.db.clone(),
+        redis_url: app.env.redis_url.clone(),
+        namespace: app.env.namespace.clone(),
+        retention: app.env.config().jobs.retention(),
+    })
+    .await
+    .expect("job queue")
+}
+
+#[tokio::test]
+async fn finished_jobs_are_removed_after_retention_and_waiting_ones_kept() {
+    use governance_workers::{queue_stats, retention};
+    let app = spawn_app_with(|_| {}).await;
+    let queue = queue_of(&app).await;
+    for n in 0..3 {
+        complete_and_wait_for_evaluation(&app, &format!("wf-retained-{n}")).await;
+    }
+    // Within retention nothing goes.
+    let kept = retention::remove_finished_before(
+        &queue,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+        500,
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept, 0);
+
+    // One job waits: no worker runs while its run ends.
+    let app = app.restart(|c| c.workers = WorkersMode::Off).await;
+    let queue = queue_of(&app).await;
+    let waiting = app.start_run("wf-waiting").await;
+    app.gql_ok(
+        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
+        json!({ "id": waiting }),
+    )
+    .await;
+    let evaluation = |stats: &[queue_stats::QueueStats]| {
+        stats
+            .iter()
+            .find(|s| s.queue == "evaluation")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        evaluation(&queue_stats::stats(&queue).await.unwrap()).pending,
+        1
+    );
+
+    // Past retention, in batches of 2: the three finished evaluation jobs go, the waiting one stays.
+    let removed = retention::remove_finished_before(
+        &queue,
+        chrono::Utc::now() + chrono::Duration::seconds(2),
+        2,
+    )
+    .await
+    .unwrap();
+    assert!(removed >= 3, "removed {removed}");
+    let again = retention::remove_finished_before(
+        &queue,
+        chrono::Utc::now() + chrono::Duration::seconds(2),
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, 0, "everything finished went the first time");
+    assert_eq!(
+        evaluation(&queue_stats::stats(&queue).await.unwrap()).pending,
+        1
+    );
+    let app = app.restart(|c| c.workers = WorkersMode::Embedded).await;
+    app.poll_until(
+        EVALUATION,
+        json!({ "id": waiting }),
+        Duration::from_secs(30),
+        |d| !d["run"]["evaluation"].is_null(),
+    )
+    .await;
 }
