@@ -372,6 +372,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.read_queues(&state.jobs).await;
     HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,

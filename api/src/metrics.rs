@@ -11,8 +11,8 @@ use actix_web::{
     web,
 };
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The service's metrics, registered in one registry.
@@ -24,6 +24,14 @@ pub struct Metrics {
     pub graphql_errors: IntCounterVec,
     /// WebSocket connections open now.
     pub ws_connections: IntGauge,
+    /// Subscriptions (operations) active now over all sockets.
+    pub subscriptions: IntGauge,
+    /// Jobs by queue and state (`pending`, `running`, `dead`), read at each scrape.
+    jobs_queued: IntGaugeVec,
+    /// Seconds the oldest due job of each queue has waited, read at each scrape.
+    job_oldest_due: GaugeVec,
+    /// 1 when the last scrape could read the queues, 0 when it could not.
+    jobs_readable: Gauge,
     /// SQL statements executed through the ORM (reads and writes of the service; the job
     /// queue's own statements are not counted).
     pub db_statements: IntCounterVec,
@@ -56,6 +64,25 @@ impl Metrics {
             &["code"],
         )?;
         let ws_connections = IntGauge::new("ws_connections", "open WebSocket connections")?;
+        let subscriptions = IntGauge::new(
+            "subscriptions",
+            "subscriptions active over all WebSocket connections",
+        )?;
+        let jobs_queued = IntGaugeVec::new(
+            Opts::new("jobs", "jobs in the queues now, by queue and state"),
+            &["queue", "state"],
+        )?;
+        let job_oldest_due = GaugeVec::new(
+            Opts::new(
+                "job_oldest_due_seconds",
+                "how long the oldest due job of each queue has waited",
+            ),
+            &["queue"],
+        )?;
+        let jobs_readable = Gauge::new(
+            "jobs_readable",
+            "1 when the last scrape could read the job queues, else 0",
+        )?;
         let db_statements = IntCounterVec::new(
             Opts::new(
                 "db_statements_total",
@@ -88,17 +115,53 @@ impl Metrics {
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(graphql_errors.clone()))?;
         registry.register(Box::new(ws_connections.clone()))?;
+        registry.register(Box::new(subscriptions.clone()))?;
+        registry.register(Box::new(jobs_queued.clone()))?;
+        registry.register(Box::new(job_oldest_due.clone()))?;
+        registry.register(Box::new(jobs_readable.clone()))?;
+        governance_workers::metrics::get().register(&registry)?;
         Ok(Self {
             registry,
             http_requests,
             http_duration,
             graphql_errors,
             ws_connections,
+            subscriptions,
+            jobs_queued,
+            job_oldest_due,
+            jobs_readable,
             db_statements,
             step_seconds,
             steps,
             step_batch_size,
         })
+    }
+
+    /// Read the queues' depths into their gauges (on each scrape: they live in the storage).
+    pub async fn read_queues(&self, jobs: &governance_workers::JobQueue) {
+        match governance_workers::queue_stats::stats(jobs).await {
+            Ok(all) => {
+                for queue in all {
+                    for (state, n) in [
+                        ("pending", queue.pending),
+                        ("running", queue.running),
+                        ("dead", queue.dead),
+                    ] {
+                        self.jobs_queued
+                            .with_label_values(&[queue.queue, state])
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                    self.job_oldest_due
+                        .with_label_values(&[queue.queue])
+                        .set(queue.oldest_due_secs);
+                }
+                self.jobs_readable.set(1.0);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the job queues for /metrics");
+                self.jobs_readable.set(0.0);
+            }
+        }
     }
 
     /// The text exposition of every metric.

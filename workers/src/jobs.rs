@@ -216,6 +216,15 @@ pub async fn deliver_webhook(
         at: governance_core::time::now(),
     };
     webhooks::record_attempt(store, &hook, event.id, attempt).await?;
+    let outcome = match &failure {
+        None => "delivered",
+        Some(failure) if failure.is_permanent() => "refused",
+        Some(_) => "failed",
+    };
+    crate::metrics::get()
+        .webhook_deliveries
+        .with_label_values(&[outcome])
+        .inc();
     match failure {
         None => Ok(Outcome::Done),
         Some(failure) if failure.is_permanent() => Err(JobError::Permanent(failure.message())),
@@ -247,6 +256,7 @@ pub async fn build_export(
             dispatcher.dispatch(progress).await;
         }
         let format = input.export.format;
+        let rendering = std::time::Instant::now();
         let bytes = match format {
             governance_entities::enums::ExportFormat::Json => exports::render_json(&bundle),
             governance_entities::enums::ExportFormat::Pdf => {
@@ -260,6 +270,10 @@ pub async fn build_export(
                     .map_err(CoreError::bad_input)?
             }
         };
+        crate::metrics::get()
+            .export_render_seconds
+            .with_label_values(&[format.as_str()])
+            .observe(rendering.elapsed().as_secs_f64());
         Ok::<_, CoreError>((bytes, exports::content_type_of(format)))
     }
     .await;

@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod jobs;
+pub mod metrics;
 pub mod queue;
 pub mod queue_stats;
 pub mod render;
@@ -59,6 +60,10 @@ impl Dispatcher {
     pub async fn dispatch<T>(&self, committed: Committed<T>) -> T {
         let mut follow_ups = committed.follow_ups;
         for event in committed.events {
+            metrics::get()
+                .events
+                .with_label_values(&[event.kind.as_str()])
+                .inc();
             if governance_core::webhooks::deliverable(&event.kind) {
                 follow_ups.push(FollowUp::FanOutWebhooks {
                     tenant_id: event.tenant_id.clone(),

@@ -60,21 +60,63 @@ fn to_apalis(err: JobError) -> BoxDynError {
     }
 }
 
-async fn handle_evaluation(job: RecordEvaluation, store: Data<Store>) -> Result<(), BoxDynError> {
-    jobs::record_evaluation(&job, &store)
-        .await
-        .map(|_| ())
-        .map_err(to_apalis)
+/// Run one attempt of a `queue` job and record it: its wait (on the first attempt, from the
+/// enqueue time the job's ULID carries), how long it ran, and how it ended.
+async fn observed(
+    queue: &'static str,
+    id: &TaskId,
+    attempt: &Attempt,
+    work: impl Future<Output = Result<(), BoxDynError>>,
+) -> Result<(), BoxDynError> {
+    let metrics = crate::metrics::get();
+    if attempt.current() <= 1
+        && let Ok(ulid) = ulid::Ulid::from_string(&id.to_string())
+        && let Ok(waited) = std::time::SystemTime::now().duration_since(ulid.datetime())
+    {
+        metrics
+            .job_wait_seconds
+            .with_label_values(&[queue])
+            .observe(waited.as_secs_f64());
+    }
+    let started = std::time::Instant::now();
+    let result = work.await;
+    let outcome = match &result {
+        Ok(()) => "done",
+        Err(err) if err.downcast_ref::<AbortError>().is_some() => "failed",
+        Err(_) => "retry",
+    };
+    metrics.job_ended(queue, outcome, started.elapsed());
+    result
+}
+
+async fn handle_evaluation(
+    job: RecordEvaluation,
+    store: Data<Store>,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    observed("evaluation", &id, &attempt, async {
+        jobs::record_evaluation(&job, &store)
+            .await
+            .map(|_| ())
+            .map_err(to_apalis)
+    })
+    .await
 }
 
 async fn handle_audit(
     job: RunAudit,
     store: Data<Store>,
     dispatcher: Data<Dispatcher>,
+    id: TaskId,
+    attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    let committed = jobs::run_audit(&job, &store).await.map_err(to_apalis)?;
-    dispatcher.dispatch(committed).await;
-    Ok(())
+    observed("audit", &id, &attempt, async {
+        let committed = jobs::run_audit(&job, &store).await.map_err(to_apalis)?;
+        dispatcher.dispatch(committed).await;
+        Ok(())
+    })
+    .await
 }
 
 /// What the export handler needs besides the store.
@@ -88,39 +130,54 @@ async fn handle_export(
     job: BuildExport,
     store: Data<Store>,
     context: Data<ExportContext>,
+    id: TaskId,
+    attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    jobs::build_export(&job, &store, &context.dispatcher, &context.renderer)
-        .await
-        .map(|_| ())
-        .map_err(to_apalis)
+    observed("export", &id, &attempt, async {
+        jobs::build_export(&job, &store, &context.dispatcher, &context.renderer)
+            .await
+            .map(|_| ())
+            .map_err(to_apalis)
+    })
+    .await
 }
 
 async fn handle_fan_out(
     job: FanOutWebhooks,
     store: Data<Store>,
     jobs: Data<JobQueue>,
+    id: TaskId,
+    attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    let deliveries = jobs::fan_out_webhooks(&job, &store)
-        .await
-        .map_err(to_apalis)?;
-    for delivery in deliveries {
-        // A failed enqueue fails the fan-out, which is retried; deliveries are idempotent.
-        jobs.enqueue(&delivery)
+    observed("webhook-fan-out", &id, &attempt, async {
+        let deliveries = jobs::fan_out_webhooks(&job, &store)
             .await
-            .map_err(|e| -> BoxDynError { e.into() })?;
-    }
-    Ok(())
+            .map_err(to_apalis)?;
+        for delivery in deliveries {
+            // A failed enqueue fails the fan-out, which is retried; deliveries are idempotent.
+            jobs.enqueue(&delivery)
+                .await
+                .map_err(|e| -> BoxDynError { e.into() })?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 async fn handle_delivery(
     job: DeliverWebhook,
     store: Data<Store>,
     client: Data<WebhookClient>,
+    id: TaskId,
+    attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    jobs::deliver_webhook(&job, &store, &client)
-        .await
-        .map(|_| ())
-        .map_err(to_apalis)
+    observed("webhook-delivery", &id, &attempt, async {
+        jobs::deliver_webhook(&job, &store, &client)
+            .await
+            .map(|_| ())
+            .map_err(to_apalis)
+    })
+    .await
 }
 
 /// A worker name unique to this process and this start (apalis refuses a name reused within

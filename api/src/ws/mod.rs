@@ -210,6 +210,7 @@ async fn serve_connection(
     let mut init_deadline = Some(started + settings.init_timeout());
     let mut granted: Option<Granted> = None;
     let mut operations = Operations::new(settings.max_subscriptions_per_socket, transport_ws);
+    let mut subscriptions = Counted::new(state.metrics.subscriptions.clone());
     let mut ping = interval_at(started + settings.ping_interval(), settings.ping_interval());
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // When the first Ping that nothing has answered since went out.
@@ -242,7 +243,9 @@ async fn serve_connection(
                     Some(Ok(_)) => continue,
                     Some(Err(_)) | None => break None,
                 };
-                match operations.on_client(&text) {
+                let verdict = operations.on_client(&text);
+                subscriptions.set(operations.active());
+                match verdict {
                     Verdict::Forward => {
                         if to_engine.unbounded_send(text).is_err() {
                             break None;
@@ -257,7 +260,9 @@ async fn serve_connection(
             },
             outgoing = engine.next() => match outgoing {
                 Some(WsMessage::Text(text)) => {
-                    if operations.on_server(&text) == ServerEvent::Ack {
+                    let event = operations.on_server(&text);
+                    subscriptions.set(operations.active());
+                    if event == ServerEvent::Ack {
                         init_deadline = None;
                         let taken = init.lock().unwrap_or_else(PoisonError::into_inner).take();
                         if let Some(Init::Granted(ok)) = taken {
@@ -332,6 +337,30 @@ struct ConnectionGuard(prometheus::IntGauge);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// This socket's share of a gauge: set as it changes, taken back when the socket ends.
+struct Counted {
+    gauge: prometheus::IntGauge,
+    counted: i64,
+}
+
+impl Counted {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        Self { gauge, counted: 0 }
+    }
+
+    fn set(&mut self, now: usize) {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        self.gauge.add(now - self.counted);
+        self.counted = now;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.gauge.sub(self.counted);
     }
 }
 

@@ -540,3 +540,56 @@ async fn the_evidence_bundle_keeps_its_shape() {
         ".totals.durationMs" => "[duration]",
     });
 }
+
+#[tokio::test]
+async fn metrics_show_the_work_the_service_did() {
+    let app = spawn_app().await;
+    let (_run, incident) = leaked(&app).await;
+    let export = request(&app, &incident, "EVIDENCE").await;
+    ready(&app, &export).await;
+    let mut socket = app
+        .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
+        .await;
+    socket
+        .subscribe(
+            "1",
+            "subscription { incidentEvents { cursor kind } }",
+            json!({}),
+        )
+        .await;
+    // Worker metrics are per process (tests share one), so only at least what this test did.
+    for (series, at_least) in [
+        ("governance_steps_total{decision=\"STOP\"}", 1.0),
+        ("governance_events_total{kind=\"INCIDENT_CREATED\"}", 1.0),
+        (
+            "governance_jobs_total{outcome=\"done\",queue=\"export\"}",
+            1.0,
+        ),
+        (
+            "governance_job_duration_seconds_count{queue=\"export\"}",
+            1.0,
+        ),
+        ("governance_job_wait_seconds_count{queue=\"export\"}", 1.0),
+        (
+            "governance_export_render_seconds_count{format=\"JSON\"}",
+            1.0,
+        ),
+        ("governance_jobs_readable", 1.0),
+    ] {
+        let value = app.metric(series).await;
+        assert!(value >= at_least, "{series} = {value}");
+    }
+    // Read from the queues at the scrape: nothing waits or failed here.
+    for state in ["pending", "dead"] {
+        let series = format!("governance_jobs{{queue=\"export\",state=\"{state}\"}}");
+        assert_eq!(app.metric(&series).await, 0.0, "{series}");
+    }
+    // This server's own gauges are exact.
+    app.poll_metric_until("governance_subscriptions", |v| v == 1.0)
+        .await;
+    socket
+        .send_json(json!({ "type": "complete", "id": "1" }))
+        .await;
+    app.poll_metric_until("governance_subscriptions", |v| v == 0.0)
+        .await;
+}

@@ -412,6 +412,22 @@ impl TestApp {
             .sum()
     }
 
+    /// Scrape `/metrics` until `name` satisfies `done` (it follows the server's own work).
+    pub async fn poll_metric_until(&self, name: &str, done: impl Fn(f64) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(name).await;
+            if done(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is still {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stop the server gracefully and wait for it.
     pub async fn stop(mut self) -> TestEnv {
         self.shutdown.cancel();

@@ -560,4 +560,10 @@ async fn endpoints_are_matched_as_of_the_event_not_the_fan_out() {
     assert_eq!(late["data"]["runId"], second_run, "{late}");
     let early: Value = serde_json::from_str(&next(&mut early_rx).await.body).unwrap();
     assert_eq!(early["data"]["runId"], second_run, "{early}");
+    // Counted per process (tests share one): at least these three.
+    app.poll_metric_until(
+        "governance_webhook_deliveries_total{outcome=\"delivered\"}",
+        |v| v >= 3.0,
+    )
+    .await;
 }
