@@ -5,7 +5,7 @@ use actix_web::{
     http::{StatusCode, header},
     web,
 };
-use async_graphql::{BatchRequest, BatchResponse, ServerError, http::GraphiQLSource};
+use async_graphql::{BatchRequest, BatchResponse, ServerError};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -23,8 +23,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .guard(guard::Header("upgrade", "websocket"))
                     .to(ws::subscriptions),
             )
-            .route(web::get().to(graphiql)),
+            .route(web::get().to(crate::graphiql::page)),
     )
+    .configure(crate::graphiql::routes)
     .route("/exports/{id}/download", web::get().to(download_export))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
@@ -38,10 +39,6 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .add((header::REFERRER_POLICY, "no-referrer"))
 }
-
-/// GraphiQL's page: scripts and styles only from itself and the CDN it loads GraphiQL from,
-/// requests only to this origin, and never inside another site's frame (clickjacking).
-const GRAPHIQL_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline' https://unpkg.com; style-src 'self' 'unsafe-inline' https://unpkg.com; font-src 'self' data: https://unpkg.com; img-src 'self' data: https://graphql.org; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// The query of a signed download URL.
 #[derive(serde::Deserialize)]
@@ -331,20 +328,6 @@ async fn graphql(
     HttpResponse::build(status)
         .content_type(media.content_type())
         .json(body)
-}
-
-async fn graphiql() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP))
-        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-        .body(
-            GraphiQLSource::build()
-                .endpoint("/graphql")
-                .subscription_endpoint("/graphql")
-                .title("Governance API")
-                .finish(),
-        )
 }
 
 async fn healthz() -> HttpResponse {

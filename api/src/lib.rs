@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod media;

@@ -11,6 +11,7 @@ mod backup;
 mod exports;
 mod governance;
 mod graph;
+mod graphiql;
 mod graphql_http;
 mod jobs;
 mod limits;
