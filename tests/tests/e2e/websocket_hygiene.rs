@@ -293,3 +293,24 @@ async fn a_client_that_stops_answering_pings_is_closed_with_1001() {
     assert_eq!(code, Some(1001), "{reason}");
     assert!(reason.contains("pong"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_subscriber_idle_for_minutes_with_the_default_timers_stays_connected() {
+    // Default settings, as an integrator meets them: a client that never sends anything of its
+    // own (like graphql-ws with its defaults; its WebSocket library answers Pings) waits
+    // two and a half minutes for an incident, then gets it.
+    let app = Arc::new(spawn_app_with(|_| {}).await);
+    leak_policy(&app).await;
+    let mut ws = app.ws_connect(bearer(&app.key)).await;
+    ws.expect_ack().await;
+    ws.subscribe("1", INCIDENTS, json!({})).await;
+    // A Ping every 15 s: ten of them is 150 s of silence from the client's side.
+    ws.expect_pings(10, Duration::from_secs(20)).await;
+    let creator = {
+        let app = app.clone();
+        tokio::spawn(async move { incident(&app).await })
+    };
+    let data = ws.next_data("1").await;
+    let run = creator.await.unwrap();
+    assert_eq!(data["incidentEvents"]["incident"]["run"]["id"], run);
+}
