@@ -10,7 +10,10 @@
 //! SQL statement count, 5 phase 3 again after loading 1,000,000 steps, 6 evaluation-record
 //! jobs/s on SQLite and on Redis, 7 the SOC2 PDF of a 1,000-step incident by Typst and by
 //! reportlab, 8 `recordStep` latency at 100 steps/s, 9 the soak: phase 3's rate for 10 minutes
-//! (1 with `--quick`), with errors counted, the server's memory sampled and p99 per minute.
+//! (1 with `--quick`), with errors counted, the server's memory sampled and p99 per minute,
+//! 10 job pickup after idle: a run is completed after the queue has been idle for 0.5 s up
+//! to a minute, and the time until its evaluation record can be read is measured, on SQLite,
+//! Redis, and PostgreSQL when `GOVERNANCE_BENCH_POSTGRES_URL` names a database.
 //!
 //! Phase 3 also reports `{ __typename }` at the same arrival rate (the framework's own latency
 //! there; the targets compare the p99s) and the server's own `recordStep` latency, from its
@@ -46,7 +49,7 @@ struct Args {
     #[arg(long)]
     key: Option<String>,
     /// The phases to run (phases 3, 5 and 9 need phase 2).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10")]
     phases: Vec<u8>,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench-results.json")]
@@ -630,6 +633,55 @@ async fn soak(
     }))
 }
 
+/// Phase 10 on one storage: a fresh server (`extra` picks the storage); for each pause, stay
+/// idle that long, complete a run, and time from `completeRun`'s answer (its job is enqueued
+/// after the commit, before the answer) until the run's evaluation record can be read, polling
+/// every 2 ms. That is enqueue → start → the job's own few milliseconds → visible.
+async fn pickup_after_idle(extra: &[&str], pauses: &[f64]) -> anyhow::Result<Latencies> {
+    let dir = tempfile::tempdir()?;
+    let (_server, port) = serve(dir.path(), extra).await?;
+    let client = client_of(dir.path(), port)?;
+    let mut latencies = Latencies::default();
+    for (n, pause) in pauses.iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs_f64(*pause)).await;
+        let run = client
+            .gql(
+                "mutation($w: String!) { startRun(input: { workflowId: $w }) { id } }",
+                json!({ "w": format!("bench-idle-{n}") }),
+            )
+            .await?["startRun"]["id"]
+            .as_str()
+            .context("startRun id")?
+            .to_string();
+        client
+            .gql(
+                "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
+                json!({ "id": run }),
+            )
+            .await?;
+        let completed = Instant::now();
+        loop {
+            let data = client
+                .gql(
+                    "query($id: ID!) { run(id: $id) { evaluation { outcome } } }",
+                    json!({ "id": run }),
+                )
+                .await?;
+            if !data["run"]["evaluation"].is_null() {
+                break;
+            }
+            if completed.elapsed() > Duration::from_secs(120) {
+                bail!("no evaluation record 120 s after completeRun");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies
+            .0
+            .push(u64::try_from(completed.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    Ok(latencies)
+}
+
 /// Requests the open loop keeps in flight at most.
 const OPEN_LOOP_IN_FLIGHT: usize = 256;
 
@@ -1195,6 +1247,41 @@ async fn main() -> anyhow::Result<()> {
             "soc2Render".into(),
             json!({ "typstColdMs": typst_cold, "typstMs": typst_ms, "reportlabMs": reportlab_ms, "ratio": render_ratio }),
         );
+    }
+    if wants(10) {
+        // Idle past the workers' 30 s heartbeat too: that is where wake-ups used to be lost.
+        let pauses: Vec<f64> = if args.quick {
+            vec![0.5, 2.0, 5.0, 35.0]
+        } else {
+            vec![0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 35.0, 35.0, 60.0]
+        };
+        let mut storages: Vec<(&str, Vec<String>, Option<Redis>)> =
+            vec![("SQLite", Vec::new(), None)];
+        if let Some(redis) = start_redis().await? {
+            let url = redis.url.clone();
+            storages.push(("Redis", vec!["--redis-url".into(), url], Some(redis)));
+        }
+        if let Ok(url) = std::env::var("GOVERNANCE_BENCH_POSTGRES_URL") {
+            storages.push(("PostgreSQL", vec!["--database-url".into(), url], None));
+        }
+        let mut figures = serde_json::Map::new();
+        for (name, extra, _redis) in &storages {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let mut latencies = pickup_after_idle(&extra, &pauses).await?;
+            println!(
+                "10 job pickup after idle, {name:<10} {} samples (idle {:.1}-{:.0} s)  p50 {:.1} ms  {}",
+                pauses.len(),
+                pauses[0],
+                pauses[pauses.len() - 1],
+                latencies.percentile(50.0),
+                latencies.tail()
+            );
+            let mut figure = latencies.tail_json();
+            figure["p50Ms"] = json!(latencies.percentile(50.0));
+            figure["samples"] = json!(pauses.len());
+            figures.insert((*name).to_string(), figure);
+        }
+        results.insert("jobPickupAfterIdle".into(), Value::Object(figures));
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
     println!("figures written to {}", args.out.display());

@@ -450,6 +450,26 @@ pub fn soc2_bundle(input: &BundleInput) -> CoreResult<Value> {
     Ok(bundle)
 }
 
+/// A recorded reason as plain language for the debrief: without the `(policy `…`)` reference
+/// (the debrief names the policy itself), code quotes turned into plain ones, starting in lower
+/// case and without its final full stop, so it reads inside a sentence. The recorded reason
+/// itself is evidence and is shown verbatim elsewhere.
+fn plain_reason(reason: &str) -> String {
+    let mut text = reason.to_string();
+    if let Some(start) = text.find(" (policy `")
+        && let Some(len) = text[start..].find("`)")
+    {
+        text.replace_range(start..start + len + 2, "");
+    }
+    let text = text.replace('`', "\"");
+    let text = text.trim().trim_end_matches('.').trim_end();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// The executive debrief: the same facts in plain language.
 pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
     let run = &input.run;
@@ -476,8 +496,8 @@ pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
         "exportedBy": input.export.requested_by,
         "reason": input.export.reason,
         "summary": format!(
-            "The {} agent run {} was stopped at step {} because it broke the policy \"{}\" ({}). Nothing after that step was executed.",
-            run.workflow_id, run.id, violation.step_index, policy_name, violation.reason
+            "The {} agent run {} was stopped at step {} because it broke the policy \"{}\": {}. Nothing after that step was executed.",
+            run.workflow_id, run.id, violation.step_index, policy_name, plain_reason(&violation.reason)
         ),
         "businessImpact": format!(
             "The run used {} tokens and cost ${:.4} before it was stopped; the violating step was contained at the moment it happened.",
@@ -659,4 +679,29 @@ pub async fn signed_download_tenant<C: ConnectionTrait>(
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     }))
+}
+
+#[cfg(test)]
+mod plain_tests {
+    use super::plain_reason;
+
+    #[test]
+    fn debrief_reasons_read_as_plain_language() {
+        assert_eq!(
+            plain_reason("Run used 4370 tokens, over the budget of 4000 (policy `Token budget`)."),
+            "run used 4370 tokens, over the budget of 4000"
+        );
+        assert_eq!(
+            plain_reason(
+                "Step called tool `shell`, which is not on the allowlist (policy `Tools`)."
+            ),
+            "step called tool \"shell\", which is not on the allowlist"
+        );
+        assert_eq!(
+            plain_reason(
+                "Step content matched a forbidden pattern (policy `No keys`); the match is not shown."
+            ),
+            "step content matched a forbidden pattern; the match is not shown"
+        );
+    }
 }

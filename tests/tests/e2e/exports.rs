@@ -382,6 +382,14 @@ async fn pdfs_are_rendered_by_typst_with_the_facts_an_auditor_checks() {
             "{kind}: the trace head hash is printed"
         );
         assert!(!text.contains(SECRET), "{kind}: the secret never appears");
+        assert!(
+            text.contains("x: step number") && text.contains("y: cumulative tokens"),
+            "{kind}: the chart's axes are labelled:\n{text}"
+        );
+        if kind == "EXECUTIVE_DEBRIEF" {
+            // Plain language: no code quotes, no doubled punctuation.
+            assert!(!text.contains('`') && !text.contains(").)"), "{text}");
+        }
         if kind != "EXECUTIVE_DEBRIEF" {
             assert!(
                 text.contains("sk-[a-z0-9]{16}"),
