@@ -252,3 +252,32 @@ async fn finished_jobs_are_removed_after_retention_and_waiting_ones_kept() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn work_already_queued_is_not_queued_again() {
+    // As the sweeper does when it repairs a job it thinks lost while the original only waits.
+    let app = spawn_app_with(|c| c.workers = WorkersMode::Off).await;
+    let run_id = app.start_run("wf-queued-once").await;
+    app.gql_ok(
+        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
+        json!({ "id": run_id }),
+    )
+    .await;
+    let tenant_id = app.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let queue = queue_of(&app).await;
+    let again = governance_core::outcome::FollowUp::RecordEvaluation {
+        tenant_id,
+        run_id: run_id.clone(),
+    };
+    for _ in 0..3 {
+        queue.enqueue(&again).await.unwrap();
+    }
+    let stats = governance_workers::queue_stats::stats(&queue)
+        .await
+        .unwrap();
+    let evaluation = stats.iter().find(|s| s.queue == "evaluation").unwrap();
+    assert_eq!(evaluation.pending, 1, "{stats:?}");
+}

@@ -93,6 +93,7 @@ async fn oversized_bodies_and_garbage_are_refused_with_a_code() {
         .http()
         .post(app.url("/graphql"))
         .header("Authorization", format!("Bearer {}", app.key))
+        .header("content-type", "application/json")
         .body("this is not json")
         .send()
         .await
