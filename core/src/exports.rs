@@ -508,8 +508,9 @@ pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
             "runId": run.id,
             "incidentId": input.incident.id,
             "policy": policy_name,
-            "threshold": violation.threshold_condition,
-            "observed": violation.evaluated_value,
+            // Plain quotes for plain language; the evidence keeps the recorded text.
+            "threshold": violation.threshold_condition.replace('`', "\""),
+            "observed": violation.evaluated_value.replace('`', "\""),
             "stoppedAtStep": run.stopped_at_step,
             "snapshotId": input.snapshot.snapshot_id,
             "traceHeadHash": run.trace_head_hash,

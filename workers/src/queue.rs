@@ -258,7 +258,7 @@ impl JobQueue {
                     tenant_id: tenant_id.clone(),
                     run_id: run_id.clone(),
                 };
-                push_all(&self.evaluation, vec![keyed(job)]).await
+                push_all(&self.evaluation, vec![job]).await
             }
             FollowUp::BuildExport {
                 tenant_id,
@@ -268,7 +268,7 @@ impl JobQueue {
                     tenant_id: tenant_id.clone(),
                     export_id: export_id.clone(),
                 };
-                push_all(&self.export, vec![keyed(job)]).await
+                push_all(&self.export, vec![job]).await
             }
             FollowUp::FanOutWebhooks {
                 tenant_id,
@@ -278,7 +278,7 @@ impl JobQueue {
                     tenant_id: tenant_id.clone(),
                     event_id: *event_id,
                 };
-                push_all(&self.fan_out, vec![keyed(job)]).await
+                push_all(&self.fan_out, vec![job]).await
             }
             FollowUp::DeliverWebhook {
                 tenant_id,
@@ -290,7 +290,7 @@ impl JobQueue {
                     webhook_id: webhook_id.clone(),
                     event_id: *event_id,
                 };
-                push_all(&self.delivery, vec![keyed(job)]).await
+                push_all(&self.delivery, vec![job]).await
             }
             FollowUp::RunAudit {
                 tenant_id,
@@ -300,14 +300,14 @@ impl JobQueue {
                     tenant_id: tenant_id.clone(),
                     audit_id: audit_id.clone(),
                 };
-                push_all(&self.audit, vec![keyed(job)]).await
+                push_all(&self.audit, vec![job]).await
             }
         }
     }
 
     /// Enqueue many evaluation-record jobs at once (bulk loads).
     pub async fn enqueue_evaluations(&self, jobs: Vec<RecordEvaluation>) -> anyhow::Result<()> {
-        push_all(&self.evaluation, jobs.into_iter().map(keyed).collect()).await
+        push_all(&self.evaluation, jobs).await
     }
 
     /// On Redis, move every due job from its queue's scheduled set to its active list, at most
@@ -373,14 +373,51 @@ fn keyed<T: JobKey>(job: T) -> Task<T> {
     TaskBuilder::new(job).idempotency_key(key).build()
 }
 
-/// Push `tasks` to `queue` in one go, then wake this process's worker for it. A task whose
-/// idempotency key the queue already holds is left out by the storage.
-async fn push_all<T>(queue: &Queue<T>, tasks: Vec<Task<T>>) -> anyhow::Result<()>
+/// Push `jobs` to `queue` in one go, each keyed by its work, then wake this process's worker
+/// for it. A job whose key the queue already holds is left out: by the storage on SQLite and
+/// Redis; on PostgreSQL, whose apalis insert has no `ON CONFLICT`, a batch refused for a key
+/// already there is pushed again one job at a time, skipping those.
+async fn push_all<T>(queue: &Queue<T>, jobs: Vec<T>) -> anyhow::Result<()>
+where
+    T: JobKey
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + Unpin
+        + 'static,
+{
+    let all = jobs.iter().cloned().map(keyed).collect();
+    match push_tasks(&queue.storage, all).await {
+        Ok(()) => {}
+        Err(err) if is_queued_already(&err) => {
+            for job in jobs {
+                match push_tasks(&queue.storage, vec![keyed(job)]).await {
+                    Ok(()) => {}
+                    Err(err) if is_queued_already(&err) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Err(err) => return Err(err),
+    }
+    queue.pushed.notify_waiters();
+    Ok(())
+}
+
+/// The refusal of a job whose idempotency key its queue already holds (PostgreSQL's unique
+/// index on `(job_type, idempotency_key)`).
+fn is_queued_already(err: &anyhow::Error) -> bool {
+    format!("{err:#}").contains("idx_jobs_idempotency_key")
+}
+
+async fn push_tasks<T>(storage: &Storage<T>, tasks: Vec<Task<T>>) -> anyhow::Result<()>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
 {
     let mut tasks = futures::stream::iter(tasks);
-    let result = match &queue.storage {
+    let result = match storage {
         Storage::Sqlite(s) => s
             .clone()
             .push_all(&mut tasks)
@@ -397,7 +434,5 @@ where
             .await
             .map_err(|e| anyhow::anyhow!("{e}")),
     };
-    result.context("cannot enqueue job")?;
-    queue.pushed.notify_waiters();
-    Ok(())
+    result.context("cannot enqueue job")
 }

@@ -280,4 +280,38 @@ async fn work_already_queued_is_not_queued_again() {
         .unwrap();
     let evaluation = stats.iter().find(|s| s.queue == "evaluation").unwrap();
     assert_eq!(evaluation.pending, 1, "{stats:?}");
+
+    // On PostgreSQL the queues can also live in the database (no Redis configured): its apalis
+    // insert has no ON CONFLICT, so this path is checked too, batches included.
+    if app.env.database_url.is_some() && app.env.redis_url.is_some() {
+        let in_database = JobQueue::connect(QueueSettings {
+            db: app.db.clone(),
+            redis_url: None,
+            namespace: app.env.namespace.clone(),
+            retention: app.env.config().jobs.retention(),
+        })
+        .await
+        .expect("job queue in PostgreSQL");
+        for _ in 0..3 {
+            in_database.enqueue(&again).await.unwrap();
+        }
+        let other = |n: u32| RecordEvaluation {
+            tenant_id: "tenant_other".into(),
+            run_id: format!("run_other_{n}"),
+        };
+        // A batch holding work already queued still queues the rest.
+        in_database
+            .enqueue_evaluations(vec![other(1), other(2)])
+            .await
+            .unwrap();
+        in_database
+            .enqueue_evaluations(vec![other(2), other(3), other(1)])
+            .await
+            .unwrap();
+        let stats = governance_workers::queue_stats::stats(&in_database)
+            .await
+            .unwrap();
+        let evaluation = stats.iter().find(|s| s.queue == "evaluation").unwrap();
+        assert_eq!(evaluation.pending, 4, "{stats:?}");
+    }
 }
