@@ -13,7 +13,7 @@
 //! (1 with `--quick`), with errors counted, the server's memory sampled and p99 per minute,
 //! 10 job pickup after idle: a run is completed after the queue has been idle for 0.5 s up
 //! to a minute, and the time until its evaluation record can be read is measured, on SQLite,
-//! Redis, and PostgreSQL when `GOVERNANCE_BENCH_POSTGRES_URL` names a database.
+//! Redis, and PostgreSQL when `BENCH_POSTGRES_URL` names a database.
 //!
 //! Phase 3 also reports `{ __typename }` at the same arrival rate (the framework's own latency
 //! there; the targets compare the p99s) and the server's own `recordStep` latency, from its
@@ -1261,7 +1261,7 @@ async fn main() -> anyhow::Result<()> {
             let url = redis.url.clone();
             storages.push(("Redis", vec!["--redis-url".into(), url], Some(redis)));
         }
-        if let Ok(url) = std::env::var("GOVERNANCE_BENCH_POSTGRES_URL") {
+        if let Ok(url) = std::env::var("BENCH_POSTGRES_URL") {
             storages.push(("PostgreSQL", vec!["--database-url".into(), url], None));
         }
         let mut figures = serde_json::Map::new();
