@@ -93,25 +93,47 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    /// Wait (up to 5 s) until `wakes` counts one: the timer fired without another poll.
+    async fn woken(wakes: &std::sync::atomic::AtomicUsize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while wakes.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the timer never woke the task"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Poll until ready: the first tick is due at once (within the timer's millisecond).
+    async fn ready(wakeup: &mut Wakeup) {
+        let (poll, wakes) = poll_once(wakeup);
+        if poll.is_pending() {
+            woken(&wakes).await;
+            assert!(poll_once(wakeup).0.is_ready());
+        }
+    }
+
+    #[tokio::test]
     async fn every_ready_poll_leaves_a_timer_armed() {
-        let mut wakeup = Wakeup::new(Arc::new(Notify::new()), Duration::from_millis(200));
-        // The first tick is immediate.
-        assert!(poll_once(&mut wakeup).0.is_ready());
+        let mut wakeup = Wakeup::new(Arc::new(Notify::new()), Duration::from_millis(20));
+        ready(&mut wakeup).await;
         // Nothing is due now, but the next tick must wake the task without another poll.
         let (poll, wakes) = poll_once(&mut wakeup);
         assert!(poll.is_pending());
-        tokio::time::advance(Duration::from_millis(201)).await;
-        tokio::task::yield_now().await;
-        assert_eq!(wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        woken(&wakes).await;
         assert!(poll_once(&mut wakeup).0.is_ready());
+        // And again after that ready poll: re-armed each time.
+        let (poll, wakes) = poll_once(&mut wakeup);
+        assert!(poll.is_pending());
+        woken(&wakes).await;
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_push_wakes_the_worker_before_the_interval() {
         let pushed = Arc::new(Notify::new());
         let mut wakeup = Wakeup::new(pushed.clone(), Duration::from_secs(3600));
-        assert!(poll_once(&mut wakeup).0.is_ready());
+        ready(&mut wakeup).await;
         let (poll, wakes) = poll_once(&mut wakeup);
         assert!(poll.is_pending());
         pushed.notify_waiters();
