@@ -318,16 +318,21 @@ async fn graphql(
     }
     // A key checked at commit and refused there was revoked after it was cached: the request
     // is answered as one refused at the door would be, and the key is read again next time.
-    let (status, body) = media.shape(&response);
+    let request_error = media.request_error(&response);
     let status = if check == KeyCheck::AtCommit && unauthenticated {
         auth::forget(&state.keys, &req);
         StatusCode::UNAUTHORIZED
+    } else if request_error.is_some() {
+        StatusCode::BAD_REQUEST
     } else {
-        status
+        StatusCode::OK
     };
-    HttpResponse::build(status)
-        .content_type(media.content_type())
-        .json(body)
+    let mut answer = HttpResponse::build(status);
+    answer.content_type(media.content_type());
+    match request_error {
+        Some(body) => answer.json(body),
+        None => answer.json(response),
+    }
 }
 
 async fn healthz() -> HttpResponse {

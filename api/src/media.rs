@@ -2,7 +2,7 @@
 //! `POST /graphql` accepts, which response type a client asked for, and the status code and body
 //! shape that type calls for.
 
-use actix_web::http::{StatusCode, header::HeaderMap};
+use actix_web::http::header::HeaderMap;
 use async_graphql::BatchResponse;
 
 /// `application/graphql-response+json`: the specification's own response type.
@@ -56,23 +56,22 @@ impl ResponseMedia {
         }
     }
 
-    /// The status and body of an executed request. With `application/graphql-response+json` a
-    /// request error (nothing executed: the document did not parse or validate, or the variables
-    /// did not coerce) is 400 and its body has no `data`; anything that executed is 200.
-    pub fn shape(self, response: &BatchResponse) -> (StatusCode, serde_json::Value) {
-        let mut body = serde_json::to_value(response).unwrap_or_else(|e| {
-            serde_json::json!({ "errors": [{ "message": format!("cannot encode the response: {e}"), "extensions": { "code": "INTERNAL" } }] })
-        });
+    /// The body of a request error (nothing executed: the document did not parse or validate,
+    /// or the variables did not coerce) when this type answers it with 400 and no `data`
+    /// (`application/graphql-response+json`); `None` when the response goes out as it is, with
+    /// 200. Only that rare answer is rebuilt: every other response is serialised once, as is.
+    pub fn request_error(self, response: &BatchResponse) -> Option<serde_json::Value> {
         let BatchResponse::Single(single) = response else {
-            return (StatusCode::OK, body);
+            return None;
         };
-        if self == Self::GraphqlResponseJson && is_request_error(single) {
-            if let Some(object) = body.as_object_mut() {
-                object.remove("data");
-            }
-            return (StatusCode::BAD_REQUEST, body);
+        if self != Self::GraphqlResponseJson || !is_request_error(single) {
+            return None;
         }
-        (StatusCode::OK, body)
+        let mut body = serde_json::json!({ "errors": single.errors });
+        if !single.extensions.is_empty() {
+            body["extensions"] = serde_json::json!(single.extensions);
+        }
+        Some(body)
     }
 }
 
