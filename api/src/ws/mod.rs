@@ -170,8 +170,8 @@ async fn serve_connection(
     mut session: actix_ws::Session,
     mut messages: actix_ws::MessageStream,
 ) {
-    state.metrics.ws_connections.inc();
-    let _open = scopeguard(state.metrics.ws_connections.clone());
+    let mut open = Counted::new(state.metrics.ws_connections.clone());
+    open.set(1);
     let settings = state.config.websocket.clone();
     let transport_ws = protocol == WebSocketProtocols::GraphQLWS;
 
@@ -331,16 +331,8 @@ async fn serve_connection(
     let _ = session.close(close_with).await;
 }
 
-/// Decrements the open-connections gauge however the connection ends.
-struct ConnectionGuard(prometheus::IntGauge);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// This socket's share of a gauge: set as it changes, taken back when the socket ends.
+/// This socket's share of a gauge (itself among open connections, its subscriptions): set as
+/// it changes, taken back however the socket ends.
 struct Counted {
     gauge: prometheus::IntGauge,
     counted: i64,
@@ -362,8 +354,4 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.gauge.sub(self.counted);
     }
-}
-
-fn scopeguard(gauge: prometheus::IntGauge) -> ConnectionGuard {
-    ConnectionGuard(gauge)
 }
