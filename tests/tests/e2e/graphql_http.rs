@@ -14,6 +14,18 @@ struct Audit {
     body: Option<String>,
 }
 
+impl Audit {
+    /// A JSON POST, as most audits send.
+    fn json(id: &'static str, accept: Option<&'static str>, body: Option<String>) -> Self {
+        Audit {
+            id,
+            accept,
+            content_type: JSON,
+            body,
+        }
+    }
+}
+
 struct Answer {
     status: u16,
     content_type: String,
@@ -67,43 +79,23 @@ async fn every_must_of_the_graphql_http_audit_holds() {
     let musts = [
         (
             // 4655: MUST accept application/json and match the content-type.
-            Audit {
-                id: "4655",
-                accept: JSON,
-                content_type: JSON,
-                body: typename(),
-            },
+            Audit::json("4655", JSON, typename()),
             "application/json",
         ),
         (
             // 22EB: SHOULD accept application/graphql-response+json and match the content-type.
-            Audit {
-                id: "22EB",
-                accept: GRAPHQL_RESPONSE,
-                content_type: JSON,
-                body: typename(),
-            },
+            Audit::json("22EB", GRAPHQL_RESPONSE, typename()),
             "application/graphql-response+json",
         ),
         (
             // 47DE: SHOULD accept */* and use application/json.
-            Audit {
-                id: "47DE",
-                accept: Some("*/*"),
-                content_type: JSON,
-                body: typename(),
-            },
+            Audit::json("47DE", Some("*/*"), typename()),
             "application/json",
         ),
         (
             // 80D8 / 82A3 / 78D5 / 2C94 / 03D4: no Accept is application/json; POST works;
             // UTF-8 is assumed when no charset is given.
-            Audit {
-                id: "80D8",
-                accept: None,
-                content_type: JSON,
-                body: typename(),
-            },
+            Audit::json("80D8", None, typename()),
             "application/json",
         ),
         (
@@ -118,47 +110,37 @@ async fn every_must_of_the_graphql_http_audit_holds() {
         ),
         (
             // 13EE: MUST allow string {query} when accepting application/json.
-            Audit {
-                id: "13EE",
-                accept: JSON,
-                content_type: JSON,
-                body: typename(),
-            },
+            Audit::json("13EE", JSON, typename()),
             "application/json",
         ),
         (
             // B8B3: MUST allow string {operationName}.
-            Audit {
-                id: "B8B3",
-                accept: JSON,
-                content_type: JSON,
-                body: body(
-                    json!({ "operationName": "Query", "query": "query Query { __typename }" }),
-                ),
-            },
+            Audit::json(
+                "B8B3",
+                JSON,
+                body(json!({ "operationName": "Query", "query": "query Query { __typename }" })),
+            ),
             "application/json",
         ),
         (
             // 28B9: MUST allow map {variables}.
-            Audit {
-                id: "28B9",
-                accept: JSON,
-                content_type: JSON,
-                body: body(json!({
+            Audit::json(
+                "28B9",
+                JSON,
+                body(json!({
                     "query": "query Type($name: String!) { __type(name: $name) { name } }",
                     "variables": { "name": "sometype" },
                 })),
-            },
+            ),
             "application/json",
         ),
         (
             // 1B7A: MUST allow map {extensions}.
-            Audit {
-                id: "1B7A",
-                accept: JSON,
-                content_type: JSON,
-                body: body(json!({ "query": "{ __typename }", "extensions": { "some": "value" } })),
-            },
+            Audit::json(
+                "1B7A",
+                JSON,
+                body(json!({ "query": "{ __typename }", "extensions": { "some": "value" } })),
+            ),
             "application/json",
         ),
     ];
@@ -189,12 +171,7 @@ async fn every_must_of_the_graphql_http_audit_holds() {
         for accept in [JSON, GRAPHQL_RESPONSE] {
             let mut request = json!({ "query": "{ __typename }" });
             request[parameter] = Value::Null;
-            let audit = Audit {
-                id: "022x",
-                accept,
-                content_type: JSON,
-                body: body(request),
-            };
+            let audit = Audit::json("022x", accept, body(request));
             let answer = send(&app, &audit).await;
             assert_eq!(
                 answer.status, 200,
@@ -225,30 +202,12 @@ async fn request_errors_follow_the_accepted_media_type() {
         ("coercion", &uncoercible),
     ] {
         // 572B / FDE2 / 7B9B: application/json answers 200 with the errors.
-        let legacy = send(
-            &app,
-            &Audit {
-                id: what,
-                accept: JSON,
-                content_type: JSON,
-                body: request.clone(),
-            },
-        )
-        .await;
+        let legacy = send(&app, &Audit::json(what, JSON, request.clone())).await;
         assert_eq!(legacy.status, 200, "{what}: {}", legacy.body);
         assert!(legacy.body["errors"].is_array(), "{what}: {}", legacy.body);
         // 556A / 74FF / 86EE: application/graphql-response+json answers 400, and
         // D586 / 5E5B: without a `data` entry.
-        let modern = send(
-            &app,
-            &Audit {
-                id: what,
-                accept: GRAPHQL_RESPONSE,
-                content_type: JSON,
-                body: request.clone(),
-            },
-        )
-        .await;
+        let modern = send(&app, &Audit::json(what, GRAPHQL_RESPONSE, request.clone())).await;
         assert_eq!(modern.status, 400, "{what}: {}", modern.body);
         assert!(
             modern
@@ -261,12 +220,11 @@ async fn request_errors_follow_the_accepted_media_type() {
     // A field error is not a request error: the operation executed, so it is 200 with data.
     let executed = send(
         &app,
-        &Audit {
-            id: "EE52",
-            accept: GRAPHQL_RESPONSE,
-            content_type: JSON,
-            body: body(json!({ "query": "{ run(id: \"run_missing\") { id } }" })),
-        },
+        &Audit::json(
+            "EE52",
+            GRAPHQL_RESPONSE,
+            body(json!({ "query": "{ run(id: \"run_missing\") { id } }" })),
+        ),
     )
     .await;
     assert_eq!(executed.status, 200, "{}", executed.body);
@@ -276,12 +234,7 @@ async fn request_errors_follow_the_accepted_media_type() {
     for accept in [JSON, GRAPHQL_RESPONSE] {
         let answer = send(
             &app,
-            &Audit {
-                id: "BCF8",
-                accept,
-                content_type: JSON,
-                body: Some("{ \"not a JSON".into()),
-            },
+            &Audit::json("BCF8", accept, Some("{ \"not a JSON".into())),
         )
         .await;
         assert_eq!(answer.status, 400, "{accept:?}: {}", answer.body);
@@ -302,16 +255,7 @@ async fn request_errors_follow_the_accepted_media_type() {
         json!({ "query": "{ __typename }", "variables": ["array"] }),
         json!({ "query": "{ __typename }", "extensions": "string" }),
     ] {
-        let answer = send(
-            &app,
-            &Audit {
-                id: "400",
-                accept: None,
-                content_type: JSON,
-                body: body(request.clone()),
-            },
-        )
-        .await;
+        let answer = send(&app, &Audit::json("400", None, body(request.clone()))).await;
         assert_eq!(answer.status, 400, "{request}: {}", answer.body);
     }
     // 9ABE: a POST without a content type is 415, as is one that is not JSON.
@@ -333,15 +277,6 @@ async fn request_errors_follow_the_accepted_media_type() {
         );
     }
     // A400 (MAY): a missing body is 400.
-    let answer = send(
-        &app,
-        &Audit {
-            id: "A5BF",
-            accept: None,
-            content_type: JSON,
-            body: None,
-        },
-    )
-    .await;
+    let answer = send(&app, &Audit::json("A5BF", None, None)).await;
     assert_eq!(answer.status, 400, "{}", answer.body);
 }

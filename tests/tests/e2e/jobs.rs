@@ -14,6 +14,41 @@ use governance_workers::{
 
 const EVALUATION: &str = "query($id: ID!) { run(id: $id) { status terminationReason evaluation { outcome policiesChecked reason snapshotId } policySnapshot { id policyCount } } }";
 
+/// End `run_id` as `completeRun(SUCCEEDED)` does, which enqueues its evaluation job.
+async fn complete(app: &TestApp, run_id: &str) {
+    app.gql_ok(
+        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
+        json!({ "id": run_id }),
+    )
+    .await;
+}
+
+/// Poll `run_id` until its evaluation record is there, for at most `timeout`.
+async fn evaluated(app: &TestApp, run_id: &str, timeout: Duration) -> serde_json::Value {
+    app.poll_until(EVALUATION, json!({ "id": run_id }), timeout, |d| {
+        !d["run"]["evaluation"].is_null()
+    })
+    .await
+}
+
+/// The tenant of `app`'s key.
+async fn tenant_id(app: &TestApp) -> String {
+    app.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
+        .as_str()
+        .expect("tenant id")
+        .to_string()
+}
+
+/// Evaluation jobs waiting in `queue`.
+async fn pending_evaluations(queue: &JobQueue) -> u64 {
+    let stats = governance_workers::queue_stats::stats(queue).await.unwrap();
+    stats
+        .iter()
+        .find(|s| s.queue == "evaluation")
+        .map(|s| s.pending)
+        .unwrap()
+}
+
 async fn complete_and_wait_for_evaluation(app: &TestApp, workflow: &str) -> serde_json::Value {
     let run_id = app.start_run(workflow).await;
     let done = app
@@ -25,13 +60,7 @@ async fn complete_and_wait_for_evaluation(app: &TestApp, workflow: &str) -> serd
     assert_eq!(done["completeRun"]["status"], "SUCCEEDED");
     assert_eq!(done["completeRun"]["terminationReason"], "COMPLETED");
     assert!(done["completeRun"]["durationMs"].as_i64().unwrap() >= 0);
-    app.poll_until(
-        EVALUATION,
-        json!({ "id": run_id }),
-        Duration::from_secs(30),
-        |d| !d["run"]["evaluation"].is_null(),
-    )
-    .await
+    evaluated(app, &run_id, Duration::from_secs(30)).await
 }
 
 #[tokio::test]
@@ -92,17 +121,10 @@ pub fn unsafe_free_kill(pid: i32) {
 async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start() {
     let app = spawn_app_with(|c| c.workers = WorkersMode::Off).await;
     let run_id = app.start_run("wf-backlog").await;
-    app.gql_ok(
-        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
-        json!({ "id": run_id }),
-    )
-    .await;
+    complete(&app, &run_id).await;
     // The evaluation job `completeRun` enqueued sits among 9,000 more, of other ended runs
     // (jobs are keyed by what they work on, so a backlog is of distinct work).
-    let tenant_id = app.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
-        .as_str()
-        .expect("tenant id")
-        .to_string();
+    let tenant_id = tenant_id(&app).await;
     let ended = governance_core::steps::load_synthetic(
         &app.store,
         &governance_core::policy::SnapshotCache::new(),
@@ -113,14 +135,7 @@ async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start
     )
     .await
     .expect("synthetic ended runs");
-    let queue = JobQueue::connect(QueueSettings {
-        db: app.db.clone(),
-        redis_url: app.env.redis_url.clone(),
-        namespace: app.env.namespace.clone(),
-        retention: app.env.config().jobs.retention(),
-    })
-    .await
-    .expect("job queue");
+    let queue = queue_of(&app).await;
     let jobs = ended
         .iter()
         .map(|run| RecordEvaluation {
@@ -136,14 +151,7 @@ async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start
     assert!(data["run"]["evaluation"].is_null(), "no worker has run yet");
 
     let app = app.restart(|c| c.workers = WorkersMode::Embedded).await;
-    let data = app
-        .poll_until(
-            EVALUATION,
-            json!({ "id": run_id }),
-            Duration::from_secs(60),
-            |d| !d["run"]["evaluation"].is_null(),
-        )
-        .await;
+    let data = evaluated(&app, &run_id, Duration::from_secs(60)).await;
     assert_eq!(data["run"]["evaluation"]["outcome"], "NOT_APPLICABLE");
 }
 
@@ -152,18 +160,8 @@ async fn pickup_after_idle(app: &TestApp, label: &str) {
     for round in 0..2 {
         tokio::time::sleep(Duration::from_secs(35)).await;
         let run_id = app.start_run(&format!("wf-idle-{label}-{round}")).await;
-        app.gql_ok(
-            "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
-            json!({ "id": run_id }),
-        )
-        .await;
-        app.poll_until(
-            EVALUATION,
-            json!({ "id": run_id }),
-            Duration::from_secs(5),
-            |d| !d["run"]["evaluation"].is_null(),
-        )
-        .await;
+        complete(app, &run_id).await;
+        evaluated(app, &run_id, Duration::from_secs(5)).await;
     }
 }
 
@@ -187,9 +185,14 @@ async fn jobs_start_promptly_after_the_queue_has_been_idle() {
 
 /// The queues of `app`'s deployment, as its workers see them.
 async fn queue_of(app: &TestApp) -> JobQueue {
+    queue_on(app, app.env.redis_url.clone()).await
+}
+
+/// `app`'s queues on Redis at `redis_url`, or in its database without one.
+async fn queue_on(app: &TestApp, redis_url: Option<String>) -> JobQueue {
     JobQueue::connect(QueueSettings {
         db: app.db.clone(),
-        redis_url: app.env.redis_url.clone(),
+        redis_url,
         namespace: app.env.namespace.clone(),
         retention: app.env.config().jobs.retention(),
     })
@@ -199,7 +202,7 @@ async fn queue_of(app: &TestApp) -> JobQueue {
 
 #[tokio::test]
 async fn finished_jobs_are_removed_after_retention_and_waiting_ones_kept() {
-    use governance_workers::{queue_stats, retention};
+    use governance_workers::retention;
     let app = spawn_app_with(|_| {}).await;
     let queue = queue_of(&app).await;
     for n in 0..3 {
@@ -219,22 +222,8 @@ async fn finished_jobs_are_removed_after_retention_and_waiting_ones_kept() {
     let app = app.restart(|c| c.workers = WorkersMode::Off).await;
     let queue = queue_of(&app).await;
     let waiting = app.start_run("wf-waiting").await;
-    app.gql_ok(
-        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
-        json!({ "id": waiting }),
-    )
-    .await;
-    let evaluation = |stats: &[queue_stats::QueueStats]| {
-        stats
-            .iter()
-            .find(|s| s.queue == "evaluation")
-            .cloned()
-            .unwrap()
-    };
-    assert_eq!(
-        evaluation(&queue_stats::stats(&queue).await.unwrap()).pending,
-        1
-    );
+    complete(&app, &waiting).await;
+    assert_eq!(pending_evaluations(&queue).await, 1);
 
     // Past retention, in batches of 2: the three finished evaluation jobs go, the waiting one stays.
     let removed = retention::remove_finished_before(
@@ -253,18 +242,9 @@ async fn finished_jobs_are_removed_after_retention_and_waiting_ones_kept() {
     .await
     .unwrap();
     assert_eq!(again, 0, "everything finished went the first time");
-    assert_eq!(
-        evaluation(&queue_stats::stats(&queue).await.unwrap()).pending,
-        1
-    );
+    assert_eq!(pending_evaluations(&queue).await, 1);
     let app = app.restart(|c| c.workers = WorkersMode::Embedded).await;
-    app.poll_until(
-        EVALUATION,
-        json!({ "id": waiting }),
-        Duration::from_secs(30),
-        |d| !d["run"]["evaluation"].is_null(),
-    )
-    .await;
+    evaluated(&app, &waiting, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -272,15 +252,8 @@ async fn work_already_queued_is_not_queued_again() {
     // As the sweeper does when it repairs a job it thinks lost while the original only waits.
     let app = spawn_app_with(|c| c.workers = WorkersMode::Off).await;
     let run_id = app.start_run("wf-queued-once").await;
-    app.gql_ok(
-        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { status } }",
-        json!({ "id": run_id }),
-    )
-    .await;
-    let tenant_id = app.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    complete(&app, &run_id).await;
+    let tenant_id = tenant_id(&app).await;
     let queue = queue_of(&app).await;
     let again = governance_core::outcome::FollowUp::RecordEvaluation {
         tenant_id,
@@ -289,23 +262,12 @@ async fn work_already_queued_is_not_queued_again() {
     for _ in 0..3 {
         queue.enqueue(&again).await.unwrap();
     }
-    let stats = governance_workers::queue_stats::stats(&queue)
-        .await
-        .unwrap();
-    let evaluation = stats.iter().find(|s| s.queue == "evaluation").unwrap();
-    assert_eq!(evaluation.pending, 1, "{stats:?}");
+    assert_eq!(pending_evaluations(&queue).await, 1);
 
     // On PostgreSQL the queues can also live in the database (no Redis configured): its apalis
     // insert has no ON CONFLICT, so this path is checked too, batches included.
     if app.env.database_url.is_some() && app.env.redis_url.is_some() {
-        let in_database = JobQueue::connect(QueueSettings {
-            db: app.db.clone(),
-            redis_url: None,
-            namespace: app.env.namespace.clone(),
-            retention: app.env.config().jobs.retention(),
-        })
-        .await
-        .expect("job queue in PostgreSQL");
+        let in_database = queue_on(&app, None).await;
         for _ in 0..3 {
             in_database.enqueue(&again).await.unwrap();
         }
@@ -322,10 +284,6 @@ async fn work_already_queued_is_not_queued_again() {
             .enqueue_evaluations(vec![other(2), other(3), other(1)])
             .await
             .unwrap();
-        let stats = governance_workers::queue_stats::stats(&in_database)
-            .await
-            .unwrap();
-        let evaluation = stats.iter().find(|s| s.queue == "evaluation").unwrap();
-        assert_eq!(evaluation.pending, 4, "{stats:?}");
+        assert_eq!(pending_evaluations(&in_database).await, 4);
     }
 }

@@ -242,24 +242,15 @@ async fn a_key_revoked_through_one_replica_loses_its_socket_on_another() {
     assert!(reason.contains("revoked"), "{reason}");
 }
 
-#[tokio::test]
-async fn a_quiet_subscriber_answering_pings_stays_open_and_still_gets_events() {
-    let app = Arc::new(
-        spawn_app_with(|c| {
-            c.websocket.ping_interval_secs = 1;
-            c.websocket.pong_timeout_secs = 3;
-        })
-        .await,
-    );
+/// Subscribe to incidents, say nothing through `pings` server Pings (each within `per_ping`;
+/// the client library answers them, and nothing else may arrive: no close), then get the
+/// incident created while the subscriber keeps reading.
+async fn quiet_subscriber_gets_the_incident(app: Arc<TestApp>, pings: usize, per_ping: Duration) {
     leak_policy(&app).await;
     let mut ws = app.ws_connect(bearer(&app.key)).await;
     ws.expect_ack().await;
     ws.subscribe("1", INCIDENTS, json!({})).await;
-    // The subscriber says nothing for several ping intervals; its client library answers the
-    // server's pings, and nothing else arrives (no close).
-    ws.expect_pings(4, Duration::from_secs(10)).await;
-
-    // The incident is created while the subscriber keeps reading (and so answering pings).
+    ws.expect_pings(pings, per_ping).await;
     let creator = {
         let app = app.clone();
         tokio::spawn(async move { incident(&app).await })
@@ -267,6 +258,17 @@ async fn a_quiet_subscriber_answering_pings_stays_open_and_still_gets_events() {
     let data = ws.next_data("1").await;
     let run = creator.await.unwrap();
     assert_eq!(data["incidentEvents"]["incident"]["run"]["id"], run);
+}
+
+#[tokio::test]
+async fn a_quiet_subscriber_answering_pings_stays_open_and_still_gets_events() {
+    let app = spawn_app_with(|c| {
+        c.websocket.ping_interval_secs = 1;
+        c.websocket.pong_timeout_secs = 3;
+    })
+    .await;
+    // Several ping intervals of silence from the subscriber's side.
+    quiet_subscriber_gets_the_incident(Arc::new(app), 4, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -298,19 +300,8 @@ async fn a_client_that_stops_answering_pings_is_closed_with_1001() {
 async fn a_subscriber_idle_for_minutes_with_the_default_timers_stays_connected() {
     // Default settings, as an integrator meets them: a client that never sends anything of its
     // own (like graphql-ws with its defaults; its WebSocket library answers Pings) waits
-    // two and a half minutes for an incident, then gets it.
-    let app = Arc::new(spawn_app_with(|_| {}).await);
-    leak_policy(&app).await;
-    let mut ws = app.ws_connect(bearer(&app.key)).await;
-    ws.expect_ack().await;
-    ws.subscribe("1", INCIDENTS, json!({})).await;
-    // A Ping every 15 s: ten of them is 150 s of silence from the client's side.
-    ws.expect_pings(10, Duration::from_secs(20)).await;
-    let creator = {
-        let app = app.clone();
-        tokio::spawn(async move { incident(&app).await })
-    };
-    let data = ws.next_data("1").await;
-    let run = creator.await.unwrap();
-    assert_eq!(data["incidentEvents"]["incident"]["run"]["id"], run);
+    // two and a half minutes for an incident, then gets it. A Ping every 15 s: ten of them is
+    // 150 s of silence from the client's side.
+    let app = spawn_app_with(|_| {}).await;
+    quiet_subscriber_gets_the_incident(Arc::new(app), 10, Duration::from_secs(20)).await;
 }
