@@ -52,6 +52,10 @@ pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection
         .connect_timeout(settings.acquire_timeout)
         .sqlx_logging(false);
     if settings.is_sqlite() {
+        // A pooled connection to a local file cannot have gone away: pinging it on every
+        // checkout only added a round trip to the connection's thread in front of every
+        // transaction and every read.
+        opts.test_before_acquire(false);
         // Validate the URL here so a typo gives a clear message rather than a pool error.
         SqliteConnectOptions::from_str(&settings.url)
             .with_context(|| format!("invalid SQLite URL `{}`", settings.url))?;
@@ -66,6 +70,10 @@ pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection
                 .pragma("wal_autocheckpoint", "0")
                 .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
         });
+    } else {
+        // A server, a proxy or a firewall may drop a connection that sat idle; a busy one is
+        // checked by using it.
+        opts.test_before_acquire_if_idle_for(Duration::from_secs(30));
     }
     let db = Database::connect(opts)
         .await
