@@ -160,6 +160,13 @@ impl Application {
         migrate(&db).await?;
         let jobs = open_queue(&config, &db).await?;
         let store = Store::new(db.clone());
+        let statements = metrics.db_statements.clone();
+        store.observe_statements(Arc::new(move |count, failed| {
+            let outcome = if failed { "failed" } else { "ok" };
+            statements
+                .with_label_values(&[outcome])
+                .inc_by(count as u64);
+        }));
         let bootstrap_key = tenancy::bootstrap_default(&store).await?;
         if let Some(key) = &bootstrap_key {
             let path = write_key_file(&config, key)?;

@@ -94,6 +94,13 @@ impl From<sea_orm::DbErr> for CoreError {
     }
 }
 
+/// What the SQLite step batch, which drives its connection directly, meets.
+impl From<sea_orm::sqlx::Error> for CoreError {
+    fn from(err: sea_orm::sqlx::Error) -> Self {
+        CoreError::Internal(anyhow::Error::new(err))
+    }
+}
+
 impl From<sea_orm::TransactionError<CoreError>> for CoreError {
     fn from(err: sea_orm::TransactionError<CoreError>) -> Self {
         match err {

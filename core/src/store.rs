@@ -10,7 +10,7 @@
 use std::{
     ops::Deref,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
 };
@@ -41,6 +41,9 @@ pub(crate) async fn next_batch<T>(
     Some(batch)
 }
 
+/// Told of statements run outside SeaORM: how many, and whether their request failed.
+pub type StatementObserver = Arc<dyn Fn(usize, bool) + Send + Sync>;
+
 /// The database plus what it takes to write to it safely.
 #[derive(Clone)]
 pub struct Store {
@@ -54,6 +57,9 @@ pub struct Store {
     faults: Arc<AtomicU32>,
     /// The group-commit lane for evaluation records (SQLite, inside a Tokio runtime).
     evaluation_lane: Option<crate::evaluation::EvaluationLane>,
+    /// Told of the statements run outside SeaORM (which counts its own), see
+    /// [`Store::observe_statements`].
+    statements: Arc<OnceLock<StatementObserver>>,
     /// Keeps the WAL checkpointer (SQLite) running while any clone of this store lives.
     _checkpoints: Arc<()>,
 }
@@ -72,6 +78,7 @@ impl Store {
             queue,
             faults: Arc::new(AtomicU32::new(0)),
             evaluation_lane: None,
+            statements: Arc::default(),
             _checkpoints: Arc::new(()),
         };
         crate::db::checkpoint_in_background(store.db.clone(), Arc::downgrade(&store._checkpoints));
@@ -92,6 +99,35 @@ impl Store {
     /// connection would. Only reachable in-process; used to prove the service fails closed.
     pub fn fail_next_commits(&self, n: u32) {
         self.faults.store(n, Ordering::SeqCst);
+    }
+
+    /// SQLite: this process's turn to write, ahead of the queue of ordinary writers (as
+    /// [`Store::begin_first`] takes it), for a lane that drives its own connection and
+    /// transaction. Hold it until that transaction has ended. `None` on PostgreSQL.
+    pub(crate) async fn writer_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.writer {
+            Some(lock) => Some(lock_reporting_waits(lock, "writer").await),
+            None => None,
+        }
+    }
+
+    /// Whether the commit about to be made must fail instead (see
+    /// [`Store::fail_next_commits`]); each `true` uses up one injected failure.
+    pub(crate) fn commit_fault(&self) -> bool {
+        take_fault(&self.faults)
+    }
+
+    /// Tell `observer` how many statements each request run outside SeaORM held, and whether it
+    /// failed (the SQLite step batch sends several per request), so a statement count kept
+    /// through SeaORM's metric callback stays whole. The first observer set stays.
+    pub fn observe_statements(&self, observer: StatementObserver) {
+        let _ = self.statements.set(observer);
+    }
+
+    pub(crate) fn ran_statements(&self, count: usize, failed: bool) {
+        if let Some(observer) = self.statements.get() {
+            observer(count, failed);
+        }
     }
 
     /// The pool, for reads.
@@ -118,10 +154,7 @@ impl Store {
     /// one transaction in progress and one queued. For the group-commit lanes, whose batches
     /// carry many waiting callers each.
     pub(crate) async fn begin_first(&self) -> CoreResult<WriteTxn> {
-        let guard = match &self.writer {
-            Some(lock) => Some(lock_reporting_waits(lock, "writer").await),
-            None => None,
-        };
+        let guard = self.writer_turn().await;
         let options = match self.backend() {
             // READ COMMITTED plus explicit row locks is PostgreSQL's default and what we reason in.
             DbBackend::Postgres => TransactionOptions {
@@ -183,17 +216,20 @@ pub struct WriteTxn {
 impl WriteTxn {
     /// Commit; only after this returns may the change be acknowledged to anyone.
     pub async fn commit(self) -> CoreResult<()> {
-        let injected = self
-            .faults
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if injected {
+        if take_fault(&self.faults) {
             self.txn.rollback().await?;
             return Err(anyhow::anyhow!("injected commit failure (test hook)").into());
         }
         self.txn.commit().await?;
         Ok(())
     }
+}
+
+/// Use up one injected commit failure, if any is left.
+fn take_fault(faults: &AtomicU32) -> bool {
+    faults
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 impl Deref for WriteTxn {

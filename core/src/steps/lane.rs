@@ -6,13 +6,16 @@
 //!
 //! Reports arrive decided (policy evaluation happens before, outside the lane), so the lane only
 //! checks that each decision still holds for its run and writes. The common case, a clean step
-//! that continues its run, is staged in memory: the batch's runs are read with one statement,
-//! the new steps are inserted with one multi-row statement and each touched run is updated once.
-//! Any other report (a re-sent step, a refusal, a step with findings, a run not found) first
-//! writes out what the batch holds so far, then goes through [`record_in`] against the
-//! transaction, exactly as a report on its own would. A decision made on a state the batch has
-//! since moved past (two steps of one run in one batch) is answered [`Written::Stale`], and its
-//! caller decides again.
+//! that continues its run, is staged in memory ([`Group`]): the batch's runs are read with one
+//! statement, the new steps are inserted with one multi-row statement and every touched run is
+//! updated by one statement. A decision made on a state the batch has since moved past (two
+//! steps of one run in one batch) is answered [`Written::Stale`], and its caller decides again.
+//!
+//! On SQLite a batch of only such reports is written in two round trips to the database
+//! ([`super::sqlite_batch`]). Any other batch, and every batch on PostgreSQL, takes the ordinary
+//! way: one transaction through SeaORM, in which any other report (a re-sent step, a refusal, a
+//! step with findings, a run not found) first writes out what the batch holds so far, then goes
+//! through [`record_in`] against the transaction, exactly as a report on its own would.
 
 use std::{
     collections::HashMap,
@@ -28,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     RecordStep, Reporter, StepRecord,
     decision::{Decided, Report, classify, continues_cleanly, count_clean_step, step_row},
+    sqlite_batch,
     write::{Written, insert_steps, record_committed, record_in, update_run_totals},
 };
 use crate::{
@@ -45,13 +49,13 @@ const MAX_BATCH: usize = 256;
 pub type BatchObserver = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// A step report waiting for the lane.
-struct PendingStep {
-    tenant_id: String,
+pub(super) struct PendingStep {
+    pub(super) tenant_id: String,
     /// The API key it was reported with; `None` for the service's own reports.
-    key_id: Option<String>,
-    input: RecordStep,
-    decided: Option<Decided>,
-    reply: oneshot::Sender<CoreResult<Written>>,
+    pub(super) key_id: Option<String>,
+    pub(super) input: RecordStep,
+    pub(super) decided: Option<Decided>,
+    pub(super) reply: oneshot::Sender<CoreResult<Written>>,
 }
 
 /// The group-commit lane for step reports. Cheap to clone.
@@ -119,14 +123,24 @@ async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLoc
             observer(size);
         }
     };
+    if store.backend() == DbBackend::Sqlite {
+        match sqlite_batch::write_batch(store, &batch).await {
+            sqlite_batch::Outcome::Answered { answers, written } => {
+                if written > 0 {
+                    observe(written);
+                }
+                answer_all(batch, answers);
+                return;
+            }
+            // Nothing was written; the ordinary way below decides from a fresh read.
+            sqlite_batch::Outcome::Ordinary => {}
+        }
+    }
     if batch.len() > 1 {
         match write_batch(store, &batch).await {
             Ok(answers) => {
                 observe(batch.len());
-                for (pending, answer) in batch.into_iter().zip(answers) {
-                    // A dropped receiver is a client that went away; its step is committed.
-                    let _ = pending.reply.send(answer);
-                }
+                answer_all(batch, answers);
                 return;
             }
             // One report broke the shared transaction (or it could not be begun or committed):
@@ -156,6 +170,14 @@ async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLoc
     }
 }
 
+/// Answer every report of a batch, in order.
+fn answer_all(batch: Vec<PendingStep>, answers: Vec<CoreResult<Written>>) {
+    for (pending, answer) in batch.into_iter().zip(answers) {
+        // A dropped receiver is a client that went away; its step is committed.
+        let _ = pending.reply.send(answer);
+    }
+}
+
 /// Every report of the batch in one transaction. `Err` when the transaction must be abandoned
 /// (a database failure); refusals (conflicts, bad input, a terminated run) are answers.
 async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<CoreResult<Written>>> {
@@ -173,9 +195,16 @@ async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<Cor
             answers.push(Err(tenancy::key_refused()));
             continue;
         }
-        if let Some(answer) = group.stage_clean(pending) {
-            answers.push(Ok(Written::Done(answer)));
-            continue;
+        match group.stage(pending) {
+            Staging::Staged(answer) => {
+                answers.push(Ok(Written::Done(answer)));
+                continue;
+            }
+            Staging::Stale => {
+                answers.push(Ok(Written::Stale));
+                continue;
+            }
+            Staging::Ordinary => {}
         }
         group.flush(&*txn).await?;
         let answer = record_in(
@@ -198,7 +227,7 @@ async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<Cor
 }
 
 impl PendingStep {
-    fn reporter(&self) -> Reporter<'_> {
+    pub(super) fn reporter(&self) -> Reporter<'_> {
         Reporter {
             tenant_id: &self.tenant_id,
             key_id: self.key_id.as_deref(),
@@ -206,8 +235,22 @@ impl PendingStep {
     }
 }
 
+/// What the lane can do with a report on its own.
+// Lives for one report; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Staging {
+    /// A new clean step, staged; this is its answer once the batch commits.
+    Staged(Committed<StepRecord>),
+    /// A new step decided on a state its run has left (or not decided): nothing to write;
+    /// the caller decides again.
+    Stale,
+    /// Anything else (a re-sent step, a refusal, findings, a run not found): the ordinary
+    /// write path, [`record_in`].
+    Ordinary,
+}
+
 /// The batch's runs as its steps leave them, and what is not yet written.
-struct Group {
+pub(super) struct Group {
     runs: HashMap<String, run::Model>,
     new_steps: Vec<trace_step::Model>,
     dirty: Vec<String>,
@@ -217,49 +260,52 @@ impl Group {
     /// One statement for the batch's runs; on PostgreSQL their rows are locked, in id order (as
     /// every batch of every replica locks them, so two batches cannot deadlock on each other).
     async fn load<C: ConnectionTrait>(conn: &C, batch: &[PendingStep]) -> CoreResult<Self> {
-        let mut ids: Vec<String> = batch.iter().map(|p| p.input.run_id.clone()).collect();
-        ids.sort_unstable();
-        ids.dedup();
         let mut query = run::Entity::find()
-            .filter(run::Column::Id.is_in(ids))
+            .filter(run::Column::Id.is_in(run_ids(batch)))
             .order_by_asc(run::Column::Id);
         if conn.get_database_backend() == DbBackend::Postgres {
             query = query.lock_exclusive();
         }
-        let runs = query
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
-        Ok(Self {
-            runs,
-            new_steps: Vec::new(),
-            dirty: Vec::new(),
-        })
+        Ok(Self::of(query.all(conn).await?))
     }
 
-    /// Stage a new step whose decision holds and continues its run cleanly; `None` when the
-    /// report needs the ordinary path.
-    fn stage_clean(&mut self, pending: &PendingStep) -> Option<Committed<StepRecord>> {
+    /// The group of a batch whose runs (as stored, in this transaction) are `runs`.
+    pub(super) fn of(runs: Vec<run::Model>) -> Self {
+        Self {
+            runs: runs.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            new_steps: Vec::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Stage a new step whose decision holds and continues its run cleanly.
+    pub(super) fn stage(&mut self, pending: &PendingStep) -> Staging {
         let input = &pending.input;
-        let run = self.runs.get(&input.run_id)?;
+        let Some(run) = self.runs.get(&input.run_id) else {
+            return Staging::Ordinary;
+        };
         if run.tenant_id != pending.tenant_id {
-            return None;
+            return Staging::Ordinary;
         }
         let Ok(Report::New { index, .. }) = classify(run, input) else {
-            return None;
+            return Staging::Ordinary;
         };
-        let decided = pending.decided.as_ref()?.for_run(run, index)?;
+        let Some(decided) = pending.decided.as_ref().and_then(|d| d.for_run(run, index)) else {
+            return Staging::Stale;
+        };
         if !continues_cleanly(&decided.evaluation) {
-            return None;
+            return Staging::Ordinary;
         }
         let step = step_row(run, index, input, decided.timestamp, &decided.evaluation);
         let mut updated = run.clone();
         count_clean_step(&mut updated, input, &step);
         updated.updated_at = now();
-        self.stage(updated.clone(), step.clone());
-        Some(Committed {
+        if !self.dirty.contains(&updated.id) {
+            self.dirty.push(updated.id.clone());
+        }
+        self.runs.insert(updated.id.clone(), updated.clone());
+        self.new_steps.push(step.clone());
+        Staging::Staged(Committed {
             value: StepRecord {
                 run: updated,
                 step,
@@ -277,23 +323,15 @@ impl Group {
         })
     }
 
-    fn stage(&mut self, run: run::Model, step: trace_step::Model) {
-        if !self.dirty.contains(&run.id) {
-            self.dirty.push(run.id.clone());
-        }
-        self.runs.insert(run.id.clone(), run);
-        self.new_steps.push(step);
-    }
-
     /// What the ordinary path recorded (it is already written).
     fn recorded(&mut self, record: &StepRecord) {
         self.runs.insert(record.run.id.clone(), record.run.clone());
     }
 
-    /// Write the staged steps (multi-row inserts) and the staged runs (one statement).
-    async fn flush<C: ConnectionTrait>(&mut self, conn: &C) -> CoreResult<()> {
+    /// What is staged and not yet written: the new steps, and the runs they change (as they
+    /// leave them).
+    pub(super) fn take_writes(&mut self) -> CoreResult<(Vec<trace_step::Model>, Vec<&run::Model>)> {
         let steps = std::mem::take(&mut self.new_steps);
-        insert_steps(conn, &steps).await?;
         let dirty = std::mem::take(&mut self.dirty);
         let runs = dirty
             .iter()
@@ -303,77 +341,164 @@ impl Group {
                     .ok_or_else(|| anyhow::anyhow!("staged run {run_id} vanished from the batch"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        Ok((steps, runs))
+    }
+
+    /// Write the staged steps (multi-row inserts) and the staged runs (one statement).
+    async fn flush<C: ConnectionTrait>(&mut self, conn: &C) -> CoreResult<()> {
+        let (steps, runs) = self.take_writes()?;
+        insert_steps(conn, &steps).await?;
         update_run_totals(conn, &runs).await
     }
 }
 
+/// The batch's run ids, sorted, each once.
+pub(super) fn run_ids(batch: &[PendingStep]) -> Vec<String> {
+    let mut ids: Vec<String> = batch.iter().map(|p| p.input.run_id.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// A tenant with an active and a revoked key, and what deciding its steps takes: for the tests
+/// of the lane's two ways of writing a batch.
 #[cfg(test)]
-mod tests {
+pub(super) mod fixture {
     use governance_entities::enums::StepType;
+    use sea_orm::DatabaseConnection;
     use tokio::sync::oneshot;
 
-    use super::{PendingStep, write_batch};
+    use super::PendingStep;
     use crate::{
         db,
-        error::CoreError,
         policy::SnapshotCache,
         runs::{self, StartRun},
-        steps::{EVALUATION_BUDGET, EvaluationBudget, RecordStep, decide, write::Written},
+        steps::{EVALUATION_BUDGET, EvaluationBudget, RecordStep, decide},
         store::Store,
         tenancy,
     };
 
-    /// One group commit holding reports of a revoked key and of an active one: the first are
-    /// refused and write nothing, the others are written (two runs' totals in one update).
-    #[tokio::test]
-    async fn a_batch_refuses_the_reports_of_a_revoked_key_and_writes_the_others() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = db::migrated_sqlite(dir.path()).await;
-        let store = Store::new(db.clone());
-        let first = tenancy::create_tenant(&store, "acme")
-            .await
-            .expect("tenant");
-        let second = tenancy::create_key(&db, "acme", "second")
-            .await
-            .expect("key");
-        tenancy::revoke_key(&db, &second.key_id)
-            .await
-            .expect("revoke");
-        let cache = SnapshotCache::new();
-        let budget = EvaluationBudget::new(EVALUATION_BUDGET);
-        let mut batch = Vec::new();
-        let mut run_ids = Vec::new();
-        for key_id in [&second.key_id, &first.key_id, &first.key_id] {
-            let run = runs::start(&store, &first.tenant_id, StartRun::of_workflow("batch"))
+    pub(in crate::steps) struct Fixture {
+        pub db: DatabaseConnection,
+        pub store: Store,
+        pub tenant_id: String,
+        pub active_key: String,
+        pub revoked_key: String,
+        cache: SnapshotCache,
+        budget: EvaluationBudget,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        pub async fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db = db::migrated_sqlite(dir.path()).await;
+            let store = Store::new(db.clone());
+            let first = tenancy::create_tenant(&store, "acme")
+                .await
+                .expect("tenant");
+            let second = tenancy::create_key(&db, "acme", "second")
+                .await
+                .expect("key");
+            tenancy::revoke_key(&db, &second.key_id)
+                .await
+                .expect("revoke");
+            Self {
+                db,
+                store,
+                tenant_id: first.tenant_id,
+                active_key: first.key_id,
+                revoked_key: second.key_id,
+                cache: SnapshotCache::new(),
+                budget: EvaluationBudget::new(EVALUATION_BUDGET),
+                _dir: dir,
+            }
+        }
+
+        pub async fn start_run(&self) -> String {
+            runs::start(&self.store, &self.tenant_id, StartRun::of_workflow("batch"))
                 .await
                 .expect("run")
-                .value;
-            let input = RecordStep {
-                run_id: run.id.clone(),
-                step_index: None,
+                .value
+                .id
+        }
+
+        /// A clean 5-token step of `run_id`.
+        pub fn clean_step(run_id: &str, step_index: Option<i64>) -> RecordStep {
+            RecordStep {
+                run_id: run_id.to_string(),
+                step_index,
                 step_type: StepType::LlmCall,
                 tokens: 5,
                 cost_micros: 1,
                 content: Some("hello".to_string()),
                 tool_name: None,
                 timestamp: None,
-            };
-            let decided = decide(&store, &cache, &budget, &first.tenant_id, &input, &mut None)
-                .await
-                .unwrap_or_else(|_| panic!("decided"));
-            assert!(decided.is_some(), "a new step of a running run is decided");
+            }
+        }
+
+        /// `input` decided on its run as stored now, reported with `key_id`.
+        pub async fn pending(&self, key_id: &str, input: RecordStep) -> PendingStep {
+            let decided = decide(
+                &self.store,
+                &self.cache,
+                &self.budget,
+                &self.tenant_id,
+                &input,
+                &mut None,
+            )
+            .await
+            .unwrap_or_else(|_| panic!("decided"));
             let (reply, _answer) = oneshot::channel();
-            batch.push(PendingStep {
-                tenant_id: first.tenant_id.clone(),
-                key_id: Some(key_id.clone()),
+            PendingStep {
+                tenant_id: self.tenant_id.clone(),
+                key_id: Some(key_id.to_string()),
                 input,
                 decided,
                 reply,
-            });
-            run_ids.push(run.id);
+            }
         }
 
-        let answers = write_batch(&store, &batch).await.expect("batch committed");
+        /// Each run's step count, tokens and cost as stored.
+        pub async fn totals(&self, run_ids: &[String]) -> Vec<(i64, i64, i64)> {
+            let mut stored = Vec::new();
+            for run_id in run_ids {
+                let run = runs::get(&self.db, &self.tenant_id, run_id)
+                    .await
+                    .expect("run");
+                stored.push((run.step_count, run.tokens_used, run.cost_micros));
+            }
+            stored
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixture::Fixture, write_batch};
+    use crate::{error::CoreError, steps::write::Written};
+
+    /// One group commit holding reports of a revoked key and of an active one: the first are
+    /// refused and write nothing, the others are written (two runs' totals in one update).
+    #[tokio::test]
+    async fn a_batch_refuses_the_reports_of_a_revoked_key_and_writes_the_others() {
+        let f = Fixture::new().await;
+        let mut batch = Vec::new();
+        let mut run_ids = Vec::new();
+        for key_id in [&f.revoked_key, &f.active_key, &f.active_key] {
+            let run_id = f.start_run().await;
+            let pending = f.pending(key_id, Fixture::clean_step(&run_id, None)).await;
+            assert!(
+                pending.decided.is_some(),
+                "a new step of a running run is decided"
+            );
+            batch.push(pending);
+            run_ids.push(run_id);
+        }
+
+        let answers = write_batch(&f.store, &batch)
+            .await
+            .expect("batch committed");
         assert!(
             matches!(answers[0], Err(CoreError::Unauthenticated(_))),
             "the revoked key's report is refused: {:?}",
@@ -385,11 +510,9 @@ mod tests {
                 "the active key's reports are written: {answer:?}"
             );
         }
-        let mut stored = Vec::new();
-        for run_id in &run_ids {
-            let run = runs::get(&db, &first.tenant_id, run_id).await.expect("run");
-            stored.push((run.step_count, run.tokens_used, run.cost_micros));
-        }
-        assert_eq!(stored, vec![(0, 0, 0), (1, 5, 1), (1, 5, 1)]);
+        assert_eq!(
+            f.totals(&run_ids).await,
+            vec![(0, 0, 0), (1, 5, 1), (1, 5, 1)]
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! - [`decision`]: the pure rules (what a report is for the run, the evaluation, the row).
 //! - [`write`]: the transaction (step, stop, violations, incident, enforcements, events).
 //! - [`lane`]: group commit (one transaction for the reports waiting at that moment).
+//! - [`sqlite_batch`]: the lane's common case on SQLite, in two round trips to the database.
 //! - [`synthetic`]: bulk synthetic runs for benchmarks.
 //!
 //! Steps of one run are serialised (PostgreSQL: the run row is locked; SQLite: one writer), so
@@ -213,6 +214,7 @@ pub const MAX_CONTENT_BYTES: usize = 1024 * 1024;
 
 mod decision;
 mod lane;
+mod sqlite_batch;
 mod synthetic;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,8 @@ use governance_entities::{
     evidence, incident, policy_enforcement, run, trace_step, violation,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QueryTrait, Set, Statement,
 };
 use serde_json::json;
 
@@ -389,36 +390,64 @@ pub(crate) async fn insert_steps<C: ConnectionTrait>(
     conn: &C,
     steps: &[trace_step::Model],
 ) -> CoreResult<()> {
-    for chunk in steps.chunks(INSERT_CHUNK) {
-        let rows = chunk.iter().map(|step| {
-            let mut active = trace_step::ActiveModel::from(step.clone()).reset_all();
-            active.pk = sea_orm::ActiveValue::NotSet;
-            active
-        });
-        trace_step::Entity::insert_many(rows)
-            .exec_without_returning(conn)
-            .await?;
+    for statement in insert_steps_statements(conn.get_database_backend(), steps) {
+        conn.execute_raw(statement).await?;
     }
     Ok(())
 }
 
+/// The multi-row INSERTs of `steps`, [`INSERT_CHUNK`] rows each (none for no steps).
+pub(crate) fn insert_steps_statements(
+    backend: DbBackend,
+    steps: &[trace_step::Model],
+) -> Vec<Statement> {
+    steps
+        .chunks(INSERT_CHUNK)
+        .map(|chunk| {
+            let rows = chunk.iter().map(|step| {
+                let mut active = trace_step::ActiveModel::from(step.clone()).reset_all();
+                active.pk = sea_orm::ActiveValue::NotSet;
+                active
+            });
+            trace_step::Entity::insert_many(rows).build(backend)
+        })
+        .collect()
+}
+
 /// Write what clean steps change on their runs (totals, step count, chain head), for any number
-/// of runs in ONE statement: `UPDATE … FROM (VALUES …)`, which SQLite and PostgreSQL both read the
-/// same way (the values' columns are `column1`, `column2`, …).
+/// of runs in ONE statement.
 pub(crate) async fn update_run_totals<C: ConnectionTrait>(
     conn: &C,
     runs: &[&run::Model],
 ) -> CoreResult<()> {
-    if runs.is_empty() {
+    let Some(statement) = run_totals_statement(conn.get_database_backend(), runs) else {
         return Ok(());
+    };
+    let updated = conn.execute_raw(statement).await?;
+    if updated.rows_affected() != runs.len() as u64 {
+        return Err(anyhow::anyhow!(
+            "{} of {} runs could be updated",
+            updated.rows_affected(),
+            runs.len()
+        )
+        .into());
     }
-    let backend = conn.get_database_backend();
+    Ok(())
+}
+
+/// The one statement that writes the totals of `runs` (`None` for no runs): `UPDATE … FROM
+/// (VALUES …)`, which SQLite and PostgreSQL both read the same way (the values' columns are
+/// `column1`, `column2`, …).
+pub(crate) fn run_totals_statement(backend: DbBackend, runs: &[&run::Model]) -> Option<Statement> {
+    if runs.is_empty() {
+        return None;
+    }
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(runs.len() * 6);
     let mut rows = Vec::with_capacity(runs.len());
     for run in runs {
         let n = values.len();
         rows.push(match backend {
-            sea_orm::DbBackend::Postgres => format!(
+            DbBackend::Postgres => format!(
                 "(${}, ${}, ${}, ${}, ${}, ${})",
                 n + 1,
                 n + 2,
@@ -444,18 +473,5 @@ pub(crate) async fn update_run_totals<C: ConnectionTrait>(
          FROM (VALUES {}) AS v WHERE runs.id = v.column1",
         rows.join(", ")
     );
-    let updated = conn
-        .execute_raw(sea_orm::Statement::from_sql_and_values(
-            backend, sql, values,
-        ))
-        .await?;
-    if updated.rows_affected() != runs.len() as u64 {
-        return Err(anyhow::anyhow!(
-            "{} of {} runs could be updated",
-            updated.rows_affected(),
-            runs.len()
-        )
-        .into());
-    }
-    Ok(())
+    Some(Statement::from_sql_and_values(backend, sql, values))
 }
