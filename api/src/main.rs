@@ -3,6 +3,11 @@
 use clap::Parser;
 use governance_api::{cli::Cli, commands};
 
+/// mimalloc rather than glibc's allocator: under step load, profiles of the server spent about
+/// 12 % of its CPU in glibc `malloc`/`free` (`_int_malloc`, `malloc_consolidate`, `_int_free`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
