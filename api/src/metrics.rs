@@ -96,7 +96,8 @@ impl Metrics {
                 "recordStep from request to committed answer, on the server",
             )
             .buckets(vec![
-                0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+                0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05,
+                0.1, 0.25, 1.0,
             ]),
         )?;
         let steps = IntCounterVec::new(
