@@ -187,7 +187,28 @@ async fn serve(
     })
     .await
     .context("governance did not start in time")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // The server's log goes nowhere, or to the file `BENCH_SERVER_LOG` names (warnings and
+    // errors only), to find what a stall or an error was.
+    let mut log = match std::env::var_os("BENCH_SERVER_LOG") {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.to_string_lossy()))?,
+        ),
+        None => None,
+    };
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(file) = log.as_mut()
+                && (line.contains("WARN") || line.contains("ERROR"))
+            {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
+        }
+    });
     Ok((child, port))
 }
 
