@@ -109,6 +109,35 @@ pub async fn open_queue(config: &Config, db: &DatabaseConnection) -> anyhow::Res
     .await
 }
 
+/// The signing key: read from its file, or created there on first start (logged with its
+/// verifier key, which anyone checking a record needs).
+pub fn open_signing_key(config: &Config) -> anyhow::Result<governance_core::signing::KeyRing> {
+    let path = config.signing.key_path(&config.data_dir);
+    let (ring, created) =
+        governance_core::signing::KeyRing::load_or_create(&path, &config.signing.name)
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+    if created {
+        tracing::info!(
+            path = %path.display(),
+            verifier_key = %ring.active.verifier().encoded(),
+            "created the signing key"
+        );
+    }
+    Ok(ring)
+}
+
+/// What the transparency log's sequencer needs.
+pub fn log_deps(
+    config: &Config,
+    keys: Arc<governance_core::signing::KeyRing>,
+) -> governance_workers::sequencer::LogDeps {
+    governance_workers::sequencer::LogDeps {
+        keys,
+        settings: config.log.core(),
+        witness_file: config.log.witness_file.clone(),
+    }
+}
+
 /// The event bus: in-process, or across replicas through Redis when a Redis URL is configured.
 /// Its relay runs until `shutdown`.
 pub async fn open_bus(config: &Config, shutdown: CancellationToken) -> anyhow::Result<EventBus> {
@@ -181,6 +210,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let bus = open_bus(&config, shutdown.clone()).await?;
         let download_key = Arc::new(governance_core::exports::download_key(&store).await?);
+        let signing = Arc::new(open_signing_key(&config)?);
         let cache = SnapshotCache::new();
         let recorder = governance_core::steps::Recorder::new(
             store.clone(),
@@ -205,6 +235,7 @@ impl Application {
             webhook_rules,
             ws_sockets: Default::default(),
             keys: Default::default(),
+            signing,
         };
         let schema = build_schema(state.clone(), &config.limits);
 
@@ -236,6 +267,7 @@ impl Application {
                     renderer: config.renderer(),
                     egress: state.webhook_rules.egress.clone(),
                     recorder: state.recorder.clone(),
+                    log: log_deps(&config, state.signing.clone()),
                 },
                 shutdown.clone(),
             ))),

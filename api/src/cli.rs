@@ -79,6 +79,11 @@ pub enum Command {
     /// Copy the embedded database to PATH, consistently, while the service runs (SQLite
     /// `VACUUM INTO`; on PostgreSQL use `pg_dump`). PATH must not exist.
     Backup { path: std::path::PathBuf },
+    /// The key that signs this deployment's records (kept outside the database).
+    SigningKey {
+        #[command(subcommand)]
+        command: SigningKeyCommand,
+    },
     /// Drive a full scenario through the API (policies, a run stopped by a policy, the
     /// incident, its proof) and write the three export PDFs to a folder.
     Demo {
@@ -86,6 +91,15 @@ pub enum Command {
         #[arg(long, default_value = "governance-demo")]
         out: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCommand {
+    /// Print the verifier keys (the active one first), creating the key if there is none.
+    Show,
+    /// Retire the active key (its verifier key stays published, so what it signed still
+    /// verifies) and put a new one in its place. Restart every replica afterwards.
+    Rotate,
 }
 
 #[derive(Debug, Args, Default)]

@@ -1,5 +1,7 @@
 //! The subcommands of the `governance` binary.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use governance_core::{policy::SnapshotCache, store::Store, tenancy};
 use governance_workers::{WorkerDeps, jobs::RecordEvaluation};
@@ -7,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{self, Application},
-    cli::{Cli, Command, KeyCommand, TenantCommand},
+    cli::{Cli, Command, KeyCommand, SigningKeyCommand, TenantCommand},
     config::Config,
     graphql, telemetry,
 };
@@ -49,6 +51,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::SigningKey { command }) => {
+            let path = config.signing.key_path(&config.data_dir);
+            match command {
+                SigningKeyCommand::Show => {
+                    let (ring, created) = governance_core::signing::KeyRing::load_or_create(
+                        &path,
+                        &config.signing.name,
+                    )?;
+                    if created {
+                        eprintln!("Created the signing key at {}.", path.display());
+                    }
+                    for key in ring.published() {
+                        println!("{} {}", key.status, key.verifier_key);
+                    }
+                }
+                SigningKeyCommand::Rotate => {
+                    let new =
+                        governance_core::signing::KeyRing::rotate(&path, &config.signing.name)?;
+                    println!(
+                        "Rotated the signing key at {}. New verifier key:\n\n    {}\n\nThe old one stays published as RETIRED. Restart every replica so they sign with the new key.",
+                        path.display(),
+                        new.encoded()
+                    );
+                }
+            }
+            Ok(())
+        }
         Some(Command::Worker) => {
             let egress = config.webhooks.rules()?.egress;
             let db = app::open_database(&config).await?;
@@ -73,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     cache,
                     renderer: config.renderer(),
                     egress,
+                    log: app::log_deps(&config, Arc::new(app::open_signing_key(&config)?)),
                 },
                 shutdown,
             )

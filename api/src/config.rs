@@ -193,6 +193,71 @@ pub struct Config {
     pub websocket: WebSocketSettings,
     /// Job queue housekeeping.
     pub jobs: JobSettings,
+    pub signing: SigningSettings,
+    pub log: LogSettings,
+}
+
+/// Each tenant's transparency log (see `docs/verifying.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Prefix of each tenant log's origin line (`<prefix>/<tenant id>`); name the deployment,
+    /// e.g. `governance.example.com`.
+    pub origin_prefix: String,
+    /// A running run's head is logged at most this often (seconds); an ended run's at once.
+    pub head_interval_secs: u64,
+    /// Append every signed checkpoint here as a JSON line: a witness the database's
+    /// administrator does not control. `verifyRun` checks the log against its last line.
+    pub witness_file: Option<PathBuf>,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            origin_prefix: "governance".to_string(),
+            head_interval_secs: 60,
+            witness_file: None,
+        }
+    }
+}
+
+impl LogSettings {
+    pub fn core(&self) -> governance_core::transparency::LogSettings {
+        governance_core::transparency::LogSettings {
+            origin_prefix: self.origin_prefix.clone(),
+            head_interval: chrono::Duration::seconds(
+                self.head_interval_secs.min(i64::MAX as u64) as i64
+            ),
+        }
+    }
+}
+
+/// The deployment's signing key (kept outside the database; see `docs/verifying.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningSettings {
+    /// The private key file; default `signing.key` in `data_dir`, created on first start. Every
+    /// replica of a deployment must read the same file.
+    pub key_path: Option<PathBuf>,
+    /// The key's name in signatures and verifier keys (no spaces, no `+`).
+    pub name: String,
+}
+
+impl Default for SigningSettings {
+    fn default() -> Self {
+        Self {
+            key_path: None,
+            name: "governance".to_string(),
+        }
+    }
+}
+
+impl SigningSettings {
+    pub fn key_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.key_path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("signing.key"))
+    }
 }
 
 /// Job queue housekeeping.
@@ -236,6 +301,8 @@ impl Default for Config {
             webhooks: WebhookSettings::default(),
             websocket: WebSocketSettings::default(),
             jobs: JobSettings::default(),
+            signing: SigningSettings::default(),
+            log: LogSettings::default(),
         }
     }
 }

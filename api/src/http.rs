@@ -27,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .configure(crate::graphiql::routes)
     .route("/exports/{id}/download", web::get().to(download_export))
+    .route("/.well-known/governance-keys", web::get().to(signing_keys))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics));
@@ -333,6 +334,15 @@ async fn graphql(
         Some(body) => answer.json(body),
         None => answer.json(response),
     }
+}
+
+/// `GET /.well-known/governance-keys`: the public keys that sign this deployment's records, the
+/// active one first, then the retired ones (still valid for what they signed). No key needed:
+/// anyone checking a record must be able to fetch them.
+async fn signing_keys(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .json(json!({ "keys": state.signing.published() }))
 }
 
 async fn healthz() -> HttpResponse {

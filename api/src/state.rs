@@ -35,6 +35,8 @@ pub struct AppState {
     pub ws_sockets: TenantSockets,
     /// Principals of recently seen API keys, for requests that only record steps.
     pub keys: Arc<governance_core::tenancy::KeyCache>,
+    /// The deployment's signing key and the retired keys it still publishes.
+    pub signing: Arc<governance_core::signing::KeyRing>,
 }
 
 impl AppState {

@@ -1,30 +1,103 @@
-//! The per-run hash chain. Every trace step's `entry_hash` is
-//! `sha256(prev_hash ‖ canonical step and decision)`; the first `prev_hash` (the genesis) binds
-//! the run id and its snapshot's content hash, so a trace cannot be moved to another run or
-//! snapshot without breaking the chain.
+//! The per-run hash chain, in the record format `docs/verifying.md` specifies byte for byte.
+//!
+//! Every trace step's `entry_hash` is `sha256(prev_hash ‖ document)`: the previous entry's hash
+//! (64 lowercase hex characters) followed by the step and its decision as canonical JSON. The
+//! first `prev_hash` is the run's genesis. A run keeps the format it started in
+//! ([`RecordFormat`], stored with it and immutable), so runs recorded before format 2 stay
+//! verifiable exactly as they were written.
+//!
+//! - Format 1: genesis = `sha256` over the length-prefixed parts `governance/trace/v1/genesis`,
+//!   run id and snapshot content hash; documents in [`canonical::v1`] form.
+//! - Format 2: genesis = `sha256` of the RFC 8785 form of the genesis document, which binds the
+//!   run's header (tenant, workflow, agent, triggeredBy, a hash of its metadata, its start) and
+//!   its snapshot; documents in RFC 8785 form, carrying `"format": 2`.
 
-use crate::hashing::sha256_parts;
+use governance_entities::{run, trace_step};
+use serde_json::{Value, json};
 
-/// Domain separation tag, versioned so the construction can evolve.
-const GENESIS_TAG: &[u8] = b"governance/trace/v1/genesis";
+use crate::{
+    canonical,
+    hashing::{sha256_hex, sha256_parts},
+};
 
-/// The `prev_hash` of step 0 (and a run's head hash before any step).
-pub fn genesis(run_id: &str, snapshot_content_hash: &str) -> String {
-    sha256_parts(&[
-        GENESIS_TAG,
-        run_id.as_bytes(),
-        snapshot_content_hash.as_bytes(),
-    ])
+/// Domain separation tag of format 1's genesis.
+const GENESIS_TAG_V1: &[u8] = b"governance/trace/v1/genesis";
+
+/// The version of the record format a run's chain is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    V1 = 1,
+    V2 = 2,
 }
 
-/// The canonical document of a recorded step and its decision: what `entry_hash` covers.
-/// Built from the stored row, so `verifyRun` recomputes it from the database alone.
-pub fn step_document(run_id: &str, step: &governance_entities::trace_step::Model) -> String {
-    let doc = serde_json::json!({
-        "runId": run_id,
+impl RecordFormat {
+    /// What new runs are recorded in.
+    pub const CURRENT: Self = Self::V2;
+
+    /// The stored number's format, if it is one.
+    pub fn from_number(number: i32) -> Option<Self> {
+        match number {
+            1 => Some(Self::V1),
+            2 => Some(Self::V2),
+            _ => None,
+        }
+    }
+
+    /// The format `run` is recorded in. An unknown number (which only a write behind the
+    /// service's back can store) reads as format 1; `verifyRun` reports it.
+    pub fn of(run: &run::Model) -> Self {
+        Self::from_number(run.record_format).unwrap_or(Self::V1)
+    }
+
+    pub fn number(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Timestamps in hashed documents: RFC 3339, UTC, milliseconds, `Z`.
+fn instant(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The genesis document of a format-2 run: everything about the run that is fixed when it starts.
+pub fn genesis_document(run: &run::Model, snapshot_content_hash: &str) -> Value {
+    json!({
+        "format": RecordFormat::V2.number(),
+        "type": "genesis",
+        "runId": run.id,
+        "tenantId": run.tenant_id,
+        "workflowId": run.workflow_id,
+        "agent": run.agent,
+        "triggeredBy": run.triggered_by,
+        "metadataHash": run.metadata.as_ref().map(|m| sha256_hex(canonical::to_string(m))),
+        "snapshotContentHash": snapshot_content_hash,
+        "startedAt": instant(run.started_at),
+    })
+}
+
+/// The `prev_hash` of step 0 (and a run's head hash before any step), in the run's format.
+pub fn genesis(run: &run::Model, snapshot_content_hash: &str) -> String {
+    match RecordFormat::of(run) {
+        RecordFormat::V1 => sha256_parts(&[
+            GENESIS_TAG_V1,
+            run.id.as_bytes(),
+            snapshot_content_hash.as_bytes(),
+        ]),
+        RecordFormat::V2 => sha256_hex(canonical::to_string(&genesis_document(
+            run,
+            snapshot_content_hash,
+        ))),
+    }
+}
+
+/// The canonical document of a recorded step and its decision, in its run's format: what
+/// `entry_hash` covers. Built from the stored row, so `verifyRun` recomputes it from the
+/// database alone.
+pub fn step_document(run: &run::Model, step: &trace_step::Model) -> String {
+    let mut doc = json!({
+        "runId": run.id,
         "stepIndex": step.step_index,
-        "timestamp": step.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "type": step.step_type.as_str(),
+        "timestamp": instant(step.timestamp),
         "tokens": step.tokens,
         "costMicros": step.cost_micros,
         "toolName": step.tool_name,
@@ -36,24 +109,71 @@ pub fn step_document(run_id: &str, step: &governance_entities::trace_step::Model
         "reason": step.reason,
         "detail": step.decision_json,
     });
-    crate::canonical::to_string(&doc)
+    match RecordFormat::of(run) {
+        RecordFormat::V1 => {
+            doc["type"] = json!(step.step_type.as_str());
+            canonical::v1(&doc)
+        }
+        RecordFormat::V2 => {
+            doc["format"] = json!(RecordFormat::V2.number());
+            doc["type"] = json!("step");
+            doc["stepType"] = json!(step.step_type.as_str());
+            canonical::to_string(&doc)
+        }
+    }
 }
 
-/// `entry_hash = sha256(prev_hash ‖ canonical step and decision)`.
+/// `entry_hash = sha256(prev_hash ‖ document)`.
 pub fn entry_hash(prev_hash: &str, document: &str) -> String {
-    crate::hashing::sha256_hex(format!("{prev_hash}{document}"))
+    sha256_hex(format!("{prev_hash}{document}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn run(format: RecordFormat) -> run::Model {
+        crate::verifying_vectors::sample_run(format)
+    }
+
     #[test]
-    fn genesis_binds_run_and_snapshot() {
-        let a = genesis("run_a", "h1");
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, genesis("run_b", "h1"));
-        assert_ne!(a, genesis("run_a", "h2"));
-        assert_eq!(a, genesis("run_a", "h1"));
+    fn format_1_genesis_binds_run_and_snapshot_only() {
+        let a = run(RecordFormat::V1);
+        let g = genesis(&a, "h1");
+        assert_eq!(g.len(), 64);
+        assert_ne!(g, genesis(&a, "h2"));
+        let mut other = a.clone();
+        other.id = "run_b".into();
+        assert_ne!(g, genesis(&other, "h1"));
+        let mut agent = a.clone();
+        agent.agent = Some("someone else".into());
+        assert_eq!(g, genesis(&agent, "h1"), "format 1 never bound the header");
+    }
+
+    #[test]
+    fn format_2_genesis_binds_the_header() {
+        let a = run(RecordFormat::V2);
+        let g = genesis(&a, "h1");
+        assert_ne!(g, genesis(&run(RecordFormat::V1), "h1"));
+        let changes: [fn(&mut run::Model); 7] = [
+            |r| r.tenant_id = "ten_x".into(),
+            |r| r.workflow_id = "wf_x".into(),
+            |r| r.agent = None,
+            |r| r.triggered_by = Some("api".into()),
+            |r| r.metadata = Some(json!({"ticket": "T-2", "priority": 2})),
+            |r| r.started_at += chrono::Duration::milliseconds(1),
+            |r| r.id = "run_x".into(),
+        ];
+        for change in changes {
+            let mut changed = a.clone();
+            change(&mut changed);
+            assert_ne!(g, genesis(&changed, "h1"));
+        }
+        assert_ne!(g, genesis(&a, "h2"));
+        // Metadata is hashed in canonical form: key order does not matter.
+        let mut reordered = a.clone();
+        reordered.metadata =
+            Some(serde_json::from_str(r#"{"priority":2,"ticket":"T-1"}"#).expect("json"));
+        assert_eq!(g, genesis(&reordered, "h1"));
     }
 }

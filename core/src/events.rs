@@ -22,6 +22,8 @@ pub enum EventKind {
     IncidentResolved,
     ExportUpdated,
     AuditCompleted,
+    /// The tenant's transparency log has a new signed checkpoint.
+    CheckpointSigned,
 }
 
 impl EventKind {
@@ -35,6 +37,7 @@ impl EventKind {
             EventKind::IncidentResolved => "INCIDENT_RESOLVED",
             EventKind::ExportUpdated => "EXPORT_UPDATED",
             EventKind::AuditCompleted => "AUDIT_COMPLETED",
+            EventKind::CheckpointSigned => "CHECKPOINT_SIGNED",
         }
     }
 }

@@ -328,6 +328,9 @@ mod tests {
             violation_step_index: None,
             violation_timestamp: None,
             violation_reason: None,
+            record_format: 2,
+            logged_head_hash: None,
+            logged_at: None,
             created_at: t(0),
             updated_at: t(0),
         }

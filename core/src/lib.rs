@@ -18,12 +18,14 @@ pub mod exports;
 pub mod hashing;
 pub mod ids;
 pub mod incidents;
+pub mod merkle;
 pub mod outcome;
 pub mod policies;
 pub mod policy;
 pub mod rate_limit;
 pub mod records;
 pub mod runs;
+pub mod signing;
 pub mod snapshot;
 pub mod status;
 pub mod steps;
@@ -31,7 +33,10 @@ pub mod store;
 pub mod tenancy;
 pub mod time;
 pub mod timeouts;
+pub mod transparency;
 pub mod verify;
+#[cfg(test)]
+mod verifying_vectors;
 pub mod webhooks;
 
 pub use error::{CoreError, CoreResult};

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     chain,
+    chain::RecordFormat,
     error::{CoreError, CoreResult},
     events::{self, EventKind, NewEvent},
     ids::{new_id, prefix},
@@ -190,36 +191,43 @@ pub async fn start_in<C: ConnectionTrait>(
     let (snap, policy_set_version) = snapshot::take(conn, tenant_id, &input.workflow_id).await?;
     let id = new_id(prefix::RUN);
     let at = now();
-    let model = run::ActiveModel {
-        id: Set(id.clone()),
-        tenant_id: Set(tenant_id.to_string()),
-        workflow_id: Set(input.workflow_id),
-        agent: Set(input.agent),
-        triggered_by: Set(input.triggered_by),
-        status: Set(RunStatus::Running),
-        termination_reason: Set(None),
-        error: Set(None),
-        policy_snapshot_id: Set(snap.snapshot_id.clone()),
-        policy_set_version: Set(policy_set_version),
-        stopped_at_step: Set(None),
-        violation_policy_id: Set(None),
-        tokens_used: Set(0),
-        cost_micros: Set(0),
-        step_count: Set(0),
-        is_synthetic: Set(input.is_synthetic),
-        synthetic_scenario_id: Set(input.synthetic_scenario_id),
-        metadata: Set(input.metadata),
-        started_at: Set(at),
-        completed_at: Set(None),
-        trace_head_hash: Set(chain::genesis(&id, &snap.content_hash)),
-        violation_step_index: Set(None),
-        violation_timestamp: Set(None),
-        violation_reason: Set(None),
-        created_at: Set(at),
-        updated_at: Set(at),
-    }
-    .insert(conn)
-    .await?;
+    let mut model = run::Model {
+        id,
+        tenant_id: tenant_id.to_string(),
+        workflow_id: input.workflow_id,
+        agent: input.agent,
+        triggered_by: input.triggered_by,
+        status: RunStatus::Running,
+        termination_reason: None,
+        error: None,
+        policy_snapshot_id: snap.snapshot_id.clone(),
+        policy_set_version,
+        stopped_at_step: None,
+        violation_policy_id: None,
+        tokens_used: 0,
+        cost_micros: 0,
+        step_count: 0,
+        is_synthetic: input.is_synthetic,
+        synthetic_scenario_id: input.synthetic_scenario_id,
+        metadata: input.metadata,
+        started_at: at,
+        completed_at: None,
+        trace_head_hash: String::new(),
+        violation_step_index: None,
+        violation_timestamp: None,
+        violation_reason: None,
+        record_format: RecordFormat::CURRENT.number(),
+        logged_head_hash: None,
+        logged_at: None,
+        created_at: at,
+        updated_at: at,
+    };
+    // The genesis binds the run's header, so it is computed from the run as it will be stored.
+    model.trace_head_hash = chain::genesis(&model, &snap.content_hash);
+    let model = run::ActiveModel::from(model)
+        .reset_all()
+        .insert(conn)
+        .await?;
     let event = events::append(conn, tenant_id, run_event(EventKind::RunStarted, &model)).await?;
     let mut committed = Committed::new(model);
     committed.events.push(event);

@@ -1,6 +1,10 @@
 //! `verifyRun`: check a run's record without trusting it. Recompute the snapshot's hash from its
 //! stored texts, recompute the hash chain from the stored steps, and replay every step against
-//! the snapshot, reporting each decision or record that cannot be reproduced.
+//! the snapshot, reporting each decision or record that cannot be reproduced. [`verify_anchored`]
+//! also checks the run against the tenant's transparency log: its logged head must lie on the
+//! recomputed chain, the leaf must be in the latest checkpoint, the checkpoint must be signed by
+//! one of the deployment's keys, and the log must be consistent with the last witnessed
+//! checkpoint. A run rewritten behind the service's back, however consistently, fails there.
 
 use std::collections::BTreeSet;
 
@@ -13,9 +17,11 @@ use crate::{
     decision_record::DecisionRecord,
     error::CoreResult,
     hashing::sha256_hex,
+    merkle,
     policy::{CompiledSnapshot, ContentInput, RunState, StepInput, evaluate},
-    runs,
+    runs, signing,
     snapshot::snapshot_id_of,
+    transparency::{self, CheckpointBody},
 };
 
 /// One thing that does not check out.
@@ -24,9 +30,11 @@ use crate::{
 pub struct Mismatch {
     /// The step concerned; `None` for the snapshot or the run as a whole.
     pub step_index: Option<i64>,
-    /// `SNAPSHOT_HASH`, `MISSING_STEP`, `PREV_HASH`, `ENTRY_HASH`, `HEAD_HASH`, `DECISION`,
-    /// `STATUS`, `FINDINGS`, `DECISION_RECORD` (the recorded decision does not parse),
-    /// `VIOLATION_RECORD`, `RUN_TOTALS`.
+    /// `SNAPSHOT_HASH`, `MISSING_STEP`, `PREV_HASH`, `ENTRY_HASH`, `HEAD_HASH`,
+    /// `RECORD_FORMAT`, `LOG_LEAF` (the logged head is not on the recomputed chain),
+    /// `LOG_INCLUSION`, `CHECKPOINT_SIGNATURE`, `LOG_CONSISTENCY` (the log is not an extension of
+    /// the witnessed checkpoint), `DECISION`, `STATUS`, `FINDINGS`, `DECISION_RECORD` (the
+    /// recorded decision does not parse), `VIOLATION_RECORD`, `RUN_TOTALS`.
     pub kind: String,
     pub expected: String,
     pub found: String,
@@ -43,6 +51,18 @@ pub struct Verification {
     pub head_hash: String,
     pub steps_checked: i64,
     pub mismatches: Vec<Mismatch>,
+    /// The size of the checkpoint the run was checked against; `None` when the log does not
+    /// hold the run yet (or the log was not checked).
+    pub checkpoint_tree_size: Option<i64>,
+}
+
+/// What a run is checked against besides its own rows.
+#[derive(Debug, Clone, Default)]
+pub struct Anchors {
+    /// Every key whose signature on a checkpoint is accepted.
+    pub keys: Vec<crate::signing::VerifierKey>,
+    /// The witness file the sequencer appends checkpoints to, if one is configured.
+    pub witness_file: Option<std::path::PathBuf>,
 }
 
 const CHAIN_KINDS: &[&str] = &[
@@ -51,6 +71,11 @@ const CHAIN_KINDS: &[&str] = &[
     "PREV_HASH",
     "ENTRY_HASH",
     "HEAD_HASH",
+    "RECORD_FORMAT",
+    "LOG_LEAF",
+    "LOG_INCLUSION",
+    "CHECKPOINT_SIGNATURE",
+    "LOG_CONSISTENCY",
 ];
 
 fn mismatch(
@@ -67,12 +92,40 @@ fn mismatch(
     }
 }
 
-/// Verify one run of the tenant.
+/// Verify one run of the tenant from its own rows (chain and replay; the log is not checked).
 pub async fn verify<C: ConnectionTrait>(
     conn: &C,
     tenant_id: &str,
     run_id: &str,
 ) -> CoreResult<Verification> {
+    Ok(verify_rows(conn, tenant_id, run_id).await?.0)
+}
+
+/// Verify one run of the tenant from its rows and against the transparency log: see the module
+/// documentation.
+pub async fn verify_anchored<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+    anchors: &Anchors,
+) -> CoreResult<Verification> {
+    let (mut verification, heads) = verify_rows(conn, tenant_id, run_id).await?;
+    let (found, size) = log_mismatches(conn, tenant_id, run_id, &heads, anchors).await?;
+    verification.mismatches.extend(found);
+    verification.checkpoint_tree_size = size;
+    verification.intact = !verification
+        .mismatches
+        .iter()
+        .any(|m| CHAIN_KINDS.contains(&m.kind.as_str()));
+    Ok(verification)
+}
+
+/// The run checked from its rows, and its recomputed head after each number of steps.
+async fn verify_rows<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+) -> CoreResult<(Verification, Vec<String>)> {
     let run: run::Model = runs::get(conn, tenant_id, run_id).await?;
     let snap = runs::snapshot_of(conn, &run).await?;
     let steps = trace_step::Entity::find()
@@ -101,7 +154,12 @@ pub async fn verify<C: ConnectionTrait>(
     // Replay against the snapshot as stored (compiled fresh: the cache is not evidence).
     let compiled = CompiledSnapshot::compile(&snap.policies_json);
 
-    let mut prev = chain::genesis(&run.id, &snap.content_hash);
+    if chain::RecordFormat::from_number(run.record_format).is_none() {
+        mismatches.push(mismatch(None, "RECORD_FORMAT", "1 or 2", run.record_format));
+    }
+    let mut prev = chain::genesis(&run, &snap.content_hash);
+    // The head after each number of steps, as recomputed: heads[k] after k steps.
+    let mut heads = vec![prev.clone()];
     let (mut tokens, mut cost) = (0i64, 0i64);
     let mut timestamps = Vec::with_capacity(steps.len());
     for (position, step) in steps.iter().enumerate() {
@@ -117,7 +175,7 @@ pub async fn verify<C: ConnectionTrait>(
         if step.prev_hash != prev {
             mismatches.push(mismatch(Some(index), "PREV_HASH", &prev, &step.prev_hash));
         }
-        let entry = chain::entry_hash(&step.prev_hash, &chain::step_document(&run.id, step));
+        let entry = chain::entry_hash(&step.prev_hash, &chain::step_document(&run, step));
         if entry != step.entry_hash {
             mismatches.push(mismatch(
                 Some(index),
@@ -127,6 +185,7 @@ pub async fn verify<C: ConnectionTrait>(
             ));
         }
         prev = step.entry_hash.clone();
+        heads.push(entry.clone());
 
         let record = DecisionRecord::from_json(&step.decision_json);
         if let Err(err) = &record {
@@ -247,13 +306,186 @@ pub async fn verify<C: ConnectionTrait>(
     let reproduced = !mismatches
         .iter()
         .any(|m| !CHAIN_KINDS.contains(&m.kind.as_str()));
-    Ok(Verification {
-        intact,
-        reproduced,
-        head_hash: run.trace_head_hash,
-        steps_checked: steps.len() as i64,
-        mismatches,
+    Ok((
+        Verification {
+            intact,
+            reproduced,
+            head_hash: run.trace_head_hash,
+            steps_checked: steps.len() as i64,
+            mismatches,
+            checkpoint_tree_size: None,
+        },
+        heads,
+    ))
+}
+
+/// The run against the tenant's log; also the checkpoint size it was checked against, `None`
+/// while the log does not hold the run.
+async fn log_mismatches<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+    heads: &[String],
+    anchors: &Anchors,
+) -> CoreResult<(Vec<Mismatch>, Option<i64>)> {
+    let Some(checkpoint) = transparency::latest_checkpoint(conn, tenant_id).await? else {
+        return Ok((Vec::new(), None));
+    };
+    let leaves = transparency::run_leaves(conn, tenant_id, run_id, checkpoint.tree_size).await?;
+    if leaves.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let mut found = Vec::new();
+    let checkpoint = &checkpoint;
+    // Every head the log holds for the run must be the head the chain has after that many
+    // steps: a rewrite changes the chain, never what the log already holds.
+    let mut leaf_hashes = Vec::with_capacity(leaves.len());
+    for leaf in &leaves {
+        let on_chain = usize::try_from(leaf.step_count)
+            .ok()
+            .and_then(|count| heads.get(count));
+        if on_chain != Some(&leaf.head_hash) {
+            found.push(mismatch(
+                Some(leaf.step_count),
+                "LOG_LEAF",
+                format!(
+                    "head {} after {} steps (logged as leaf {})",
+                    leaf.head_hash, leaf.step_count, leaf.leaf_index
+                ),
+                on_chain.map_or_else(
+                    || format!("only {} steps", heads.len().saturating_sub(1)),
+                    |head| format!("head {head}"),
+                ),
+            ));
+        }
+        let document: Option<serde_json::Value> = serde_json::from_str(&leaf.leaf_data).ok();
+        let says = |field: &str| document.as_ref().and_then(|d| d.get(field)).cloned();
+        let leaf_hash = merkle::leaf_hash(leaf.leaf_data.as_bytes());
+        if hex::encode(leaf_hash) != leaf.leaf_hash
+            || says("headHash") != Some(serde_json::json!(leaf.head_hash))
+            || says("runId") != Some(serde_json::json!(run_id))
+            || says("stepCount") != Some(serde_json::json!(leaf.step_count))
+        {
+            found.push(mismatch(
+                None,
+                "LOG_LEAF",
+                "a leaf whose data and hash agree with its row",
+                format!("leaf {}", leaf.leaf_index),
+            ));
+        }
+        leaf_hashes.push(leaf_hash);
+    }
+
+    // The checkpoint: signed by a deployment key, and saying what its row says.
+    let body = match signing::verify_note(&checkpoint.note, &anchors.keys) {
+        Ok(verified) => CheckpointBody::parse(&verified.text),
+        Err(err) => {
+            found.push(mismatch(
+                None,
+                "CHECKPOINT_SIGNATURE",
+                "a checkpoint signed by a published key",
+                err.to_string(),
+            ));
+            None
+        }
+    };
+    if let Some(body) = &body {
+        if body.size != checkpoint.tree_size as u64
+            || hex::encode(body.root) != checkpoint.root_hash
+            || !body.origin.ends_with(&format!("/{tenant_id}"))
+        {
+            found.push(mismatch(
+                None,
+                "CHECKPOINT_SIGNATURE",
+                "the signed size, root and origin",
+                format!(
+                    "tree size {}, root {}",
+                    checkpoint.tree_size, checkpoint.root_hash
+                ),
+            ));
+        }
+        for (leaf, leaf_hash) in leaves.iter().zip(&leaf_hashes) {
+            let path = transparency::inclusion_hashes(conn, leaf, checkpoint.tree_size).await?;
+            if let Err(err) = merkle::verify_inclusion(
+                leaf.leaf_index as u64,
+                body.size,
+                leaf_hash,
+                &path,
+                &body.root,
+            ) {
+                found.push(mismatch(
+                    None,
+                    "LOG_INCLUSION",
+                    format!(
+                        "leaf {} in the signed tree of {}",
+                        leaf.leaf_index, body.size
+                    ),
+                    err.to_string(),
+                ));
+            }
+        }
+        if let Some(path) = &anchors.witness_file
+            && let Some(witnessed) = witnessed(path, tenant_id, &anchors.keys)
+            && let Err(why) = consistent(conn, tenant_id, &witnessed, body).await?
+        {
+            found.push(mismatch(
+                None,
+                "LOG_CONSISTENCY",
+                format!(
+                    "a log extending the witnessed checkpoint of {} leaves",
+                    witnessed.size
+                ),
+                why,
+            ));
+        }
+    }
+    Ok((found, Some(checkpoint.tree_size)))
+}
+
+/// The last checkpoint of the tenant in the witness file whose signature verifies.
+fn witnessed(
+    path: &std::path::Path,
+    tenant_id: &str,
+    keys: &[signing::VerifierKey],
+) -> Option<CheckpointBody> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().rev().find_map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        if entry.get("tenantId")?.as_str()? != tenant_id {
+            return None;
+        }
+        let note = entry.get("checkpoint")?.as_str()?;
+        let verified = signing::verify_note(note, keys).ok()?;
+        CheckpointBody::parse(&verified.text)
     })
+}
+
+/// Is the log at `latest` an extension of the `witnessed` checkpoint? `Err` says why not.
+async fn consistent<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    witnessed: &CheckpointBody,
+    latest: &CheckpointBody,
+) -> CoreResult<Result<(), String>> {
+    if witnessed.size > latest.size {
+        return Ok(Err(format!(
+            "the log has {} leaves, fewer than the {} witnessed",
+            latest.size, witnessed.size
+        )));
+    }
+    if witnessed.size == 0 {
+        return Ok(Ok(()));
+    }
+    let proof =
+        transparency::consistency_proof(conn, tenant_id, witnessed.size, latest.size).await?;
+    Ok(merkle::verify_consistency(
+        witnessed.size,
+        latest.size,
+        &witnessed.root,
+        &latest.root,
+        &proof,
+    )
+    .map_err(|err| err.to_string()))
 }
 
 fn join(ids: &BTreeSet<String>) -> String {

@@ -32,13 +32,14 @@ use crate::{
 };
 
 /// The event kinds an endpoint can subscribe to.
-pub const EVENT_KINDS: [&str; 6] = [
+pub const EVENT_KINDS: [&str; 7] = [
     "INCIDENT_CREATED",
     "INCIDENT_ACKNOWLEDGED",
     "INCIDENT_RESOLVED",
     "RUN_STOPPED",
     "RUN_COMPLETED",
     "AUDIT_COMPLETED",
+    "CHECKPOINT_SIGNED",
 ];
 
 const MAX_URL: usize = 2000;

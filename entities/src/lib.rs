@@ -19,6 +19,9 @@ pub mod event;
 pub mod evidence;
 pub mod export;
 pub mod incident;
+pub mod log_checkpoint;
+pub mod log_leaf;
+pub mod log_node;
 pub mod policy;
 pub mod policy_enforcement;
 pub mod policy_evaluation;
@@ -44,4 +47,7 @@ pub const APPEND_ONLY_TABLES: &[&str] = &[
     "policy_enforcements",
     "policy_evaluations",
     "events",
+    "log_leaves",
+    "log_nodes",
+    "log_checkpoints",
 ];

@@ -42,6 +42,13 @@ pub struct Model {
     pub violation_timestamp: Option<DateTimeUtc>,
     #[sea_orm(column_type = "Text", nullable)]
     pub violation_reason: Option<String>,
+    /// The record format the run's chain is written in (`docs/verifying.md`): 1 for runs recorded
+    /// before format 2, 2 since. Immutable.
+    pub record_format: i32,
+    /// The head the transparency log holds last for this run (null before its first leaf).
+    pub logged_head_hash: Option<String>,
+    /// When that head was logged.
+    pub logged_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

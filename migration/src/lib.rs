@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 pub mod m20261121_000001_initial;
 pub mod m20261121_000002_service_keys;
+pub mod m20261130_000003_verifiable_records;
 
 pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_initial::Migration),
             Box::new(m20261121_000002_service_keys::Migration),
+            Box::new(m20261130_000003_verifiable_records::Migration),
         ]
     }
 }

@@ -186,6 +186,75 @@ async fn check_immutability(db: &DatabaseConnection) {
         "",
     )
     .await;
+    // The run header a format-2 genesis binds, and the format itself, never change.
+    for set in [
+        "agent = 'other'",
+        "triggered_by = 'someone'",
+        "workflow_id = 'wf2'",
+        "metadata = '{\"a\":1}'",
+        "started_at = '2026-01-02T00:00:00Z'",
+        "record_format = 2",
+    ] {
+        expect_refused(
+            db,
+            &format!("UPDATE runs SET {set} WHERE id = 'run_a'"),
+            "header is immutable",
+        )
+        .await;
+    }
+    // Nothing recorded can be replaced. SQLite's REPLACE deletes the row it collides with
+    // without firing the DELETE trigger; PostgreSQL's UPSERT would update it.
+    let rewritten_step = seed_sql()[7].replace("'over'", "'rewritten'");
+    if db.get_database_backend() == DbBackend::Sqlite {
+        for verb in ["INSERT OR REPLACE INTO", "REPLACE INTO"] {
+            expect_refused(
+                db,
+                &rewritten_step.replacen("INSERT INTO", verb, 1),
+                "trace_steps is append-only",
+            )
+            .await;
+            expect_refused(
+                db,
+                &seed_sql()[16].replacen("INSERT INTO", verb, 1),
+                "events is append-only",
+            )
+            .await;
+            // The service's own idempotent inserts (ON CONFLICT DO NOTHING) are skipped, and so
+            // is a REPLACE of what they wrote.
+            exec(
+                db,
+                &seed_sql()[4]
+                    .replacen("INSERT INTO", verb, 1)
+                    .replace("'[]'", "'[\"rewritten\"]'"),
+            )
+            .await
+            .expect("a colliding snapshot insert is skipped");
+        }
+        assert_eq!(
+            count(db, "policy_snapshots WHERE policies_json = '[]'").await,
+            2,
+            "the stored snapshots are untouched"
+        );
+        exec(db, &format!("{} ON CONFLICT DO NOTHING", seed_sql()[11]))
+            .await
+            .expect("an evaluation record inserted twice with DO NOTHING is skipped");
+    } else {
+        expect_refused(
+            db,
+            &format!(
+                "{rewritten_step} ON CONFLICT (run_id, step_index) DO UPDATE SET reason = EXCLUDED.reason"
+            ),
+            "trace_steps is append-only",
+        )
+        .await;
+    }
+    assert_eq!(
+        count(db, "trace_steps WHERE reason = 'over'").await,
+        1,
+        "the recorded step is untouched"
+    );
+    assert_eq!(count(db, "events").await, 1);
+
     // A run must reference a snapshot of its own tenant.
     exec(
         db,

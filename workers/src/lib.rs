@@ -11,6 +11,7 @@ pub mod queue_stats;
 pub mod render;
 pub mod retention;
 mod runner;
+pub mod sequencer;
 pub mod sweeper;
 pub mod wakeup;
 pub mod webhook_client;
@@ -41,6 +42,8 @@ pub struct WorkerDeps {
     pub egress: EgressPolicy,
     /// Records the steps the sweeper reports for silent runs (shared with the API when embedded).
     pub recorder: governance_core::steps::Recorder,
+    /// The transparency log's signing key and settings.
+    pub log: sequencer::LogDeps,
 }
 
 /// Carries out what a committed change leaves to do: publish its events, enqueue its jobs.

@@ -100,6 +100,9 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
                 tracing::warn!(error = %err, "timeout sweep failed; retrying next interval")
             }
         }
+        if let Err(err) = crate::sequencer::sequence_once(&deps).await {
+            tracing::warn!(error = %err, "the transparency log's sequencer failed; retrying next interval");
+        }
         if let Err(err) = deps.jobs.promote_due_jobs().await {
             tracing::warn!(error = %err, "promoting due Redis jobs failed; retrying next interval");
         }

@@ -14,10 +14,12 @@ pub mod pagination;
 pub mod policies;
 pub mod runs;
 pub mod scalars;
+pub mod signing;
 pub mod snapshots;
 pub mod status;
 pub mod steps;
 pub mod tenancy;
+pub mod transparency;
 pub mod webhooks;
 
 use async_graphql::{
@@ -41,6 +43,8 @@ pub struct Query(
     status::StatusQuery,
     audits::AuditQuery,
     webhooks::WebhookQuery,
+    signing::SigningQuery,
+    transparency::TransparencyQuery,
 );
 
 /// The root mutation.

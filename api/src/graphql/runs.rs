@@ -66,6 +66,27 @@ impl Run {
     async fn started_at(&self) -> DateTime {
         self.0.started_at.into()
     }
+    /// The run's latest logged head and the proof that it is in the tenant's latest signed
+    /// checkpoint; null until the log holds it (seconds after the run ends, and every
+    /// `log.head_interval_secs` while it runs).
+    async fn inclusion_proof(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<super::transparency::InclusionProof>> {
+        governance_core::transparency::inclusion_proof(
+            &state(ctx).db,
+            &self.0.tenant_id,
+            &self.0.id,
+        )
+        .await
+        .gql()
+        .map(|p| p.map(super::transparency::InclusionProof))
+    }
+    /// The record format its hash chain is written in (`docs/verifying.md`): 2 since format 2
+    /// (RFC 8785 documents, a genesis binding the run's header), 1 for runs recorded before.
+    async fn record_format(&self) -> i32 {
+        self.0.record_format
+    }
     /// When the run ended; null while it runs.
     async fn completed_at(&self) -> Option<DateTime> {
         self.0.completed_at.map(Into::into)

@@ -281,7 +281,10 @@ pub struct VerificationMismatch {
 /// The result of `verifyRun`.
 #[derive(SimpleObject)]
 pub struct RunVerification {
-    /// Every hash checks out: snapshot, each step's chain link, the head.
+    /// Every hash checks out: snapshot, each step's chain link, the head; and, once the run is
+    /// in the tenant's transparency log, the logged head lies on that chain, the leaf is in the
+    /// latest checkpoint, the checkpoint is signed by a published key, and the log extends the
+    /// last witnessed checkpoint.
     pub intact: bool,
     /// Replaying each step against the snapshot reproduces every recorded decision.
     pub reproduced: bool,
@@ -291,6 +294,9 @@ pub struct RunVerification {
     pub steps_checked: i64,
     /// Every difference found; empty when the run is intact and reproduced.
     pub mismatches: Vec<VerificationMismatch>,
+    /// The size of the signed checkpoint the run was checked against; null while the log does
+    /// not hold the run yet.
+    pub checkpoint_tree_size: Option<i64>,
 }
 
 #[derive(Default)]
@@ -298,8 +304,9 @@ pub struct StepQuery;
 
 #[Object]
 impl StepQuery {
-    /// Recompute a run's hash chain and replay every step against its snapshot. Costly: rate
-    /// limited per tenant (`RATE_LIMITED` with `retryAfterMs`).
+    /// Recompute a run's hash chain, replay every step against its snapshot, and check the run
+    /// against the tenant's transparency log. Costly: rate limited per tenant (`RATE_LIMITED`
+    /// with `retryAfterMs`).
     #[graphql(complexity = 100)]
     async fn verify_run(
         &self,
@@ -308,7 +315,12 @@ impl StepQuery {
     ) -> async_graphql::Result<RunVerification> {
         super::rate_limit(ctx, governance_core::rate_limit::Costly::VerifyRun)?;
         let principal = principal(ctx)?;
-        let v = verify::verify(&state(ctx).db, &principal.tenant_id, &id)
+        let state = state(ctx);
+        let anchors = verify::Anchors {
+            keys: state.signing.verifiers(),
+            witness_file: state.config.log.witness_file.clone(),
+        };
+        let v = verify::verify_anchored(&state.db, &principal.tenant_id, &id, &anchors)
             .await
             .gql()?;
         Ok(RunVerification {
@@ -326,6 +338,7 @@ impl StepQuery {
                     found: m.found,
                 })
                 .collect(),
+            checkpoint_tree_size: v.checkpoint_tree_size,
         })
     }
 }

@@ -30,6 +30,9 @@ pub enum WebhookEventKind {
     RunCompleted,
     /// An audit finished.
     AuditCompleted,
+    /// The tenant's transparency log has a new signed checkpoint (keep it: a later log must be
+    /// consistent with it).
+    CheckpointSigned,
 }
 
 impl WebhookEventKind {
@@ -41,6 +44,7 @@ impl WebhookEventKind {
             Self::RunStopped => "RUN_STOPPED",
             Self::RunCompleted => "RUN_COMPLETED",
             Self::AuditCompleted => "AUDIT_COMPLETED",
+            Self::CheckpointSigned => "CHECKPOINT_SIGNED",
         }
     }
 
@@ -52,6 +56,7 @@ impl WebhookEventKind {
             Self::RunStopped,
             Self::RunCompleted,
             Self::AuditCompleted,
+            Self::CheckpointSigned,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)

@@ -215,6 +215,6 @@ pub(crate) fn step_row(
         entry_hash: String::new(),
         created_at: now(),
     };
-    step.entry_hash = chain::entry_hash(&step.prev_hash, &chain::step_document(&run.id, &step));
+    step.entry_hash = chain::entry_hash(&step.prev_hash, &chain::step_document(run, &step));
     step
 }

@@ -275,6 +275,18 @@ fn validate(input: &RecordStep) -> CoreResult<()> {
             "`tokens` must be 0 or more",
         ));
     }
+    if input.tokens > crate::canonical::MAX_SAFE_INTEGER {
+        return Err(CoreError::bad_field(
+            "input.tokens",
+            "`tokens` must be at most 9007199254740991 (2^53 − 1)",
+        ));
+    }
+    if input.cost_micros > crate::canonical::MAX_SAFE_INTEGER {
+        return Err(CoreError::bad_field(
+            "input.costMicros",
+            "`costMicros` must be at most 9007199254740991 (2^53 − 1)",
+        ));
+    }
     if input.cost_micros < 0 {
         return Err(CoreError::bad_field(
             "input.costMicros",

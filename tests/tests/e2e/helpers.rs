@@ -384,6 +384,14 @@ impl TestApp {
         start(env, config, Some(key)).await
     }
 
+    /// The tenant of the app's key.
+    pub async fn tenant_id(&self) -> String {
+        self.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
+            .as_str()
+            .expect("tenant id")
+            .to_string()
+    }
+
     /// A second tenant in the same service; returns its `Bearer …` header value.
     pub async fn other_tenant(&self, name: &str) -> String {
         let issued = governance_core::tenancy::create_tenant(&self.store, name)

@@ -31,14 +31,6 @@ async fn evaluated(app: &TestApp, run_id: &str, timeout: Duration) -> serde_json
     .await
 }
 
-/// The tenant of `app`'s key.
-async fn tenant_id(app: &TestApp) -> String {
-    app.gql_ok("{ me { tenant { id } } }", json!({})).await["me"]["tenant"]["id"]
-        .as_str()
-        .expect("tenant id")
-        .to_string()
-}
-
 /// Evaluation jobs waiting in `queue`.
 async fn pending_evaluations(queue: &JobQueue) -> u64 {
     let stats = governance_workers::queue_stats::stats(queue).await.unwrap();
@@ -124,7 +116,7 @@ async fn a_backlog_larger_than_one_redis_promotion_is_drained_when_workers_start
     complete(&app, &run_id).await;
     // The evaluation job `completeRun` enqueued sits among 9,000 more, of other ended runs
     // (jobs are keyed by what they work on, so a backlog is of distinct work).
-    let tenant_id = tenant_id(&app).await;
+    let tenant_id = app.tenant_id().await;
     let ended = governance_core::steps::load_synthetic(
         &app.store,
         &governance_core::policy::SnapshotCache::new(),
@@ -253,7 +245,7 @@ async fn work_already_queued_is_not_queued_again() {
     let app = spawn_app_with(|c| c.workers = WorkersMode::Off).await;
     let run_id = app.start_run("wf-queued-once").await;
     complete(&app, &run_id).await;
-    let tenant_id = tenant_id(&app).await;
+    let tenant_id = app.tenant_id().await;
     let queue = queue_of(&app).await;
     let again = governance_core::outcome::FollowUp::RecordEvaluation {
         tenant_id,

@@ -20,5 +20,6 @@ mod persistence;
 mod schema;
 mod step_metrics;
 mod subscriptions;
+mod verifying;
 mod webhooks;
 mod websocket_hygiene;

@@ -1,0 +1,500 @@
+//! Each tenant's transparency log: an append-only RFC 6962 Merkle tree whose leaves are run
+//! heads, and the signed checkpoints (C2SP `tlog-checkpoint`, as signed notes) that commit the
+//! service to it. `docs/verifying.md` specifies every byte.
+//!
+//! - A run's head becomes a leaf when the run ends, and while it runs at most every
+//!   `head_interval` (so a long run is anchored as it goes). A leaf's data is the RFC 8785
+//!   document [`leaf_document`].
+//! - [`sequence`] appends the heads that are due, stores the perfect subtrees they complete,
+//!   and signs a checkpoint of each tenant's log that grew: all in one transaction per tenant.
+//!   Workers run it every few seconds.
+//! - Proofs are read from the stored subtrees: inclusion of a run's latest leaf in a checkpoint,
+//!   and consistency between two sizes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use governance_entities::{enums::RunStatus, log_checkpoint, log_leaf, log_node, run};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, Statement, sea_query::Expr,
+};
+use serde_json::json;
+
+use crate::{
+    canonical,
+    error::{CoreError, CoreResult},
+    events::{self, EventKind, NewEvent},
+    merkle::{self, Hash, NodeId, Range},
+    outcome::Committed,
+    signing::KeyRing,
+    store::Store,
+    time::now,
+};
+
+/// How the log is run.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Prefix of every tenant log's origin line: the origin is `<prefix>/<tenant id>`.
+    pub origin_prefix: String,
+    /// A running run's head is logged at most this often.
+    pub head_interval: chrono::Duration,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            origin_prefix: "governance".to_string(),
+            head_interval: chrono::Duration::seconds(60),
+        }
+    }
+}
+
+/// The origin line of a tenant's log.
+pub fn origin(prefix: &str, tenant_id: &str) -> String {
+    format!("{prefix}/{tenant_id}")
+}
+
+/// The leaf data of a run head: what the leaf hash covers.
+pub fn leaf_document(run: &run::Model) -> String {
+    canonical::to_string(&json!({
+        "format": 2,
+        "type": "runHead",
+        "tenantId": run.tenant_id,
+        "runId": run.id,
+        "recordFormat": run.record_format,
+        "stepCount": run.step_count,
+        "headHash": run.trace_head_hash,
+        "status": run.status.as_str(),
+    }))
+}
+
+/// A checkpoint's body: origin, tree size, base64 root hash, one per line.
+pub fn checkpoint_text(origin: &str, size: u64, root: &Hash) -> String {
+    format!("{origin}\n{size}\n{}\n", B64.encode(root))
+}
+
+/// A checkpoint's body, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointBody {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+}
+
+impl CheckpointBody {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let origin = lines.next()?.to_string();
+        let size = lines.next()?.parse().ok()?;
+        let root: Hash = B64.decode(lines.next()?).ok()?.try_into().ok()?;
+        Some(Self { origin, size, root })
+    }
+}
+
+fn hex_hash(hex_text: &str) -> CoreResult<Hash> {
+    hex::decode(hex_text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("a stored log hash is not 32 bytes of hex").into())
+}
+
+/// Runs whose head is due in the log, at most `limit`, ordered by tenant.
+async fn due_runs<C: ConnectionTrait>(
+    conn: &C,
+    settings: &LogSettings,
+    limit: u64,
+) -> CoreResult<Vec<run::Model>> {
+    let ended: Vec<RunStatus> = [
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::FailedPolicy,
+        RunStatus::Cancelled,
+    ]
+    .into_iter()
+    .filter(|s| s.is_terminal())
+    .collect();
+    let interval_ago = now() - settings.head_interval;
+    Ok(run::Entity::find()
+        // Spelled as the partial index `idx_runs_unlogged` is, so it is used.
+        .filter(Expr::cust(
+            "(logged_head_hash IS NULL OR logged_head_hash <> trace_head_hash)",
+        ))
+        .filter(
+            Condition::any().add(run::Column::Status.is_in(ended)).add(
+                Condition::any()
+                    .add(run::Column::LoggedAt.lte(interval_ago))
+                    .add(
+                        Condition::all()
+                            .add(run::Column::LoggedAt.is_null())
+                            .add(run::Column::StartedAt.lte(interval_ago)),
+                    ),
+            ),
+        )
+        .order_by_asc(run::Column::TenantId)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}
+
+/// One pass of the sequencer: append every head that is due and sign a checkpoint of each log
+/// that grew. Returns the checkpoints, committed, with their `CHECKPOINT_SIGNED` events.
+pub async fn sequence(
+    store: &Store,
+    keys: &KeyRing,
+    settings: &LogSettings,
+) -> CoreResult<Vec<Committed<log_checkpoint::Model>>> {
+    let due = due_runs(store.db(), settings, 2_000).await?;
+    let mut by_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for run in due {
+        by_tenant.entry(run.tenant_id).or_default().push(run.id);
+    }
+    let mut signed = Vec::new();
+    for (tenant_id, run_ids) in by_tenant {
+        if let Some(checkpoint) = append_heads(store, keys, settings, &tenant_id, &run_ids).await? {
+            signed.push(checkpoint);
+        }
+    }
+    Ok(signed)
+}
+
+/// Append the heads of `run_ids` (those still due) to the tenant's log and sign the new head.
+async fn append_heads(
+    store: &Store,
+    keys: &KeyRing,
+    settings: &LogSettings,
+    tenant_id: &str,
+    run_ids: &[String],
+) -> CoreResult<Option<Committed<log_checkpoint::Model>>> {
+    let txn = store.begin().await?;
+    let conn = &*txn;
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // One sequencer per tenant log at a time, across replicas and workers.
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            [format!("tlog:{tenant_id}").into()],
+        ))
+        .await?;
+    }
+    let mut runs_query = run::Entity::find()
+        .filter(run::Column::TenantId.eq(tenant_id))
+        .filter(run::Column::Id.is_in(run_ids.iter().cloned()))
+        .order_by_asc(run::Column::Id);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        runs_query = runs_query.lock_exclusive();
+    }
+    let runs: Vec<run::Model> = runs_query
+        .all(conn)
+        .await?
+        .into_iter()
+        .filter(|r| r.logged_head_hash.as_deref() != Some(r.trace_head_hash.as_str()))
+        .collect();
+    if runs.is_empty() {
+        return Ok(None);
+    }
+    let size = log_size(conn, tenant_id).await?;
+    let mut nodes = stored_nodes(
+        conn,
+        tenant_id,
+        merkle::nodes_of(Range {
+            start: 0,
+            end: size,
+        }),
+    )
+    .await?;
+    let at = now();
+    let mut new_leaves = Vec::with_capacity(runs.len());
+    let mut new_nodes: Vec<(NodeId, Hash)> = Vec::new();
+    for (offset, run) in runs.iter().enumerate() {
+        let index = size + offset as u64;
+        let data = leaf_document(run);
+        let leaf = merkle::leaf_hash(data.as_bytes());
+        for node in merkle::completed_by(index) {
+            let hash = if node.level == 0 {
+                leaf
+            } else {
+                let child = |i: u64| {
+                    nodes
+                        .get(&NodeId {
+                            level: node.level - 1,
+                            index: i,
+                        })
+                        .copied()
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "log of {tenant_id}: node ({}, {i}) is missing",
+                                node.level - 1
+                            )
+                        })
+                };
+                merkle::node_hash(&child(node.index * 2)?, &child(node.index * 2 + 1)?)
+            };
+            nodes.insert(node, hash);
+            new_nodes.push((node, hash));
+        }
+        new_leaves.push(log_leaf::ActiveModel {
+            tenant_id: Set(tenant_id.to_string()),
+            leaf_index: Set(index as i64),
+            run_id: Set(run.id.clone()),
+            head_hash: Set(run.trace_head_hash.clone()),
+            step_count: Set(run.step_count),
+            status: Set(run.status.as_str().to_string()),
+            leaf_data: Set(data),
+            leaf_hash: Set(hex::encode(leaf)),
+            created_at: Set(at),
+            ..Default::default()
+        });
+    }
+    let new_size = size + runs.len() as u64;
+    log_leaf::Entity::insert_many(new_leaves)
+        .exec_without_returning(conn)
+        .await?;
+    for chunk in new_nodes.chunks(500) {
+        log_node::Entity::insert_many(chunk.iter().map(|(node, hash)| log_node::ActiveModel {
+            tenant_id: Set(tenant_id.to_string()),
+            level: Set(node.level as i32),
+            node_index: Set(node.index as i64),
+            hash: Set(hex::encode(hash)),
+            ..Default::default()
+        }))
+        .exec_without_returning(conn)
+        .await?;
+    }
+    for run in &runs {
+        run::Entity::update_many()
+            .col_expr(
+                run::Column::LoggedHeadHash,
+                Expr::value(run.trace_head_hash.clone()),
+            )
+            .col_expr(run::Column::LoggedAt, Expr::value(at))
+            .filter(run::Column::Id.eq(run.id.as_str()))
+            .exec(conn)
+            .await?;
+    }
+    let root = merkle::range_hash(
+        Range {
+            start: 0,
+            end: new_size,
+        },
+        |n| nodes.get(&n).copied(),
+    )
+    .ok_or_else(|| anyhow::anyhow!("log of {tenant_id}: a node of the new head is missing"))?;
+    let body = checkpoint_text(&origin(&settings.origin_prefix, tenant_id), new_size, &root);
+    let note = keys.active.sign_note(&body);
+    let checkpoint = log_checkpoint::ActiveModel {
+        tenant_id: Set(tenant_id.to_string()),
+        tree_size: Set(new_size as i64),
+        root_hash: Set(hex::encode(root)),
+        note: Set(note.clone()),
+        key_id: Set(keys.active.verifier().key_id()),
+        created_at: Set(at),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await?;
+    let event = events::append(
+        conn,
+        tenant_id,
+        NewEvent {
+            kind: EventKind::CheckpointSigned,
+            subject_id: format!("{}", checkpoint.tree_size),
+            run_id: None,
+            severity_rank: None,
+            payload: json!({
+                "treeSize": checkpoint.tree_size,
+                "rootHash": checkpoint.root_hash,
+                "keyId": checkpoint.key_id,
+                "checkpoint": note,
+            }),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    let mut committed = Committed::new(checkpoint);
+    committed.events.push(event);
+    Ok(Some(committed))
+}
+
+/// How many leaves the tenant's log holds.
+async fn log_size<C: ConnectionTrait>(conn: &C, tenant_id: &str) -> CoreResult<u64> {
+    let last: Option<i64> = log_leaf::Entity::find()
+        .select_only()
+        .column(log_leaf::Column::LeafIndex)
+        .filter(log_leaf::Column::TenantId.eq(tenant_id))
+        .order_by_desc(log_leaf::Column::LeafIndex)
+        .limit(1)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(last.map_or(0, |i| i as u64 + 1))
+}
+
+/// The stored hashes of `ids` (those that exist).
+async fn stored_nodes<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    ids: impl IntoIterator<Item = NodeId>,
+) -> CoreResult<HashMap<NodeId, Hash>> {
+    let ids: BTreeSet<NodeId> = ids.into_iter().collect();
+    let mut found = HashMap::with_capacity(ids.len());
+    let list: Vec<NodeId> = ids.into_iter().collect();
+    for chunk in list.chunks(200) {
+        let mut any = Condition::any();
+        for id in chunk {
+            any = any.add(
+                Condition::all()
+                    .add(log_node::Column::Level.eq(id.level as i32))
+                    .add(log_node::Column::NodeIndex.eq(id.index as i64)),
+            );
+        }
+        for node in log_node::Entity::find()
+            .filter(log_node::Column::TenantId.eq(tenant_id))
+            .filter(any)
+            .all(conn)
+            .await?
+        {
+            found.insert(
+                NodeId {
+                    level: node.level as u32,
+                    index: node.node_index as u64,
+                },
+                hex_hash(&node.hash)?,
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// The hashes of `ranges`, folded from the stored subtrees.
+async fn range_hashes<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    ranges: &[Range],
+) -> CoreResult<Vec<Hash>> {
+    let nodes = stored_nodes(
+        conn,
+        tenant_id,
+        ranges.iter().flat_map(|r| merkle::nodes_of(*r)),
+    )
+    .await?;
+    ranges
+        .iter()
+        .map(|r| {
+            merkle::range_hash(*r, |n| nodes.get(&n).copied()).ok_or_else(|| {
+                anyhow::anyhow!("log of {tenant_id}: a node of a proof is missing").into()
+            })
+        })
+        .collect()
+}
+
+/// The tenant's latest checkpoint.
+pub async fn latest_checkpoint<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+) -> CoreResult<Option<log_checkpoint::Model>> {
+    Ok(log_checkpoint::Entity::find()
+        .filter(log_checkpoint::Column::TenantId.eq(tenant_id))
+        .order_by_desc(log_checkpoint::Column::TreeSize)
+        .one(conn)
+        .await?)
+}
+
+/// A run's latest leaf, its inclusion proof, and the checkpoint it proves into.
+#[derive(Debug, Clone)]
+pub struct InclusionProof {
+    pub leaf: log_leaf::Model,
+    pub hashes: Vec<Hash>,
+    pub checkpoint: log_checkpoint::Model,
+}
+
+/// The inclusion proof of the run's latest logged head in the tenant's latest checkpoint, or
+/// `None` while the run has no leaf in a checkpoint yet.
+pub async fn inclusion_proof<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+) -> CoreResult<Option<InclusionProof>> {
+    let Some(checkpoint) = latest_checkpoint(conn, tenant_id).await? else {
+        return Ok(None);
+    };
+    let Some(leaf) = run_leaves(conn, tenant_id, run_id, checkpoint.tree_size)
+        .await?
+        .pop()
+    else {
+        return Ok(None);
+    };
+    let hashes = inclusion_hashes(conn, &leaf, checkpoint.tree_size).await?;
+    Ok(Some(InclusionProof {
+        leaf,
+        hashes,
+        checkpoint,
+    }))
+}
+
+/// Every leaf of the run below `size`, in log order.
+pub async fn run_leaves<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+    size: i64,
+) -> CoreResult<Vec<log_leaf::Model>> {
+    Ok(log_leaf::Entity::find()
+        .filter(log_leaf::Column::TenantId.eq(tenant_id))
+        .filter(log_leaf::Column::RunId.eq(run_id))
+        .filter(log_leaf::Column::LeafIndex.lt(size))
+        .order_by_asc(log_leaf::Column::LeafIndex)
+        .all(conn)
+        .await?)
+}
+
+/// The audit path of `leaf` in the tree of `size` leaves.
+pub async fn inclusion_hashes<C: ConnectionTrait>(
+    conn: &C,
+    leaf: &log_leaf::Model,
+    size: i64,
+) -> CoreResult<Vec<Hash>> {
+    let ranges = merkle::inclusion_ranges(leaf.leaf_index as u64, size as u64)
+        .ok_or_else(|| anyhow::anyhow!("leaf {} is beyond a tree of {size}", leaf.leaf_index))?;
+    range_hashes(conn, &leaf.tenant_id, &ranges).await
+}
+
+/// The consistency proof between the tenant's log at `from` and at `to` leaves (`0 < from ≤ to
+/// ≤` the latest checkpoint's size).
+pub async fn consistency_proof<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    from: u64,
+    to: u64,
+) -> CoreResult<Vec<Hash>> {
+    let size = latest_checkpoint(conn, tenant_id)
+        .await?
+        .map_or(0, |c| c.tree_size as u64);
+    if from == 0 || from > to || to > size {
+        return Err(CoreError::bad_field(
+            "fromSize",
+            format!(
+                "a consistency proof needs 0 < fromSize ≤ toSize ≤ {size} (the latest checkpoint's size)"
+            ),
+        ));
+    }
+    let ranges = merkle::consistency_ranges(from, to)
+        .ok_or_else(|| anyhow::anyhow!("consistency sizes checked above"))?;
+    range_hashes(conn, tenant_id, &ranges).await
+}
+
+/// The tree head at `size` leaves, from the stored subtrees.
+pub async fn root_at<C: ConnectionTrait>(conn: &C, tenant_id: &str, size: u64) -> CoreResult<Hash> {
+    if size == 0 {
+        return Ok(merkle::empty_root());
+    }
+    Ok(range_hashes(
+        conn,
+        tenant_id,
+        &[Range {
+            start: 0,
+            end: size,
+        }],
+    )
+    .await?[0])
+}

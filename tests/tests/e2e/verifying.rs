@@ -1,0 +1,487 @@
+//! Records verifiable without trusting the service: the published signing keys, record format 2
+//! (RFC 8785 documents and a genesis that binds the run's header), runs of format 1 still
+//! verifying, and a database that cannot rewrite what the format binds.
+
+use governance_core::signing::VerifierKey;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{run_cli, spawn_app};
+
+const RUN: &str = "query($id: ID!) { run(id: $id) { id workflowId agent triggeredBy metadata \
+    startedAt recordFormat policySnapshot { contentHash } \
+    trace { headHash steps(first: 10) { nodes { stepIndex prevHash entryHash } } } } }";
+
+const VERIFY: &str =
+    "query($id: ID!) { verifyRun(id: $id) { intact reproduced stepsChecked mismatches { kind } } }";
+
+fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    hex::encode(Sha256::digest(bytes.as_ref()))
+}
+
+/// The published keys: the same list over HTTP (no key needed) and GraphQL, each a verifier key
+/// whose id matches; after a rotation the new key is ACTIVE and the old one stays, RETIRED.
+#[tokio::test]
+async fn signing_keys_are_published_and_a_rotation_keeps_the_old_one() {
+    let app = spawn_app().await;
+    let published = |app: &crate::helpers::TestApp| {
+        let (http, url) = (app.http().clone(), app.url("/.well-known/governance-keys"));
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()["keys"].clone()
+        }
+    };
+    let keys = published(&app).await;
+    assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys}");
+    assert_eq!(keys[0]["status"], "ACTIVE");
+    assert_eq!(keys[0]["algorithm"], "Ed25519");
+    let first = VerifierKey::parse(keys[0]["verifierKey"].as_str().unwrap()).unwrap();
+    assert_eq!(first.key_id(), keys[0]["keyId"].as_str().unwrap());
+    assert_eq!(first.public_key(), keys[0]["publicKey"].as_str().unwrap());
+
+    let data = app
+        .gql_ok(
+            "{ signingKeys { keyId name algorithm publicKey verifierKey status } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["signingKeys"], keys, "GraphQL lists the same keys");
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key_file = app.env.data_dir().join("signing.key");
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the private key is readable by its owner only"
+        );
+    }
+
+    let (ok, out, err) = run_cli(&app.env, &["signing-key", "rotate"]).await;
+    assert!(ok, "rotate: {out}{err}");
+    let app = app.restart(|_| {}).await;
+    let keys = published(&app).await;
+    assert_eq!(keys.as_array().map(Vec::len), Some(2), "{keys}");
+    assert_eq!(keys[0]["status"], "ACTIVE");
+    assert_eq!(keys[1]["status"], "RETIRED");
+    assert_eq!(
+        keys[1]["verifierKey"],
+        first.encoded(),
+        "the old key stays published"
+    );
+    assert_ne!(keys[0]["keyId"], keys[1]["keyId"]);
+    assert!(out.contains(keys[0]["verifierKey"].as_str().unwrap()));
+}
+
+/// A new run is recorded in format 2: its genesis is the sha256 of the RFC 8785 form of the
+/// genesis document `docs/verifying.md` specifies, recomputed here from what the API shows;
+/// `verifyRun` holds; and the header the genesis binds cannot be changed in the database.
+#[tokio::test]
+async fn a_run_is_recorded_in_format_2_and_its_header_cannot_change() {
+    let app = spawn_app().await;
+    let started = app
+        .gql_ok(
+            "mutation { startRun(input: { workflowId: \"wf-verify\", agent: \"billing-bot\", \
+             triggeredBy: \"cron\", metadata: { ticket: \"T-1\", priority: 2 } }) { id } }",
+            json!({}),
+        )
+        .await;
+    let run = started["startRun"]["id"].as_str().unwrap().to_string();
+    for tokens in [5, 7] {
+        assert_eq!(
+            app.step_ok(&run, json!({ "type": "LLM_CALL", "tokens": tokens }))
+                .await["action"],
+            "CONTINUE"
+        );
+    }
+    let data = app.gql_ok(RUN, json!({ "id": run })).await;
+    let r = &data["run"];
+    assert_eq!(r["recordFormat"], 2);
+    let tenant_id = app.tenant_id().await;
+    let started_at = chrono::DateTime::parse_from_rfc3339(r["startedAt"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let metadata = serde_json_canonicalizer::to_string(&r["metadata"]).unwrap();
+    let genesis = json!({
+        "format": 2,
+        "type": "genesis",
+        "runId": run,
+        "tenantId": tenant_id,
+        "workflowId": "wf-verify",
+        "agent": "billing-bot",
+        "triggeredBy": "cron",
+        "metadataHash": sha256_hex(metadata),
+        "snapshotContentHash": r["policySnapshot"]["contentHash"],
+        "startedAt": started_at,
+    });
+    let expected = sha256_hex(serde_json_canonicalizer::to_string(&genesis).unwrap());
+    let steps = &r["trace"]["steps"]["nodes"];
+    assert_eq!(
+        steps[0]["prevHash"],
+        expected.as_str(),
+        "the genesis as specified"
+    );
+    assert_eq!(steps[1]["prevHash"], steps[0]["entryHash"]);
+    assert_eq!(r["trace"]["headHash"], steps[1]["entryHash"]);
+
+    let verified = app.gql_ok(VERIFY, json!({ "id": run })).await;
+    assert_eq!(verified["verifyRun"]["intact"], true, "{verified}");
+    assert_eq!(verified["verifyRun"]["reproduced"], true, "{verified}");
+
+    use sea_orm::ConnectionTrait;
+    for change in [
+        "agent = 'someone else'",
+        "metadata = '{\"ticket\":\"T-2\"}'",
+        "record_format = 1",
+    ] {
+        let refused = app
+            .db
+            .execute_unprepared(&format!("UPDATE runs SET {change} WHERE id = '{run}'"))
+            .await;
+        let message = refused.expect_err(change).to_string();
+        assert!(
+            message.contains("header is immutable"),
+            "{change}: {message}"
+        );
+    }
+}
+
+/// A run recorded before format 2 (its row says format 1, its genesis is format 1's) keeps
+/// recording and verifying under format 1.
+#[tokio::test]
+async fn a_run_of_format_1_keeps_recording_and_verifying_under_it() {
+    use governance_core::{
+        chain,
+        ids::{new_id, prefix},
+    };
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let app = spawn_app().await;
+    let template = app.start_run("wf-legacy").await;
+    let data = app.gql_ok(RUN, json!({ "id": template })).await;
+    let snapshot_hash = data["run"]["policySnapshot"]["contentHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A copy of the run as format 1 stored it: format 1's genesis binds run id and snapshot.
+    let legacy = new_id(prefix::RUN);
+    let genesis_v1 = {
+        use sea_orm::EntityTrait;
+        let mut stored = governance_entities::run::Entity::find_by_id(template.clone())
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        stored.id = legacy.clone();
+        stored.record_format = chain::RecordFormat::V1.number();
+        chain::genesis(&stored, &snapshot_hash)
+    };
+    let backend = app.db.get_database_backend();
+    let placeholder = |n: usize| match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".to_string(),
+    };
+    app.db
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "INSERT INTO runs (id, tenant_id, workflow_id, agent, triggered_by, status, \
+                 policy_snapshot_id, policy_set_version, tokens_used, cost_micros, step_count, \
+                 is_synthetic, metadata, started_at, trace_head_hash, record_format, created_at, \
+                 updated_at) SELECT {}, tenant_id, workflow_id, agent, triggered_by, status, \
+                 policy_snapshot_id, policy_set_version, 0, 0, 0, is_synthetic, metadata, \
+                 started_at, {}, 1, created_at, updated_at FROM runs WHERE id = {}",
+                placeholder(1),
+                placeholder(2),
+                placeholder(3)
+            ),
+            [
+                legacy.clone().into(),
+                genesis_v1.clone().into(),
+                template.into(),
+            ],
+        ))
+        .await
+        .unwrap();
+
+    for tokens in [3, 4, 5] {
+        assert_eq!(
+            app.step_ok(&legacy, json!({ "type": "LLM_CALL", "tokens": tokens }))
+                .await["action"],
+            "CONTINUE"
+        );
+    }
+    let data = app.gql_ok(RUN, json!({ "id": legacy })).await;
+    assert_eq!(data["run"]["recordFormat"], 1);
+    assert_eq!(
+        data["run"]["trace"]["steps"]["nodes"][0]["prevHash"],
+        genesis_v1.as_str()
+    );
+    let verified = app.gql_ok(VERIFY, json!({ "id": legacy })).await;
+    assert_eq!(verified["verifyRun"]["intact"], true, "{verified}");
+    assert_eq!(verified["verifyRun"]["reproduced"], true, "{verified}");
+    assert_eq!(verified["verifyRun"]["stepsChecked"], 3);
+}
+
+const PROOF: &str = "query($id: ID!) { run(id: $id) { inclusionProof { leafIndex treeSize leaf \
+    leafHash headHash hashes checkpoint { treeSize rootHash origin note keyId } } \
+    trace { headHash } } }";
+
+/// An ended run's head is logged, a signed checkpoint commits to it, and the proofs check out
+/// with nothing but the published key. Then the run is rewritten behind the service's back,
+/// consistently (a step altered, every later hash and the head recomputed, the totals fixed):
+/// the rows alone still verify, but `verifyRun` catches the rewrite through the log.
+#[tokio::test]
+async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
+    use base64::Engine;
+    use governance_core::{
+        chain, merkle,
+        signing::{self, VerifierKey},
+    };
+    use governance_entities::{run as run_entity, trace_step};
+    use sea_orm::{
+        ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+        QueryOrder, Set,
+    };
+
+    let witness = tempfile::NamedTempFile::new().unwrap();
+    let witness_path = witness.path().to_path_buf();
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.log.witness_file = Some(witness_path.clone());
+    })
+    .await;
+    let keys: Value = app
+        .http()
+        .get(app.url("/.well-known/governance-keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = VerifierKey::parse(keys["keys"][0]["verifierKey"].as_str().unwrap()).unwrap();
+
+    let run = app.start_run("wf-logged").await;
+    for tokens in [5, 6, 7] {
+        app.step_ok(&run, json!({ "type": "LLM_CALL", "tokens": tokens }))
+            .await;
+    }
+    app.gql_ok(
+        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { id } }",
+        json!({ "id": run }),
+    )
+    .await;
+    let data = app
+        .poll_until(
+            PROOF,
+            json!({ "id": run }),
+            std::time::Duration::from_secs(20),
+            |d| !d["run"]["inclusionProof"].is_null(),
+        )
+        .await;
+    let proof = &data["run"]["inclusionProof"];
+    assert_eq!(proof["headHash"], data["run"]["trace"]["headHash"]);
+    let leaf: Value = serde_json::from_str(proof["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf["runId"], run.as_str());
+    assert_eq!(leaf["stepCount"], 3);
+    assert_eq!(leaf["status"], "SUCCEEDED");
+    let leaf_hash = merkle::leaf_hash(proof["leaf"].as_str().unwrap().as_bytes());
+    assert_eq!(proof["leafHash"], hex::encode(leaf_hash).as_str());
+
+    // The checkpoint verifies with the published key alone, and the audit path leads from the
+    // leaf to its signed root.
+    let note = proof["checkpoint"]["note"].as_str().unwrap();
+    let verified = signing::verify_note(note, std::slice::from_ref(&key)).expect("signed");
+    let lines: Vec<&str> = verified.text.lines().collect();
+    assert_eq!(lines.len(), 3, "origin, size, root: {}", verified.text);
+    assert_eq!(lines[0], proof["checkpoint"]["origin"].as_str().unwrap());
+    let size: u64 = lines[1].parse().unwrap();
+    assert_eq!(size as i64, proof["treeSize"].as_i64().unwrap());
+    let root: merkle::Hash = base64::engine::general_purpose::STANDARD
+        .decode(lines[2])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(proof["checkpoint"]["rootHash"], hex::encode(root).as_str());
+    let path: Vec<merkle::Hash> = proof["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            hex::decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect();
+    let index = proof["leafIndex"].as_u64().unwrap();
+    merkle::verify_inclusion(index, size, &leaf_hash, &path, &root).expect("included");
+
+    // A second, independent implementation of the note format reads it the same way, and
+    // refuses it altered.
+    let second_reader = |note: String| {
+        let vkey = key.encoded();
+        async move {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), note).unwrap();
+            let output = tokio::process::Command::new("python3")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tools/verify_checkpoint.py"
+                ))
+                .arg(vkey)
+                .arg(file.path())
+                .output()
+                .await
+                .expect("python3 runs");
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, out, err) = second_reader(note.to_string()).await;
+    assert!(ok, "the independent reader refused the checkpoint: {err}");
+    let read: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(read["size"], size);
+    assert_eq!(read["root"], hex::encode(root).as_str());
+    assert_eq!(read["origin"], lines[0]);
+    let altered = note.replacen(&format!("\n{size}\n"), &format!("\n{}\n", size + 1), 1);
+    let (ok, _, err) = second_reader(altered).await;
+    assert!(!ok && err.contains("does not verify"), "{err}");
+
+    let verified = app.gql_ok(VERIFY_LOGGED, json!({ "id": run })).await;
+    assert_eq!(verified["verifyRun"]["intact"], true, "{verified}");
+    assert_eq!(verified["verifyRun"]["checkpointTreeSize"], size);
+
+    // A second run grows the log: the witness file holds both checkpoints, and the log proves
+    // the later one an extension of the earlier.
+    let second = app.start_run("wf-logged").await;
+    app.gql_ok(
+        "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { id } }",
+        json!({ "id": second }),
+    )
+    .await;
+    app.poll_until(
+        PROOF,
+        json!({ "id": second }),
+        std::time::Duration::from_secs(20),
+        |d| !d["run"]["inclusionProof"].is_null(),
+    )
+    .await;
+    let witnessed: Vec<(u64, merkle::Hash)> = std::fs::read_to_string(witness.path())
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            let text = signing::verify_note(
+                entry["checkpoint"].as_str().unwrap(),
+                std::slice::from_ref(&key),
+            )
+            .expect("a witnessed checkpoint verifies")
+            .text;
+            let lines: Vec<&str> = text.lines().collect();
+            let root = base64::engine::general_purpose::STANDARD
+                .decode(lines[2])
+                .unwrap()
+                .try_into()
+                .unwrap();
+            (lines[1].parse().unwrap(), root)
+        })
+        .collect();
+    assert!(witnessed.len() >= 2, "{witnessed:?}");
+    let (old, new) = (witnessed[0], *witnessed.last().unwrap());
+    let consistency = app
+        .gql_ok(
+            "query($from: Int!, $to: Int!) { consistencyProof(fromSize: $from, toSize: $to) { hashes } }",
+            json!({ "from": old.0, "to": new.0 }),
+        )
+        .await;
+    let hashes: Vec<merkle::Hash> = consistency["consistencyProof"]["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            hex::decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect();
+    merkle::verify_consistency(old.0, new.0, &old.1, &new.1, &hashes).expect("consistent");
+    let refused = app
+        .gql(
+            "query { consistencyProof(fromSize: 0, toSize: 1) { hashes } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.error_code().as_deref(), Some("BAD_USER_INPUT"));
+
+    // The rewrite: as whoever administers the database could do it.
+    let backend = app.db.get_database_backend();
+    let unguard = match backend {
+        DbBackend::Postgres => vec!["ALTER TABLE trace_steps DISABLE TRIGGER USER"],
+        _ => vec!["DROP TRIGGER trace_steps_no_update"],
+    };
+    for sql in unguard {
+        app.db.execute_unprepared(sql).await.unwrap();
+    }
+    let stored_run = run_entity::Entity::find_by_id(run.clone())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut steps = trace_step::Entity::find()
+        .filter(trace_step::Column::RunId.eq(run.as_str()))
+        .order_by_asc(trace_step::Column::StepIndex)
+        .all(&app.db)
+        .await
+        .unwrap();
+    steps[1].tokens = 60;
+    for i in 1..steps.len() {
+        let prev = steps[i - 1].entry_hash.clone();
+        steps[i].prev_hash = prev;
+        steps[i].entry_hash = chain::entry_hash(
+            &steps[i].prev_hash,
+            &chain::step_document(&stored_run, &steps[i]),
+        );
+        let mut row: trace_step::ActiveModel = steps[i].clone().into();
+        row.tokens = Set(steps[i].tokens);
+        row.prev_hash = Set(steps[i].prev_hash.clone());
+        row.entry_hash = Set(steps[i].entry_hash.clone());
+        row.update(&app.db).await.unwrap();
+    }
+    let mut rewritten: run_entity::ActiveModel = stored_run.clone().into();
+    rewritten.trace_head_hash = Set(steps[2].entry_hash.clone());
+    rewritten.tokens_used = Set(5 + 60 + 7);
+    rewritten.update(&app.db).await.unwrap();
+
+    // The rows alone are consistent: no chain or replay mismatch...
+    let rows = governance_core::verify::verify(&app.db, &app.tenant_id().await, &run)
+        .await
+        .unwrap();
+    assert!(rows.intact && rows.reproduced, "{rows:?}");
+    // ...but the log still holds the head the run really had.
+    let caught = app.gql_ok(VERIFY_LOGGED, json!({ "id": run })).await;
+    let v = &caught["verifyRun"];
+    assert_eq!(v["intact"], false, "{caught}");
+    let kinds: Vec<&str> = v["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"LOG_LEAF"), "{caught}");
+    assert!(
+        kinds.iter().all(|k| *k == "LOG_LEAF"),
+        "only the log tells: {caught}"
+    );
+}
+
+const VERIFY_LOGGED: &str = "query($id: ID!) { verifyRun(id: $id) { intact reproduced \
+    checkpointTreeSize mismatches { kind stepIndex expected found } } }";
