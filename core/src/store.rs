@@ -81,7 +81,11 @@ impl Store {
             statements: Arc::default(),
             _checkpoints: Arc::new(()),
         };
-        crate::db::checkpoint_in_background(store.db.clone(), Arc::downgrade(&store._checkpoints));
+        crate::db::checkpoint_in_background(
+            store.db.clone(),
+            store.writer.clone(),
+            Arc::downgrade(&store._checkpoints),
+        );
         if sqlite && tokio::runtime::Handle::try_current().is_ok() {
             // A lane's own store has no lane, so a lane does not keep itself alive.
             let plain = store.clone();
