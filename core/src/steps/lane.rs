@@ -18,7 +18,7 @@
 //! through [`record_in`] against the transaction, exactly as a report on its own would.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, OnceLock},
 };
 
@@ -187,24 +187,9 @@ async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<Cor
     let mut group = Group::load(&*txn, batch).await?;
     let mut answers = Vec::with_capacity(batch.len());
     for pending in batch {
-        if pending
-            .key_id
-            .as_ref()
-            .is_some_and(|key| !active.contains(key))
-        {
-            answers.push(Err(tenancy::key_refused()));
+        if let Some(answer) = group.answer(pending, &active) {
+            answers.push(answer);
             continue;
-        }
-        match group.stage(pending) {
-            Staging::Staged(answer) => {
-                answers.push(Ok(Written::Done(answer)));
-                continue;
-            }
-            Staging::Stale => {
-                answers.push(Ok(Written::Stale));
-                continue;
-            }
-            Staging::Ordinary => {}
         }
         group.flush(&*txn).await?;
         let answer = record_in(
@@ -238,7 +223,7 @@ impl PendingStep {
 /// What the lane can do with a report on its own.
 // Lives for one report; boxing the larger variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Staging {
+enum Staging {
     /// A new clean step, staged; this is its answer once the batch commits.
     Staged(Committed<StepRecord>),
     /// A new step decided on a state its run has left (or not decided): nothing to write;
@@ -278,8 +263,29 @@ impl Group {
         }
     }
 
+    /// The answer the lane gives `pending` on its own: refused when its key is not among the
+    /// batch's `active` keys, else staged or stale; `None` when it needs the ordinary write path.
+    pub(super) fn answer(
+        &mut self,
+        pending: &PendingStep,
+        active: &HashSet<String>,
+    ) -> Option<CoreResult<Written>> {
+        if pending
+            .key_id
+            .as_ref()
+            .is_some_and(|key| !active.contains(key))
+        {
+            return Some(Err(tenancy::key_refused()));
+        }
+        match self.stage(pending) {
+            Staging::Staged(answer) => Some(Ok(Written::Done(answer))),
+            Staging::Stale => Some(Ok(Written::Stale)),
+            Staging::Ordinary => None,
+        }
+    }
+
     /// Stage a new step whose decision holds and continues its run cleanly.
-    pub(super) fn stage(&mut self, pending: &PendingStep) -> Staging {
+    fn stage(&mut self, pending: &PendingStep) -> Staging {
         let input = &pending.input;
         let Some(run) = self.runs.get(&input.run_id) else {
             return Staging::Ordinary;

@@ -26,10 +26,10 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 
 use super::{
-    lane::{Group, PendingStep, Staging, run_ids},
+    lane::{Group, PendingStep, run_ids},
     write::{Written, insert_steps_statements, run_totals_statement},
 };
-use crate::{error::CoreResult, store::Store, tenancy};
+use crate::{error::CoreResult, store::Store};
 
 /// What became of a batch.
 pub(super) enum Outcome {
@@ -93,18 +93,9 @@ async fn stage_and_write(
     let mut group = Group::of(runs);
     let mut answers = Vec::with_capacity(batch.len());
     for pending in batch {
-        if pending
-            .key_id
-            .as_ref()
-            .is_some_and(|key| !active.contains(key))
-        {
-            answers.push(Err(tenancy::key_refused()));
-            continue;
-        }
-        match group.stage(pending) {
-            Staging::Staged(answer) => answers.push(Ok(Written::Done(answer))),
-            Staging::Stale => answers.push(Ok(Written::Stale)),
-            Staging::Ordinary => {
+        match group.answer(pending, &active) {
+            Some(answer) => answers.push(answer),
+            None => {
                 rollback(store, conn).await;
                 return Ok(Outcome::Ordinary);
             }
