@@ -237,7 +237,6 @@ const PROOF: &str = "query($id: ID!) { run(id: $id) { inclusionProof { leafIndex
 /// the rows alone still verify, but `verifyRun` catches the rewrite through the log.
 #[tokio::test]
 async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
-    use base64::Engine;
     use governance_core::{
         chain, merkle,
         signing::{self, VerifierKey},
@@ -299,25 +298,10 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
     let lines: Vec<&str> = verified.text.lines().collect();
     assert_eq!(lines.len(), 3, "origin, size, root: {}", verified.text);
     assert_eq!(lines[0], proof["checkpoint"]["origin"].as_str().unwrap());
-    let size: u64 = lines[1].parse().unwrap();
+    let (size, root) = size_and_root(&verified.text);
     assert_eq!(size as i64, proof["treeSize"].as_i64().unwrap());
-    let root: merkle::Hash = base64::engine::general_purpose::STANDARD
-        .decode(lines[2])
-        .unwrap()
-        .try_into()
-        .unwrap();
     assert_eq!(proof["checkpoint"]["rootHash"], hex::encode(root).as_str());
-    let path: Vec<merkle::Hash> = proof["hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            hex::decode(h.as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap()
-        })
-        .collect();
+    let path = hex_hashes(&proof["hashes"]);
     let index = proof["leafIndex"].as_u64().unwrap();
     merkle::verify_inclusion(index, size, &leaf_hash, &path, &root).expect("included");
 
@@ -385,13 +369,7 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
             )
             .expect("a witnessed checkpoint verifies")
             .text;
-            let lines: Vec<&str> = text.lines().collect();
-            let root = base64::engine::general_purpose::STANDARD
-                .decode(lines[2])
-                .unwrap()
-                .try_into()
-                .unwrap();
-            (lines[1].parse().unwrap(), root)
+            size_and_root(&text)
         })
         .collect();
     assert!(witnessed.len() >= 2, "{witnessed:?}");
@@ -402,17 +380,7 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
             json!({ "from": old.0, "to": new.0 }),
         )
         .await;
-    let hashes: Vec<merkle::Hash> = consistency["consistencyProof"]["hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            hex::decode(h.as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap()
-        })
-        .collect();
+    let hashes = hex_hashes(&consistency["consistencyProof"]["hashes"]);
     merkle::verify_consistency(old.0, new.0, &old.1, &new.1, &hashes).expect("consistent");
     let refused = app
         .gql(
@@ -485,3 +453,31 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
 
 const VERIFY_LOGGED: &str = "query($id: ID!) { verifyRun(id: $id) { intact reproduced \
     checkpointTreeSize mismatches { kind stepIndex expected found } } }";
+
+/// The tree size and root a checkpoint body states (its second and third lines), read as the
+/// checkpoint format says: decimal, and base64.
+fn size_and_root(text: &str) -> (u64, governance_core::merkle::Hash) {
+    use base64::Engine;
+    let lines: Vec<&str> = text.lines().collect();
+    let root = base64::engine::general_purpose::STANDARD
+        .decode(lines[2])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    (lines[1].parse().unwrap(), root)
+}
+
+/// A JSON array of hex hashes.
+fn hex_hashes(value: &Value) -> Vec<governance_core::merkle::Hash> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            hex::decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect()
+}
