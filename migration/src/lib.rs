@@ -8,8 +8,10 @@ pub use sea_orm_migration::prelude::*;
 pub mod m20261121_000001_initial;
 pub mod m20261121_000002_service_keys;
 pub mod m20261130_000003_verifiable_records;
+pub mod roles;
 
 pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
+pub use m20261130_000003_verifiable_records::LOG_TABLES;
 
 pub struct Migrator;
 

@@ -311,3 +311,238 @@ async fn postgres_schema_is_guarded_and_reversible() {
     let db = Database::connect(url.as_str()).await.expect("postgres");
     exercise(&db).await;
 }
+
+/// One column of the row a query selects, as text.
+async fn text_of(db: &DatabaseConnection, sql: &str) -> String {
+    let row = db
+        .query_one_raw(sea_orm_migration::sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql.to_string(),
+        ))
+        .await
+        .expect("query")
+        .unwrap_or_else(|| panic!("`{sql}` returned no row"));
+    row.try_get_by_index::<String>(0).expect("a text column")
+}
+
+#[tokio::test]
+async fn sqlite_insert_or_replace_cannot_remove_a_recorded_step() {
+    let db = Database::connect("sqlite::memory:").await.expect("sqlite");
+    exec(&db, "PRAGMA foreign_keys = ON").await.expect("pragma");
+    Migrator::up(&db, None).await.expect("up");
+    seed(&db).await;
+    let step = "SELECT pk || '|' || run_id || '|' || step_index || '|' || reason || '|' || \
+                entry_hash FROM trace_steps";
+    let violation = "SELECT id || '|' || reason || '|' || step_index FROM violations";
+    let stored_step = text_of(&db, step).await;
+    let stored_violation = text_of(&db, violation).await;
+    let pk = stored_step.split('|').next().expect("pk").to_string();
+    for verb in ["INSERT OR REPLACE INTO", "REPLACE INTO"] {
+        // The same primary key under another step index: REPLACE would delete the stored step.
+        let same_pk = format!(
+            "{verb} trace_steps (pk, tenant_id, run_id, step_index, timestamp, step_type, \
+             content_hash, status, decision, reason, decision_json, prev_hash, entry_hash, \
+             created_at) VALUES ({pk}, 'ten_a', 'run_a', 7, {T0}, 'LLM_CALL', 'ch', 'OK', \
+             'CONTINUE', 'rewritten', '{{}}', 'g', 'forged', {T0})"
+        );
+        expect_refused(&db, &same_pk, "trace_steps is append-only").await;
+        // The same (run, step index) under a new primary key.
+        let same_step = seed_sql()[7]
+            .replacen("INSERT INTO", verb, 1)
+            .replace("'over'", "'rewritten'")
+            .replace("'e0'", "'forged'");
+        expect_refused(&db, &same_step, "trace_steps is append-only").await;
+        // Another append-only table, keyed by its text id.
+        let same_violation = seed_sql()[8]
+            .replacen("INSERT INTO", verb, 1)
+            .replace("'over'", "'rewritten'");
+        expect_refused(&db, &same_violation, "violations is append-only").await;
+    }
+    assert_eq!(
+        text_of(&db, step).await,
+        stored_step,
+        "the step is unchanged"
+    );
+    assert_eq!(count(&db, "trace_steps").await, 1);
+    assert_eq!(
+        text_of(&db, violation).await,
+        stored_violation,
+        "the violation is unchanged"
+    );
+    assert_eq!(count(&db, "violations").await, 1);
+}
+
+/// `url` with its user and database replaced (`postgres://user@host:port/db`).
+fn pg_url_as(url: &str, user: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let rest = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
+    let (host, query) = match rest.split_once('/') {
+        Some((host, path)) => (host, path.split_once('?').map(|(_, q)| q)),
+        None => (rest, None),
+    };
+    match query {
+        Some(q) => format!("{scheme}://{user}@{host}/{database}?{q}"),
+        None => format!("{scheme}://{user}@{host}/{database}"),
+    }
+}
+
+/// Create a login role unless it exists (several test runs may share a cluster).
+async fn ensure_login_role(admin: &DatabaseConnection, role: &str) {
+    exec(
+        admin,
+        &format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create role {role}: {e}"));
+}
+
+#[tokio::test]
+async fn postgres_runtime_role_cannot_undo_the_guarantees() {
+    let Ok(admin_url) = std::env::var("MIGRATION_TEST_DATABASE_URL") else {
+        eprintln!("MIGRATION_TEST_DATABASE_URL not set: PostgreSQL role check skipped");
+        return;
+    };
+    const OWNER: &str = "migration_test_owner";
+    const RUNTIME: &str = "migration_test_runtime";
+    const DB: &str = "migration_roles_test";
+    let admin = Database::connect(admin_url.as_str()).await.expect("admin");
+    ensure_login_role(&admin, OWNER).await;
+    ensure_login_role(&admin, RUNTIME).await;
+    exec(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
+    )
+    .await
+    .expect("drop the previous run's database");
+    exec(&admin, &format!("CREATE DATABASE {DB} OWNER {OWNER}"))
+        .await
+        .expect("create database");
+
+    let owner = Database::connect(pg_url_as(&admin_url, OWNER, DB).as_str())
+        .await
+        .expect("owner");
+    Migrator::up(&owner, None)
+        .await
+        .expect("migrations as owner");
+    roles::grant_runtime(&owner, RUNTIME)
+        .await
+        .expect("grant the runtime role");
+    // Idempotent, and it takes back a privilege granted by hand.
+    exec(
+        &owner,
+        &format!("GRANT UPDATE, DELETE ON trace_steps TO {RUNTIME}"),
+    )
+    .await
+    .expect("a stray grant");
+    roles::grant_runtime(&owner, RUNTIME)
+        .await
+        .expect("grant again");
+    let same = roles::grant_runtime(&owner, OWNER).await.unwrap_err();
+    assert!(same.to_string().contains("both log in as"), "{same}");
+    let superuser = roles::current_role(&admin).await.expect("admin role");
+    let refused = roles::grant_runtime(&owner, &superuser).await.unwrap_err();
+    assert!(refused.to_string().contains("superuser"), "{refused}");
+
+    let runtime = Database::connect(pg_url_as(&admin_url, RUNTIME, DB).as_str())
+        .await
+        .expect("runtime");
+    // The service's own work: it inserts everywhere, and updates and deletes where it does.
+    seed(&runtime).await;
+    exec(
+        &runtime,
+        "UPDATE incidents SET status = 'ACKNOWLEDGED' WHERE id = 'inc_a'",
+    )
+    .await
+    .expect("the runtime role updates incidents");
+    exec(
+        &runtime,
+        "SELECT id FROM runs WHERE id = 'run_a' FOR UPDATE",
+    )
+    .await
+    .expect("the runtime role locks a run");
+
+    // What it cannot do: undo the triggers, or touch a recorded row without them.
+    for sql in [
+        "DROP TRIGGER trace_steps_append_only ON trace_steps",
+        "ALTER TABLE trace_steps DISABLE TRIGGER trace_steps_append_only",
+        "ALTER TABLE trace_steps DISABLE TRIGGER USER",
+        "ALTER TABLE trace_steps DISABLE TRIGGER ALL",
+        "DROP TABLE trace_steps",
+        "DROP FUNCTION governance_append_only() CASCADE",
+    ] {
+        expect_refused(&runtime, sql, "must be owner").await;
+    }
+    expect_refused(
+        &runtime,
+        "CREATE OR REPLACE FUNCTION governance_append_only() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+        "permission denied",
+    )
+    .await;
+    expect_refused(
+        &runtime,
+        "SET session_replication_role = replica",
+        "permission denied",
+    )
+    .await;
+    expect_refused(
+        &runtime,
+        "CREATE TABLE scratch (a int)",
+        "permission denied",
+    )
+    .await;
+    for table in APPEND_ONLY_TABLES.iter().chain(LOG_TABLES) {
+        for sql in [
+            format!("UPDATE {table} SET tenant_id = tenant_id"),
+            format!("DELETE FROM {table}"),
+            format!("TRUNCATE {table}"),
+        ] {
+            expect_refused(&runtime, &sql, "permission denied").await;
+        }
+    }
+    expect_refused(
+        &runtime,
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m_forged', 0)",
+        "permission denied",
+    )
+    .await;
+    // The triggers are still there, and still fire for the owner.
+    expect_refused(
+        &owner,
+        "UPDATE trace_steps SET reason = 'rewritten'",
+        "trace_steps is append-only",
+    )
+    .await;
+    assert_eq!(
+        count(&runtime, "trace_steps WHERE reason = 'over'").await,
+        1
+    );
+    exec(&runtime, "DELETE FROM webhooks WHERE id = 'whk_a'")
+        .await
+        .expect("the runtime role deletes a webhook (its deliveries go with it)");
+    assert_eq!(count(&runtime, "webhook_deliveries").await, 0);
+
+    runtime.close().await.ok();
+    owner.close().await.ok();
+    exec(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
+    )
+    .await
+    .ok();
+}
+
+#[test]
+fn pg_urls_are_rewritten_for_another_role() {
+    assert_eq!(
+        pg_url_as("postgres://postgres@127.0.0.1:5432/x", "r", "d"),
+        "postgres://r@127.0.0.1:5432/d"
+    );
+    assert_eq!(
+        pg_url_as("postgres://u:p@h/x?sslmode=disable", "r", "d"),
+        "postgres://r@h/d?sslmode=disable"
+    );
+}
