@@ -84,6 +84,24 @@ pub enum Command {
         #[command(subcommand)]
         command: SigningKeyCommand,
     },
+    /// Verify an exported bundle (a JSON export) offline: no database, no network. Checks the
+    /// export signature, the run's hash chain against every step, total and hash the bundle
+    /// shows, and the run's head in the signed transparency-log checkpoint. Exit status 0 when
+    /// it verifies, 1 when it does not (each failure is named), 2 when the file or a key
+    /// cannot be read.
+    Verify {
+        /// The bundle: a JSON export as downloaded.
+        file: PathBuf,
+        /// A key to trust: a verifier key (`<name>+<key id>+<base64>`), or a file holding
+        /// verifier keys one per line or the JSON of `GET /.well-known/governance-keys`.
+        /// Repeatable. Without it the bundle's own key is used, which shows the bundle is
+        /// intact but not who signed it.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive a full scenario through the API (policies, a run stopped by a policy, the
     /// incident, its proof) and write the three export PDFs to a folder.
     Demo {
@@ -142,6 +160,7 @@ impl Cli {
         };
         CliOverrides {
             database_url: self.global.database_url.clone(),
+            migration_database_url: self.global.migration_database_url.clone(),
             redis_url: self.global.redis_url.clone(),
             bind: serve.and_then(|s| s.bind),
             data_dir: self.global.data_dir.clone(),

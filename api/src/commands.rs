@@ -28,6 +28,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", graphql::sdl());
         return Ok(());
     }
+    if let Some(Command::Verify { file, keys, json }) = &cli.command {
+        // Offline by design: no configuration, database or network.
+        let code = crate::offline_verify::run(file, keys, *json);
+        if code != 0 {
+            std::process::exit(code);
+        }
+        return Ok(());
+    }
     let config = Config::load(cli.global.config.clone(), &cli.overrides())
         .context("invalid configuration")?;
     // The demo prints its own story; only warnings from the service it runs.
@@ -114,7 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("database is up to date");
             Ok(())
         }
-        Some(Command::Schema) => unreachable!("handled above"),
+        Some(Command::Schema | Command::Verify { .. }) => unreachable!("handled above"),
         // Its own service in a fresh directory: the configuration does not apply.
         Some(Command::Demo { out }) => crate::demo::run(out).await,
         Some(Command::Seed {

@@ -12,6 +12,7 @@ pub mod graphql;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod offline_verify;
 pub mod state;
 pub mod telemetry;
 pub mod ws;

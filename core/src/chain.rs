@@ -75,14 +75,27 @@ pub fn genesis_document(run: &run::Model, snapshot_content_hash: &str) -> Value 
     })
 }
 
+/// The genesis of a format-1 run: it binds the run id and the snapshot only.
+pub fn genesis_v1(run_id: &str, snapshot_content_hash: &str) -> String {
+    sha256_parts(&[
+        GENESIS_TAG_V1,
+        run_id.as_bytes(),
+        snapshot_content_hash.as_bytes(),
+    ])
+}
+
+/// A hashed document's canonical form in `format`.
+pub fn canonical_form(format: RecordFormat, document: &Value) -> String {
+    match format {
+        RecordFormat::V1 => canonical::v1(document),
+        RecordFormat::V2 => canonical::to_string(document),
+    }
+}
+
 /// The `prev_hash` of step 0 (and a run's head hash before any step), in the run's format.
 pub fn genesis(run: &run::Model, snapshot_content_hash: &str) -> String {
     match RecordFormat::of(run) {
-        RecordFormat::V1 => sha256_parts(&[
-            GENESIS_TAG_V1,
-            run.id.as_bytes(),
-            snapshot_content_hash.as_bytes(),
-        ]),
+        RecordFormat::V1 => genesis_v1(&run.id, snapshot_content_hash),
         RecordFormat::V2 => sha256_hex(canonical::to_string(&genesis_document(
             run,
             snapshot_content_hash,
@@ -109,18 +122,16 @@ pub fn step_document(run: &run::Model, step: &trace_step::Model) -> String {
         "reason": step.reason,
         "detail": step.decision_json,
     });
-    match RecordFormat::of(run) {
-        RecordFormat::V1 => {
-            doc["type"] = json!(step.step_type.as_str());
-            canonical::v1(&doc)
-        }
+    let format = RecordFormat::of(run);
+    match format {
+        RecordFormat::V1 => doc["type"] = json!(step.step_type.as_str()),
         RecordFormat::V2 => {
             doc["format"] = json!(RecordFormat::V2.number());
             doc["type"] = json!("step");
             doc["stepType"] = json!(step.step_type.as_str());
-            canonical::to_string(&doc)
         }
     }
+    canonical_form(format, &doc)
 }
 
 /// `entry_hash = sha256(prev_hash ‖ document)`.

@@ -4,6 +4,7 @@
 
 pub mod auditing;
 pub mod audits;
+pub mod bundle_verify;
 pub mod canonical;
 pub mod chain;
 pub mod compare;

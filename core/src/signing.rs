@@ -277,6 +277,46 @@ pub fn verify_note(note: &str, keys: &[VerifierKey]) -> Result<VerifiedNote, Not
     Err(NoteError::UnknownKey(signers.join(", ")))
 }
 
+/// The verifier keys in `text`: the JSON of `GET /.well-known/governance-keys` (or a list of
+/// its key objects, or of verifier key strings), or verifier keys one per line (blank lines and
+/// `#` comments skipped).
+pub fn keys_from_text(text: &str) -> CoreResult<Vec<VerifierKey>> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let value: serde_json::Value = serde_json::from_str(trimmed)
+            .map_err(|e| CoreError::bad_field("key", format!("not JSON: {e}")))?;
+        let list = value
+            .get("keys")
+            .unwrap_or(&value)
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let keys: Vec<VerifierKey> = list
+            .iter()
+            .map(|k| {
+                k.as_str()
+                    .or_else(|| k.get("verifierKey").and_then(serde_json::Value::as_str))
+                    .ok_or_else(|| CoreError::bad_field("key", "a key without a verifierKey"))
+                    .and_then(VerifierKey::parse)
+            })
+            .collect::<CoreResult<_>>()?;
+        if keys.is_empty() {
+            return Err(CoreError::bad_field("key", "the JSON lists no keys"));
+        }
+        return Ok(keys);
+    }
+    let keys: Vec<VerifierKey> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(VerifierKey::parse)
+        .collect::<CoreResult<_>>()?;
+    if keys.is_empty() {
+        return Err(CoreError::bad_field("key", "no verifier key in the text"));
+    }
+    Ok(keys)
+}
+
 /// A public key as the service publishes it (`GET /.well-known/governance-keys`,
 /// `signingKeys`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -8,13 +8,15 @@
 //! - [`sequence`] appends the heads that are due, stores the perfect subtrees they complete,
 //!   and signs a checkpoint of each tenant's log that grew: all in one transaction per tenant.
 //!   Workers run it every few seconds.
+//! - [`anchor`] appends one run's head as read, when no leaf holds it yet: an export anchors
+//!   exactly the record it shows.
 //! - Proofs are read from the stored subtrees: inclusion of a run's latest leaf in a checkpoint,
 //!   and consistency between two sizes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
-use governance_entities::{enums::RunStatus, log_checkpoint, log_leaf, log_node, run};
+use governance_entities::{enums::RunStatus, log_checkpoint, log_leaf, log_node, run, trace_step};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Set, Statement, sea_query::Expr,
@@ -158,6 +160,20 @@ pub async fn sequence(
     Ok(signed)
 }
 
+/// Take the tenant log's lock: one sequencer per tenant log at a time, across replicas and
+/// workers (on SQLite the transaction already holds the database's single writer).
+async fn lock_log<C: ConnectionTrait>(conn: &C, tenant_id: &str) -> CoreResult<()> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            [format!("tlog:{tenant_id}").into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Append the heads of `run_ids` (those still due) to the tenant's log and sign the new head.
 async fn append_heads(
     store: &Store,
@@ -168,15 +184,7 @@ async fn append_heads(
 ) -> CoreResult<Option<Committed<log_checkpoint::Model>>> {
     let txn = store.begin().await?;
     let conn = &*txn;
-    if conn.get_database_backend() == DbBackend::Postgres {
-        // One sequencer per tenant log at a time, across replicas and workers.
-        conn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            [format!("tlog:{tenant_id}").into()],
-        ))
-        .await?;
-    }
+    lock_log(conn, tenant_id).await?;
     let mut runs_query = run::Entity::find()
         .filter(run::Column::TenantId.eq(tenant_id))
         .filter(run::Column::Id.is_in(run_ids.iter().cloned()))
@@ -184,15 +192,140 @@ async fn append_heads(
     if conn.get_database_backend() == DbBackend::Postgres {
         runs_query = runs_query.lock_exclusive();
     }
-    let runs: Vec<run::Model> = runs_query
-        .all(conn)
-        .await?
-        .into_iter()
-        .filter(|r| r.logged_head_hash.as_deref() != Some(r.trace_head_hash.as_str()))
-        .collect();
+    let mut runs = Vec::new();
+    for run in runs_query.all(conn).await? {
+        if run.logged_head_hash.as_deref() == Some(run.trace_head_hash.as_str()) {
+            continue;
+        }
+        if extends_log(conn, &run).await? {
+            runs.push(run);
+        } else {
+            tracing::error!(
+                tenant_id,
+                run_id = %run.id,
+                "a run's record no longer holds the head its log leaf holds: it was rewritten outside the service; its new head is not logged (verifyRun names the step)"
+            );
+        }
+    }
     if runs.is_empty() {
         return Ok(None);
     }
+    let committed = append_runs(conn, keys, settings, tenant_id, &runs).await?;
+    txn.commit().await?;
+    Ok(Some(committed))
+}
+
+/// Anchor `run` as it was read (its head after its `step_count` steps) in the tenant's log:
+/// append that head as a leaf and sign a checkpoint, unless a leaf already holds it. An export
+/// does this so its bundle carries a signed proof of exactly the steps it shows. Returns the new
+/// checkpoint (to publish and witness), if one was signed.
+pub async fn anchor(
+    store: &Store,
+    keys: &KeyRing,
+    settings: &LogSettings,
+    run: &run::Model,
+) -> CoreResult<Option<Committed<log_checkpoint::Model>>> {
+    let txn = store.begin().await?;
+    let conn = &*txn;
+    lock_log(conn, &run.tenant_id).await?;
+    if leaf_of_head(
+        conn,
+        &run.tenant_id,
+        &run.id,
+        &run.trace_head_hash,
+        run.status.as_str(),
+    )
+    .await?
+    .is_some()
+    {
+        return Ok(None);
+    }
+    if !extends_log(conn, run).await? {
+        // A record rewritten behind the service's back is never anchored: its export says so.
+        tracing::error!(
+            tenant_id = %run.tenant_id,
+            run_id = %run.id,
+            "not anchoring a run whose record no longer holds the head its log leaf holds"
+        );
+        return Ok(None);
+    }
+    let committed = append_runs(
+        conn,
+        keys,
+        settings,
+        &run.tenant_id,
+        std::slice::from_ref(run),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(Some(committed))
+}
+
+/// Does `run`'s record still hold the head of its latest leaf? A new head may only extend the
+/// chain the log holds: the step at the logged count (or the genesis, for a head of no steps)
+/// must still carry the logged hash. A rewrite of any logged step changes that hash.
+async fn extends_log<C: ConnectionTrait>(conn: &C, run: &run::Model) -> CoreResult<bool> {
+    if run.logged_head_hash.is_none() {
+        return Ok(true);
+    }
+    let Some(leaf) = log_leaf::Entity::find()
+        .filter(log_leaf::Column::TenantId.eq(run.tenant_id.as_str()))
+        .filter(log_leaf::Column::RunId.eq(run.id.as_str()))
+        .order_by_desc(log_leaf::Column::LeafIndex)
+        .one(conn)
+        .await?
+    else {
+        return Ok(true);
+    };
+    let held = if leaf.step_count == 0 {
+        let snapshot = crate::runs::snapshot_of(conn, run).await?;
+        crate::chain::genesis(run, &snapshot.content_hash)
+    } else {
+        let hash: Option<String> = trace_step::Entity::find()
+            .select_only()
+            .column(trace_step::Column::EntryHash)
+            .filter(trace_step::Column::TenantId.eq(run.tenant_id.as_str()))
+            .filter(trace_step::Column::RunId.eq(run.id.as_str()))
+            .filter(trace_step::Column::StepIndex.eq(leaf.step_count - 1))
+            .into_tuple()
+            .one(conn)
+            .await?;
+        match hash {
+            Some(hash) => hash,
+            None => return Ok(false),
+        }
+    };
+    Ok(held == leaf.head_hash)
+}
+
+/// The first leaf that logs `head_hash` as the run's head, with the run in `status`.
+async fn leaf_of_head<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    run_id: &str,
+    head_hash: &str,
+    status: &str,
+) -> CoreResult<Option<log_leaf::Model>> {
+    Ok(log_leaf::Entity::find()
+        .filter(log_leaf::Column::TenantId.eq(tenant_id))
+        .filter(log_leaf::Column::RunId.eq(run_id))
+        .filter(log_leaf::Column::HeadHash.eq(head_hash))
+        .filter(log_leaf::Column::Status.eq(status))
+        .order_by_asc(log_leaf::Column::LeafIndex)
+        .one(conn)
+        .await?)
+}
+
+/// Append the heads of `runs` (as given) to the tenant's log, store the subtrees they
+/// complete, and sign and record the new checkpoint with its event, in the caller's
+/// transaction (which holds the log's lock).
+async fn append_runs<C: ConnectionTrait>(
+    conn: &C,
+    keys: &KeyRing,
+    settings: &LogSettings,
+    tenant_id: &str,
+    runs: &[run::Model],
+) -> CoreResult<Committed<log_checkpoint::Model>> {
     let size = log_size(conn, tenant_id).await?;
     let mut nodes = stored_nodes(
         conn,
@@ -261,7 +394,8 @@ async fn append_heads(
         .exec_without_returning(conn)
         .await?;
     }
-    for run in &runs {
+    for run in runs {
+        // Only while the row still has this head: a run that moved on stays due.
         run::Entity::update_many()
             .col_expr(
                 run::Column::LoggedHeadHash,
@@ -269,6 +403,7 @@ async fn append_heads(
             )
             .col_expr(run::Column::LoggedAt, Expr::value(at))
             .filter(run::Column::Id.eq(run.id.as_str()))
+            .filter(run::Column::TraceHeadHash.eq(run.trace_head_hash.as_str()))
             .exec(conn)
             .await?;
     }
@@ -310,10 +445,9 @@ async fn append_heads(
         },
     )
     .await?;
-    txn.commit().await?;
     let mut committed = Committed::new(checkpoint);
     committed.events.push(event);
-    Ok(Some(committed))
+    Ok(committed)
 }
 
 /// How many leaves the tenant's log holds.
@@ -422,6 +556,35 @@ pub async fn inclusion_proof<C: ConnectionTrait>(
         .await?
         .pop()
     else {
+        return Ok(None);
+    };
+    let hashes = inclusion_hashes(conn, &leaf, checkpoint.tree_size).await?;
+    Ok(Some(InclusionProof {
+        leaf,
+        hashes,
+        checkpoint,
+    }))
+}
+
+/// The proof that `run`'s head (and status), as read, is in the tenant's log: its first leaf,
+/// the audit path, and the latest checkpoint. `None` while no checkpoint holds that head.
+pub async fn head_proof<C: ConnectionTrait>(
+    conn: &C,
+    run: &run::Model,
+) -> CoreResult<Option<InclusionProof>> {
+    let tenant_id = run.tenant_id.as_str();
+    let Some(checkpoint) = latest_checkpoint(conn, tenant_id).await? else {
+        return Ok(None);
+    };
+    let Some(leaf) = leaf_of_head(
+        conn,
+        tenant_id,
+        &run.id,
+        &run.trace_head_hash,
+        run.status.as_str(),
+    )
+    .await?
+    .filter(|leaf| leaf.leaf_index < checkpoint.tree_size) else {
         return Ok(None);
     };
     let hashes = inclusion_hashes(conn, &leaf, checkpoint.tree_size).await?;

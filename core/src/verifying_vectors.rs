@@ -174,6 +174,6 @@ fn the_document_shows_what_the_implementation_computes() {
     let expected = vectors();
     assert!(
         doc.contains(&expected),
-        "docs/verifying.md must contain, under section 5, exactly:\n\n{expected}"
+        "docs/verifying.md must contain, under section 6, exactly:\n\n{expected}"
     );
 }

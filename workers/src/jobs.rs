@@ -6,6 +6,7 @@ use governance_core::{
     audits::{self, Performed},
     evaluation, exports,
     store::Store,
+    transparency,
     webhooks::{self, DeliveryFailure},
 };
 use serde::{Deserialize, Serialize};
@@ -236,11 +237,16 @@ pub async fn deliver_webhook(
 /// error. Each change is committed with its outbox event and published at once (subscribers
 /// of `exportUpdates` follow along). A transient failure is retried until the export has had
 /// [`EXPORT_ATTEMPTS`] runs; then it is FAILED with that error.
+///
+/// The bundle is anchored first: the run's head as loaded is appended to the tenant's
+/// transparency log unless a leaf holds it already (a new checkpoint is published and
+/// witnessed like the sequencer's), and the bundle carries its inclusion proof, then is signed.
 pub async fn build_export(
     job: &BuildExport,
     store: &Store,
     dispatcher: &crate::Dispatcher,
     renderer: &std::sync::Arc<crate::render::Renderer>,
+    log: &crate::sequencer::LogDeps,
 ) -> Result<Outcome, JobError> {
     let Some(running) = exports::mark_running(store, &job.tenant_id, &job.export_id, 10).await?
     else {
@@ -248,8 +254,28 @@ pub async fn build_export(
     };
     let export = dispatcher.dispatch(running).await;
     let built = async {
-        let input = exports::load(store.db(), &export).await?;
-        let bundle = exports::bundle(&input)?;
+        let anchors = governance_core::verify::Anchors {
+            keys: log.keys.verifiers(),
+            witness_file: log.witness_file.clone(),
+        };
+        let mut input = exports::load(store.db(), &export, &anchors).await?;
+        if let Some(checkpoint) =
+            transparency::anchor(store, &log.keys, &log.settings, &input.run).await?
+        {
+            crate::sequencer::publish(log, dispatcher, checkpoint).await;
+        }
+        input.anchor = transparency::head_proof(store.db(), &input.run)
+            .await?
+            .map(|inclusion| exports::proof::Anchor {
+                key: log
+                    .keys
+                    .verifiers()
+                    .into_iter()
+                    .find(|k| k.key_id() == inclusion.checkpoint.key_id),
+                inclusion,
+            });
+        let mut bundle = exports::bundle(&input)?;
+        exports::proof::seal(&mut bundle, &log.keys.active)?;
         if let Some(progress) =
             exports::mark_running(store, &job.tenant_id, &job.export_id, 60).await?
         {

@@ -124,6 +124,8 @@ async fn handle_audit(
 struct ExportContext {
     dispatcher: Dispatcher,
     renderer: std::sync::Arc<crate::render::Renderer>,
+    /// Bundles are anchored in the transparency log and signed.
+    log: crate::sequencer::LogDeps,
 }
 
 async fn handle_export(
@@ -134,10 +136,16 @@ async fn handle_export(
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
     observed("export", &id, &attempt, async {
-        jobs::build_export(&job, &store, &context.dispatcher, &context.renderer)
-            .await
-            .map(|_| ())
-            .map_err(to_apalis)
+        jobs::build_export(
+            &job,
+            &store,
+            &context.dispatcher,
+            &context.renderer,
+            &context.log,
+        )
+        .await
+        .map(|_| ())
+        .map_err(to_apalis)
     })
     .await
 }
@@ -248,6 +256,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
         let context = ExportContext {
             dispatcher: Dispatcher::new(deps.jobs.clone(), deps.bus.clone()),
             renderer: deps.renderer.clone(),
+            log: deps.log.clone(),
         };
         register!(
             monitor,

@@ -25,14 +25,24 @@ pub async fn sequence_once(deps: &WorkerDeps) -> anyhow::Result<usize> {
     let count = signed.len();
     let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
     for committed in signed {
-        if let Some(path) = &deps.log.witness_file
-            && let Err(err) = witness(path, &committed.value)
-        {
-            tracing::error!(error = %err, path = %path.display(), "could not write a checkpoint to the witness file");
-        }
-        dispatcher.dispatch(committed).await;
+        publish(&deps.log, &dispatcher, committed).await;
     }
     Ok(count)
+}
+
+/// Publish a committed checkpoint: write it to the witness file (when one is configured), then
+/// deliver its `CHECKPOINT_SIGNED` event.
+pub async fn publish(
+    log: &LogDeps,
+    dispatcher: &Dispatcher,
+    committed: governance_core::outcome::Committed<governance_entities::log_checkpoint::Model>,
+) {
+    if let Some(path) = &log.witness_file
+        && let Err(err) = witness(path, &committed.value)
+    {
+        tracing::error!(error = %err, path = %path.display(), "could not write a checkpoint to the witness file");
+    }
+    dispatcher.dispatch(committed).await;
 }
 
 /// Append `checkpoint` to the witness file as one JSON line, synced.

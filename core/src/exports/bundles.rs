@@ -18,6 +18,8 @@ use crate::{
     verify::{self, Verification},
 };
 
+use super::proof::{Anchor, verification_object};
+
 /// Everything a bundle is built from, as stored.
 #[derive(Debug, Clone)]
 pub struct BundleInput {
@@ -30,11 +32,22 @@ pub struct BundleInput {
     pub snapshot: policy_snapshot::Model,
     pub steps: Vec<trace_step::Model>,
     pub verification: Verification,
+    /// The run's head as loaded, in the tenant's transparency log (set once anchored).
+    pub anchor: Option<Anchor>,
     pub exported_at: DateTime<Utc>,
 }
 
-/// Load the stored records of an export's incident.
-pub async fn load<C: ConnectionTrait>(conn: &C, export: &export::Model) -> CoreResult<BundleInput> {
+/// Load the stored records of an export's incident. The steps and violations are those of the
+/// run as read (its first `step_count` steps): a run still going on is shown, and proven, as
+/// of that head.
+///
+/// The service's own check (`verification`) is [`verify::verify_anchored`] against `anchors`:
+/// a record rewritten after its head was logged is reported there, and is not anchored anew.
+pub async fn load<C: ConnectionTrait>(
+    conn: &C,
+    export: &export::Model,
+    anchors: &verify::Anchors,
+) -> CoreResult<BundleInput> {
     let tenant = export.tenant_id.as_str();
     let incident = records::incident(conn, tenant, &export.incident_id).await?;
     let violation = records::violation(conn, tenant, &incident.violation_id).await?;
@@ -52,12 +65,14 @@ pub async fn load<C: ConnectionTrait>(conn: &C, export: &export::Model) -> CoreR
     let violations = violation::Entity::find()
         .filter(violation::Column::TenantId.eq(tenant))
         .filter(violation::Column::RunId.eq(run.id.as_str()))
+        .filter(violation::Column::StepIndex.lt(run.step_count))
         .order_by_asc(violation::Column::StepIndex)
         .order_by_asc(violation::Column::Id)
         .all(conn)
         .await?;
-    let steps = records::steps_after(conn, tenant, &run.id, -1).await?;
-    let verification = verify::verify(conn, tenant, &run.id).await?;
+    let mut steps = records::steps_after(conn, tenant, &run.id, -1).await?;
+    steps.truncate(usize::try_from(run.step_count).unwrap_or(0));
+    let verification = verify::verify_anchored(conn, tenant, &run.id, anchors).await?;
     Ok(BundleInput {
         export: export.clone(),
         run,
@@ -68,6 +83,7 @@ pub async fn load<C: ConnectionTrait>(conn: &C, export: &export::Model) -> CoreR
         snapshot,
         steps,
         verification,
+        anchor: None,
         exported_at: now(),
     })
 }
@@ -182,13 +198,7 @@ pub fn evidence_bundle(input: &BundleInput) -> CoreResult<Value> {
             "durationMs": run.completed_at.map(|end| (end - run.started_at).num_milliseconds()),
         },
         "traceHeadHash": run.trace_head_hash,
-        "verification": {
-            "intact": input.verification.intact,
-            "reproduced": input.verification.reproduced,
-            "headHash": input.verification.head_hash,
-            "stepsChecked": input.verification.steps_checked,
-            "mismatches": input.verification.mismatches.len(),
-        },
+        "verification": verification_object(input),
     }))
 }
 
@@ -331,6 +341,7 @@ pub fn executive_debrief(input: &BundleInput) -> CoreResult<Value> {
             "inflectionStep",
             "cumulative",
             "totals",
+            "verification",
         ] {
             if let Some(value) = evidence.get(key) {
                 debrief.insert(key.to_string(), value.clone());

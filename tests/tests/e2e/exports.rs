@@ -10,7 +10,7 @@ use crate::helpers::{TestApp, WsEvent, governance_bin, spawn_app, spawn_app_with
 const SECRET: &str = "sk-abcdefgh12345678";
 
 /// A run stopped by a content rule that matched a secret; returns (run id, incident id).
-async fn leaked(app: &TestApp) -> (String, String) {
+pub(crate) async fn leaked(app: &TestApp) -> (String, String) {
     app.create_policy(json!({
         "name": "No API keys", "kind": "CONTENT_RULE", "rule": { "patterns": ["sk-[a-z0-9]{16}"] },
         "action": "BLOCK", "severity": "CRITICAL",
@@ -40,7 +40,7 @@ const REQUEST: &str =
 const EXPORT: &str = "query($id: ID!) { export(id: $id) {
     id status progress sha256 sizeBytes contentType downloadUrl error completedAt } }";
 
-async fn request(app: &TestApp, incident: &str, kind: &str) -> String {
+pub(crate) async fn request(app: &TestApp, incident: &str, kind: &str) -> String {
     let data = app
         .gql_ok(
             REQUEST,
@@ -54,7 +54,7 @@ async fn request(app: &TestApp, incident: &str, kind: &str) -> String {
     export["id"].as_str().unwrap().to_string()
 }
 
-async fn ready(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn ready(app: &TestApp, id: &str) -> Value {
     let data = app
         // A deadline, not a duration: debug builds on 2 loaded cores can take long to render.
         .poll_until(EXPORT, json!({ "id": id }), Duration::from_secs(90), |d| {
@@ -65,7 +65,7 @@ async fn ready(app: &TestApp, id: &str) -> Value {
     data["export"].clone()
 }
 
-async fn download(app: &TestApp, url: &str, auth: Option<&str>) -> reqwest::Response {
+pub(crate) async fn download(app: &TestApp, url: &str, auth: Option<&str>) -> reqwest::Response {
     let mut request = app.http().get(app.url(url));
     if let Some(auth) = auth {
         request = request.header("Authorization", auth);
@@ -545,6 +545,18 @@ async fn the_evidence_bundle_keeps_its_shape() {
         ".steps[].entryHash" => "[hash]",
         ".traceHeadHash" => "[hash]",
         ".verification.headHash" => "[hash]",
+        ".verification.genesis" => "[genesis document: covers ids and times]",
+        ".verification.genesisHash" => "[hash]",
+        ".verification.entries[].document" => "[step document: covers ids and times]",
+        ".verification.entries[].prevHash" => "[hash]",
+        ".verification.entries[].entryHash" => "[hash]",
+        ".verification.leaf.data" => "[leaf document: covers ids and hashes]",
+        ".verification.leaf.hash" => "[hash]",
+        ".verification.inclusionProof.hashes[]" => "[hash]",
+        ".verification.checkpoint" => "[signed note: covers the tenant and hashes]",
+        ".verification.keyId" => "[key id]",
+        ".verification.verifierKey" => "[verifier key]",
+        ".verification.exportSignature" => "[signed note: covers every section]",
         ".totals.durationMs" => "[duration]",
     });
 }

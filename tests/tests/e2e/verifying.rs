@@ -238,13 +238,8 @@ const PROOF: &str = "query($id: ID!) { run(id: $id) { inclusionProof { leafIndex
 #[tokio::test]
 async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
     use governance_core::{
-        chain, merkle,
+        merkle,
         signing::{self, VerifierKey},
-    };
-    use governance_entities::{run as run_entity, trace_step};
-    use sea_orm::{
-        ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-        QueryOrder, Set,
     };
 
     let witness = tempfile::NamedTempFile::new().unwrap();
@@ -391,43 +386,7 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
     assert_eq!(refused.error_code().as_deref(), Some("BAD_USER_INPUT"));
 
     // The rewrite: as whoever administers the database could do it.
-    let backend = app.db.get_database_backend();
-    let unguard = match backend {
-        DbBackend::Postgres => vec!["ALTER TABLE trace_steps DISABLE TRIGGER USER"],
-        _ => vec!["DROP TRIGGER trace_steps_no_update"],
-    };
-    for sql in unguard {
-        app.db.execute_unprepared(sql).await.unwrap();
-    }
-    let stored_run = run_entity::Entity::find_by_id(run.clone())
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut steps = trace_step::Entity::find()
-        .filter(trace_step::Column::RunId.eq(run.as_str()))
-        .order_by_asc(trace_step::Column::StepIndex)
-        .all(&app.db)
-        .await
-        .unwrap();
-    steps[1].tokens = 60;
-    for i in 1..steps.len() {
-        let prev = steps[i - 1].entry_hash.clone();
-        steps[i].prev_hash = prev;
-        steps[i].entry_hash = chain::entry_hash(
-            &steps[i].prev_hash,
-            &chain::step_document(&stored_run, &steps[i]),
-        );
-        let mut row: trace_step::ActiveModel = steps[i].clone().into();
-        row.tokens = Set(steps[i].tokens);
-        row.prev_hash = Set(steps[i].prev_hash.clone());
-        row.entry_hash = Set(steps[i].entry_hash.clone());
-        row.update(&app.db).await.unwrap();
-    }
-    let mut rewritten: run_entity::ActiveModel = stored_run.clone().into();
-    rewritten.trace_head_hash = Set(steps[2].entry_hash.clone());
-    rewritten.tokens_used = Set(5 + 60 + 7);
-    rewritten.update(&app.db).await.unwrap();
+    rewrite_step_tokens(&app, &run, 1, 60).await;
 
     // The rows alone are consistent: no chain or replay mismatch...
     let rows = governance_core::verify::verify(&app.db, &app.tenant_id().await, &run)
@@ -449,6 +408,57 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
         kinds.iter().all(|k| *k == "LOG_LEAF"),
         "only the log tells: {caught}"
     );
+}
+
+/// Rewrite step `index` of `run` to `tokens` behind the service's back, as whoever
+/// administers the database could: the append-only triggers dropped, every later hash, the
+/// head and the totals recomputed, so the rows are consistent with themselves.
+async fn rewrite_step_tokens(app: &crate::helpers::TestApp, run: &str, index: usize, tokens: i64) {
+    use governance_core::chain;
+    use governance_entities::{run as run_entity, trace_step};
+    use sea_orm::{
+        ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+        QueryOrder, Set,
+    };
+    let backend = app.db.get_database_backend();
+    let unguard = match backend {
+        DbBackend::Postgres => vec!["ALTER TABLE trace_steps DISABLE TRIGGER USER"],
+        _ => vec!["DROP TRIGGER IF EXISTS trace_steps_no_update"],
+    };
+    for sql in unguard {
+        app.db.execute_unprepared(sql).await.unwrap();
+    }
+    let stored_run = run_entity::Entity::find_by_id(run.to_string())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut steps = trace_step::Entity::find()
+        .filter(trace_step::Column::RunId.eq(run))
+        .order_by_asc(trace_step::Column::StepIndex)
+        .all(&app.db)
+        .await
+        .unwrap();
+    let delta = tokens - steps[index].tokens;
+    steps[index].tokens = tokens;
+    for i in index..steps.len() {
+        if i > 0 {
+            steps[i].prev_hash = steps[i - 1].entry_hash.clone();
+        }
+        steps[i].entry_hash = chain::entry_hash(
+            &steps[i].prev_hash,
+            &chain::step_document(&stored_run, &steps[i]),
+        );
+        let mut row: trace_step::ActiveModel = steps[i].clone().into();
+        row.tokens = Set(steps[i].tokens);
+        row.prev_hash = Set(steps[i].prev_hash.clone());
+        row.entry_hash = Set(steps[i].entry_hash.clone());
+        row.update(&app.db).await.unwrap();
+    }
+    let mut rewritten: run_entity::ActiveModel = stored_run.clone().into();
+    rewritten.trace_head_hash = Set(steps.last().unwrap().entry_hash.clone());
+    rewritten.tokens_used = Set(stored_run.tokens_used + delta);
+    rewritten.update(&app.db).await.unwrap();
 }
 
 const VERIFY_LOGGED: &str = "query($id: ID!) { verifyRun(id: $id) { intact reproduced \
@@ -480,4 +490,331 @@ fn hex_hashes(value: &Value) -> Vec<governance_core::merkle::Hash> {
                 .unwrap()
         })
         .collect()
+}
+
+/// `governance verify FILE [--key KEY]…` run as a user would: the binary alone, no
+/// configuration, database or network. Returns (exit code, stdout).
+async fn verify_cli(file: &std::path::Path, keys: &[&str]) -> (i32, String) {
+    let mut args = vec!["verify".to_string(), file.display().to_string()];
+    for key in keys {
+        args.push("--key".into());
+        args.push(key.to_string());
+    }
+    let output = tokio::process::Command::new(crate::helpers::governance_bin())
+        .args(&args)
+        .env_remove("GOVERNANCE_DATABASE_URL")
+        .output()
+        .await
+        .expect("run governance verify");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// An incident's evidence bundle (JSON, as downloaded) and the published keys (JSON, as
+/// served), each written to a file.
+async fn exported_bundle(
+    app: &crate::helpers::TestApp,
+    incident: &str,
+    dir: &std::path::Path,
+) -> (Value, std::path::PathBuf, std::path::PathBuf) {
+    use crate::exports::{download, ready, request};
+    let export = ready(app, &request(app, incident, "EVIDENCE").await).await;
+    let bytes = download(app, export["downloadUrl"].as_str().unwrap(), None)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let bundle: Value = serde_json::from_slice(&bytes).unwrap();
+    let bundle_file = dir.join("bundle.json");
+    std::fs::write(&bundle_file, &bytes).unwrap();
+    let keys = app
+        .http()
+        .get(app.url("/.well-known/governance-keys"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let keys_file = dir.join("keys.json");
+    std::fs::write(&keys_file, &keys).unwrap();
+    (bundle, bundle_file, keys_file)
+}
+
+/// Every scalar in `value`, by its path as the verifier names paths (`a.b[2].c`).
+fn scalar_paths(value: &Value, path: String, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let next = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                scalar_paths(child, next, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                scalar_paths(child, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => out.push(path),
+    }
+}
+
+/// The value at a path `scalar_paths` gave.
+fn at_path<'a>(value: &'a mut Value, path: &str) -> &'a mut Value {
+    let mut current = value;
+    for part in path.split('.') {
+        let (key, indices) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        current = &mut current[key];
+        for index in indices
+            .split(['[', ']'])
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<usize>().unwrap())
+        {
+            current = &mut current[index];
+        }
+    }
+    current
+}
+
+/// A different value of the same kind.
+fn altered(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(format!("{s}x")),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => json!(i + 1),
+            None => json!(n.as_f64().unwrap_or(0.0) + 1.0),
+        },
+        Value::Bool(b) => Value::Bool(!b),
+        Value::Null => json!("x"),
+        other => other.clone(),
+    }
+}
+
+/// Whether `named` is `path` or a field or element that contains it.
+fn names(named: &str, path: &str) -> bool {
+    path == named
+        || (path.starts_with(named)
+            && matches!(path.as_bytes().get(named.len()), Some(b'.' | b'[')))
+}
+
+/// An exported evidence bundle verifies offline with the published keys and nothing else. Each
+/// of its fields altered in turn fails verification, and the failure names the field (fields
+/// the record binds by their own path; the rest by their signed section). An unknown key, a
+/// consistent rewrite of the bundle, and missing keys are each reported as what they are.
+#[tokio::test]
+async fn an_exported_bundle_verifies_offline_and_names_every_altered_field() {
+    use governance_core::{bundle_verify::verify_bundle, canonical, chain, merkle, signing};
+
+    let app = spawn_app().await;
+    // Other runs logged first, so the inclusion proof has hashes to alter.
+    for _ in 0..3 {
+        let run = app.start_run("wf-before").await;
+        app.step_ok(&run, json!({ "type": "LLM_CALL", "tokens": 1 }))
+            .await;
+        app.gql_ok(
+            "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { id } }",
+            json!({ "id": run }),
+        )
+        .await;
+        app.poll_until(
+            PROOF,
+            json!({ "id": run }),
+            std::time::Duration::from_secs(20),
+            |d| !d["run"]["inclusionProof"].is_null(),
+        )
+        .await;
+    }
+    let (_run, incident) = crate::exports::leaked(&app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, bundle_file, keys_file) = exported_bundle(&app, &incident, dir.path()).await;
+    let keys_arg = keys_file.display().to_string();
+    assert!(
+        !bundle["verification"]["inclusionProof"]["hashes"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{}",
+        bundle["verification"]
+    );
+
+    let (code, out) = verify_cli(&bundle_file, &[&keys_arg]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("VERIFIED"), "{out}");
+    assert!(out.contains("2 steps, record format 2"), "{out}");
+    let v = &bundle["verification"];
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(v["checkpoint"].as_str().unwrap().contains("\n\n— "), "{v}");
+
+    // Without a key the bundle's own is used, and the report says what that does not prove.
+    let (code, out) = verify_cli(&bundle_file, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("taken from the bundle itself"), "{out}");
+
+    // A key the deployment never had: nothing it signed verifies.
+    let stranger = signing::SigningKey::generate("stranger")
+        .unwrap()
+        .verifier()
+        .encoded();
+    let (code, out) = verify_cli(&bundle_file, &[&stranger]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("UNKNOWN_KEY"), "{out}");
+
+    // Unreadable input is its own exit status.
+    let (code, out) = verify_cli(&dir.path().join("missing.json"), &[&keys_arg]).await;
+    assert_eq!(code, 2, "{out}");
+
+    // Every field in turn.
+    let keys = signing::keys_from_text(&std::fs::read_to_string(&keys_file).unwrap()).unwrap();
+    assert!(verify_bundle(&bundle, &keys).verified());
+    let mut paths = Vec::new();
+    scalar_paths(&bundle, String::new(), &mut paths);
+    assert!(paths.len() > 100, "{}", paths.len());
+    let bound = |path: &str| {
+        [
+            "steps",
+            "cumulative",
+            "inflectionStep",
+            "totals.steps",
+            "totals.tokens",
+            "totals.costMicros",
+            "traceHeadHash",
+            "run.id",
+            "run.workflowId",
+            "run.agent",
+            "run.triggeredBy",
+            "run.startedAt",
+            "run.status",
+            "snapshot.contentHash",
+            "verification",
+        ]
+        .iter()
+        .any(|b| names(b, path))
+            && path != "verification.stepsChecked"
+    };
+    for path in &paths {
+        let mut copy = bundle.clone();
+        let field = at_path(&mut copy, path);
+        *field = altered(field);
+        let report = verify_bundle(&copy, &keys);
+        assert!(!report.verified(), "{path} altered and still verified");
+        let best = report
+            .failures
+            .iter()
+            .filter(|f| names(&f.path, path))
+            .max_by_key(|f| f.path.len());
+        let Some(best) = best else {
+            panic!("{path} altered: no failure names it: {:?}", report.failures);
+        };
+        if bound(path) {
+            assert!(
+                best.path.contains(['.', '[']) || best.path == *path,
+                "{path} is bound by the record, yet only its section is named: {:?}",
+                report.failures
+            );
+        }
+    }
+    // Through the CLI too, for one recorded figure.
+    let mut copy = bundle.clone();
+    copy["steps"][1]["tokens"] = json!(3);
+    std::fs::write(&bundle_file, serde_json::to_vec(&copy).unwrap()).unwrap();
+    let (code, out) = verify_cli(&bundle_file, &[&keys_arg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("steps[1].tokens"), "{out}");
+
+    // A consistent rewrite of the bundle: step 0's tokens changed in its document, every hash
+    // after it, the head, the shown figures and the leaf recomputed. Only the signatures,
+    // which need the deployment's private key, still tell.
+    let mut forged = bundle.clone();
+    let f = &mut forged["verification"];
+    let mut document: Value =
+        serde_json::from_str(f["entries"][0]["document"].as_str().unwrap()).unwrap();
+    document["tokens"] = json!(12);
+    f["entries"][0]["document"] = json!(canonical::to_string(&document));
+    let mut prev = f["genesisHash"].as_str().unwrap().to_string();
+    for entry in f["entries"].as_array_mut().unwrap() {
+        entry["prevHash"] = json!(prev);
+        prev = chain::entry_hash(&prev, entry["document"].as_str().unwrap());
+        entry["entryHash"] = json!(prev);
+    }
+    f["headHash"] = json!(prev);
+    let mut leaf: Value = serde_json::from_str(f["leaf"]["data"].as_str().unwrap()).unwrap();
+    leaf["headHash"] = json!(prev);
+    let leaf_data = canonical::to_string(&leaf);
+    f["leaf"]["hash"] = json!(hex::encode(merkle::leaf_hash(leaf_data.as_bytes())));
+    f["leaf"]["data"] = json!(leaf_data);
+    let entries = forged["verification"]["entries"].clone();
+    for (i, step) in forged["steps"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        step["prevHash"] = entries[i]["prevHash"].clone();
+        step["entryHash"] = entries[i]["entryHash"].clone();
+    }
+    forged["steps"][0]["tokens"] = json!(12);
+    forged["inflectionStep"]["prevHash"] = entries[1]["prevHash"].clone();
+    forged["inflectionStep"]["entryHash"] = entries[1]["entryHash"].clone();
+    forged["cumulative"][0]["tokens"] = json!(12);
+    forged["cumulative"][1]["tokens"] = json!(42);
+    forged["totals"]["tokens"] = json!(42);
+    forged["traceHeadHash"] = json!(prev);
+    let report = verify_bundle(&forged, &keys);
+    let kinds: Vec<&str> = report.failures.iter().map(|f| f.kind).collect();
+    assert!(
+        kinds
+            .iter()
+            .all(|k| ["INCLUSION_PROOF", "SECTION_ALTERED"].contains(k)),
+        "the record is consistent with itself; only the signed parts tell: {:?}",
+        report.failures
+    );
+    assert!(kinds.contains(&"INCLUSION_PROOF"), "{:?}", report.failures);
+    std::fs::write(&bundle_file, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let (code, out) = verify_cli(&bundle_file, &[&keys_arg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("INCLUSION_PROOF"), "{out}");
+}
+
+/// A run rewritten in the database after its head was logged: `verifyRun` names the log leaf,
+/// the export of its incident is not anchored anew (the forged head is never signed), and
+/// `governance verify` refuses the bundle.
+#[tokio::test]
+async fn a_database_rewrite_is_caught_by_verify_run_and_by_the_offline_verifier() {
+    let app = spawn_app().await;
+    let (run, incident) = crate::exports::leaked(&app).await;
+    app.poll_until(
+        PROOF,
+        json!({ "id": run }),
+        std::time::Duration::from_secs(20),
+        |d| !d["run"]["inclusionProof"].is_null(),
+    )
+    .await;
+    rewrite_step_tokens(&app, &run, 0, 12).await;
+
+    let caught = app.gql_ok(VERIFY_LOGGED, json!({ "id": run })).await;
+    assert_eq!(caught["verifyRun"]["intact"], false, "{caught}");
+    assert!(caught.to_string().contains("LOG_LEAF"), "{caught}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, bundle_file, keys_file) = exported_bundle(&app, &incident, dir.path()).await;
+    assert_eq!(bundle["verification"]["intact"], false, "{bundle}");
+    assert!(
+        bundle["verification"]["checkpoint"].is_null(),
+        "a forged head is never anchored: {}",
+        bundle["verification"]
+    );
+    let (code, out) = verify_cli(&bundle_file, &[&keys_file.display().to_string()]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SERVICE_CHECK"), "{out}");
+    assert!(out.contains("NOT_ANCHORED"), "{out}");
 }
