@@ -534,6 +534,19 @@ pub async fn latest_checkpoint<C: ConnectionTrait>(
         .await?)
 }
 
+/// The tenant's checkpoint of `size` leaves, if the log was ever signed at that size.
+pub async fn checkpoint_at<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    size: i64,
+) -> CoreResult<Option<log_checkpoint::Model>> {
+    Ok(log_checkpoint::Entity::find()
+        .filter(log_checkpoint::Column::TenantId.eq(tenant_id))
+        .filter(log_checkpoint::Column::TreeSize.eq(size))
+        .one(conn)
+        .await?)
+}
+
 /// A run's latest leaf, its inclusion proof, and the checkpoint it proves into.
 #[derive(Debug, Clone)]
 pub struct InclusionProof {

@@ -66,6 +66,7 @@ pub struct Subscription(
     incidents::IncidentSubscription,
     exports::ExportSubscription,
     audits::AuditSubscription,
+    transparency::TransparencySubscription,
 );
 
 pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;

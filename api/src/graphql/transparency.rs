@@ -143,3 +143,69 @@ impl TransparencyQuery {
         })
     }
 }
+
+pub struct CheckpointEvent {
+    event: governance_entities::event::Model,
+    checkpoint: Option<log_checkpoint::Model>,
+}
+
+/// A checkpoint the tenant's log was signed at, from the outbox (`CHECKPOINT_SIGNED`). Keep
+/// them: a later log that is not an extension of one you hold is detectable
+/// (`consistencyProof`). Resume after `cursor` to lose nothing.
+#[Object]
+impl CheckpointEvent {
+    /// The position in the tenant's event sequence: pass it as `after` to resume.
+    async fn cursor(&self) -> String {
+        self.event.seq.to_string()
+    }
+    /// The signed checkpoint.
+    async fn checkpoint(&self) -> Option<Checkpoint> {
+        self.checkpoint.clone().map(Checkpoint)
+    }
+    /// When it was committed.
+    async fn occurred_at(&self) -> DateTime {
+        self.event.created_at.into()
+    }
+}
+
+#[derive(Default)]
+pub struct TransparencySubscription;
+
+#[async_graphql::Subscription]
+impl TransparencySubscription {
+    /// Every checkpoint the tenant's log is signed at: first those stored after `after` (from
+    /// the beginning when omitted), then live, in order, with no gap and no duplicate.
+    async fn checkpoint_events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl futures::Stream<Item = CheckpointEvent> + use<>> {
+        use futures::StreamExt;
+        let principal = principal(ctx)?;
+        let after = super::incidents::parse_event_cursor(after.as_deref()).gql()?;
+        let state = state(ctx);
+        let db = state.db.clone();
+        let tenant_id = principal.tenant_id.clone();
+        let stream = governance_workers::events::tenant_stream(
+            state.db.clone(),
+            &state.bus,
+            principal.tenant_id.clone(),
+            after,
+        )
+        .filter(|event| std::future::ready(event.kind == "CHECKPOINT_SIGNED"))
+        .then(move |event| {
+            let (db, tenant_id) = (db.clone(), tenant_id.clone());
+            async move {
+                let size = event.subject_id.parse::<i64>().unwrap_or(-1);
+                let checkpoint = transparency::checkpoint_at(&db, &tenant_id, size)
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::error!(error = %err, "could not read a signed checkpoint");
+                        None
+                    });
+                CheckpointEvent { event, checkpoint }
+            }
+        });
+        Ok(stream)
+    }
+}

@@ -818,3 +818,68 @@ async fn a_database_rewrite_is_caught_by_verify_run_and_by_the_offline_verifier(
     assert!(out.contains("SERVICE_CHECK"), "{out}");
     assert!(out.contains("NOT_ANCHORED"), "{out}");
 }
+
+/// Witnesses follow the log over a subscription: each checkpoint as it is signed (verifiable
+/// with the published key alone), and from the start again on reconnecting, in order.
+#[tokio::test]
+async fn checkpoints_stream_to_subscribers_and_replay_from_a_cursor() {
+    use governance_core::signing::{VerifierKey, verify_note};
+    const SUBSCRIBE: &str = "subscription($after: String) { checkpointEvents(after: $after) { \
+        cursor occurredAt checkpoint { treeSize rootHash keyId note } } }";
+    let app = spawn_app().await;
+    let keys: Value = app
+        .http()
+        .get(app.url("/.well-known/governance-keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = VerifierKey::parse(keys["keys"][0]["verifierKey"].as_str().unwrap()).unwrap();
+    let mut ws = app
+        .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
+        .await;
+    ws.expect_ack().await;
+    ws.subscribe("1", SUBSCRIBE, json!({})).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let run = app.start_run("wf-witnessed").await;
+        app.step_ok(&run, json!({ "type": "LLM_CALL", "tokens": 3 }))
+            .await;
+        app.gql_ok(
+            "mutation($id: ID!) { completeRun(id: $id, status: SUCCEEDED) { id } }",
+            json!({ "id": run }),
+        )
+        .await;
+        let event = ws.next_data("1").await["checkpointEvents"].clone();
+        let checkpoint = &event["checkpoint"];
+        let note = checkpoint["note"].as_str().unwrap();
+        let verified = verify_note(note, std::slice::from_ref(&key)).expect("signed");
+        let (size, root) = size_and_root(&verified.text);
+        assert_eq!(checkpoint["treeSize"], size as i64, "{event}");
+        assert_eq!(checkpoint["rootHash"], hex::encode(root).as_str());
+        assert_eq!(checkpoint["keyId"], key.key_id().as_str());
+        seen.push(event);
+    }
+    assert!(
+        seen[1]["checkpoint"]["treeSize"].as_i64() > seen[0]["checkpoint"]["treeSize"].as_i64(),
+        "{seen:?}"
+    );
+
+    // A witness that reconnects from the beginning gets the same checkpoints first, in order;
+    // from the first cursor, only what came after it.
+    let mut again = app
+        .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
+        .await;
+    again.expect_ack().await;
+    again.subscribe("2", SUBSCRIBE, json!({})).await;
+    for event in &seen {
+        assert_eq!(&again.next_data("2").await["checkpointEvents"], event);
+    }
+    again
+        .subscribe("3", SUBSCRIBE, json!({ "after": seen[0]["cursor"] }))
+        .await;
+    assert_eq!(again.next_data("3").await["checkpointEvents"], seen[1]);
+}
