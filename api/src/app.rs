@@ -90,12 +90,53 @@ fn restrict_data_dir(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Apply pending migrations (ours and the job queue's).
-pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
-    Migrator::up(db, None)
+/// Bring the schema up to date. With `migration_database_url` (PostgreSQL), our migrations and
+/// the job queue's run over that connection, as the role owning the schema, and the role `db`
+/// logs in as is then granted only what the service needs (`migration::roles`), every time, so
+/// the grants follow the schema. Without it, `db` migrates as before, and only when something
+/// is pending: a runtime role without DDL rights then starts against a schema its owner
+/// migrated (`governance migrate` with the migration URL).
+pub async fn migrate(config: &Config, db: &DatabaseConnection) -> anyhow::Result<()> {
+    let Some(url) = config.migration_database_url() else {
+        let pending = Migrator::get_pending_migrations_read_only(db)
+            .await
+            .map(|pending| !pending.is_empty())
+            .unwrap_or(true);
+        if pending {
+            Migrator::up(db, None)
+                .await
+                .context("database migration failed")?;
+        }
+        return Ok(());
+    };
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres || !url.starts_with("postgres") {
+        anyhow::bail!(
+            "`migration_database_url` (GOVERNANCE_MIGRATION_DATABASE_URL) separates the owner and \
+             runtime roles on PostgreSQL; SQLite has no roles: leave it unset"
+        );
+    }
+    let mut settings = DbSettings::new(url);
+    settings.max_connections = 2;
+    let owner = db::connect(&settings)
         .await
-        .context("database migration failed")?;
-    Ok(())
+        .context("cannot open the migration database URL")?;
+    let result = async {
+        Migrator::up(&owner, None)
+            .await
+            .context("database migration failed")?;
+        if config.redis_url.is_none() {
+            governance_workers::queue::migrate_postgres_storage(&owner).await?;
+        }
+        let runtime_role = migration::roles::current_role(db).await?;
+        migration::roles::grant_runtime(&owner, &runtime_role)
+            .await
+            .with_context(|| format!("cannot grant the runtime role `{runtime_role}`"))?;
+        tracing::info!(role = %runtime_role, "migrated as the owner role; runtime role granted");
+        anyhow::Ok(())
+    }
+    .await;
+    owner.close().await.ok();
+    result
 }
 
 /// The job queue for this configuration (SQLite, PostgreSQL, or Redis).
@@ -124,6 +165,20 @@ pub fn open_signing_key(config: &Config) -> anyhow::Result<governance_core::sign
         );
     }
     Ok(ring)
+}
+
+/// The key that seals the secrets stored in the database: read from its file, or created there
+/// on first start. Every replica must read the same file.
+pub fn open_secrets_key(
+    config: &Config,
+) -> anyhow::Result<Arc<governance_core::sealing::SecretsKey>> {
+    let path = config.secrets.key_path(&config.data_dir);
+    let (key, created) = governance_core::sealing::SecretsKey::load_or_create(&path)
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    if created {
+        tracing::info!(path = %path.display(), key_id = key.id(), "created the secrets key");
+    }
+    Ok(Arc::new(key))
 }
 
 /// What the transparency log's sequencer needs.
@@ -186,9 +241,9 @@ impl Application {
             let outcome = if info.failed { "failed" } else { "ok" };
             statements.with_label_values(&[outcome]).inc();
         });
-        migrate(&db).await?;
+        migrate(&config, &db).await?;
         let jobs = open_queue(&config, &db).await?;
-        let store = Store::new(db.clone());
+        let store = Store::new(db.clone()).with_secrets(open_secrets_key(&config)?);
         let statements = metrics.db_statements.clone();
         store.observe_statements(Arc::new(move |count, failed| {
             let outcome = if failed { "failed" } else { "ok" };
@@ -209,6 +264,10 @@ impl Application {
         }
         let shutdown = CancellationToken::new();
         let bus = open_bus(&config, shutdown.clone()).await?;
+        let sealed = governance_core::webhooks::seal_plaintext_secrets(&store).await?;
+        if sealed > 0 {
+            tracing::info!(count = sealed, "sealed webhook secrets stored in plaintext");
+        }
         let download_key = Arc::new(governance_core::exports::download_key(&store).await?);
         let signing = Arc::new(open_signing_key(&config)?);
         let cache = SnapshotCache::new();

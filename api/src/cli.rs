@@ -28,6 +28,10 @@ pub struct GlobalArgs {
     /// Database URL (`sqlite://…` or `postgres://…`).
     #[arg(long, global = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL: the URL of the role owning the schema; migrations run as it, and the
+    /// database URL's role is granted only what the service needs.
+    #[arg(long, global = true)]
+    pub migration_database_url: Option<String>,
     /// Redis URL (`redis://…`): Redis job storage and cross-replica event fan-out.
     #[arg(long, global = true)]
     pub redis_url: Option<String>,
@@ -160,6 +164,7 @@ impl Cli {
         };
         CliOverrides {
             database_url: self.global.database_url.clone(),
+            migration_database_url: self.global.migration_database_url.clone(),
             migration_database_url: self.global.migration_database_url.clone(),
             redis_url: self.global.redis_url.clone(),
             bind: serve.and_then(|s| s.bind),

@@ -89,13 +89,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Worker) => {
             let egress = config.webhooks.rules()?.egress;
             let db = app::open_database(&config).await?;
-            app::migrate(&db).await?;
+            app::migrate(&config, &db).await?;
             let jobs = app::open_queue(&config, &db).await?;
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
             let bus = app::open_bus(&config, shutdown.clone()).await?;
             tracing::info!("governance worker started");
-            let store = Store::new(db);
+            let store = Store::new(db).with_secrets(app::open_secrets_key(&config)?);
             let cache = SnapshotCache::new();
             governance_workers::run(
                 WorkerDeps {
@@ -118,7 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Migrate) => {
             let db = app::open_database(&config).await?;
-            app::migrate(&db).await?;
+            app::migrate(&config, &db).await?;
             println!("database is up to date");
             Ok(())
         }
@@ -132,7 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ended,
         }) => {
             let db = app::open_database(&config).await?;
-            app::migrate(&db).await?;
+            app::migrate(&config, &db).await?;
             let store = Store::new(db);
             let tenant_id = tenancy::tenant_id_by_name(store.db(), &tenant).await?;
             let started = std::time::Instant::now();
@@ -180,14 +180,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: TenantCommand::Create { name },
         }) => {
             let db = app::open_database(&config).await?;
-            app::migrate(&db).await?;
+            app::migrate(&config, &db).await?;
             let key = tenancy::create_tenant(&Store::new(db), &name).await?;
             print_key(&key);
             Ok(())
         }
         Some(Command::Key { command }) => {
             let db = app::open_database(&config).await?;
-            app::migrate(&db).await?;
+            app::migrate(&config, &db).await?;
             match command {
                 KeyCommand::Create { tenant, name } => {
                     let key = tenancy::create_key(&db, &tenant, &name).await?;

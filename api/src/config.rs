@@ -162,6 +162,10 @@ impl WebSocketSettings {
 pub struct Config {
     /// Database URL; default: the SQLite file `governance.db` in `data_dir`.
     pub database_url: Option<String>,
+    /// PostgreSQL only: the URL of the role that owns the schema. When set, migrations (ours and
+    /// the job queue's) run over it, and the role of `database_url` is then granted only what
+    /// the service needs (see `migration::roles`). Unset: one role does both.
+    pub migration_database_url: Option<String>,
     /// Redis URL; when set, jobs use Redis storage and events fan out over Redis pub/sub.
     pub redis_url: Option<String>,
     /// Address the HTTP server binds (port 0 picks a free one).
@@ -194,6 +198,7 @@ pub struct Config {
     /// Job queue housekeeping.
     pub jobs: JobSettings,
     pub signing: SigningSettings,
+    pub secrets: SecretsSettings,
     pub log: LogSettings,
 }
 
@@ -260,6 +265,25 @@ impl SigningSettings {
     }
 }
 
+/// The key that encrypts secrets stored in the database (webhook signing secrets, the
+/// download-link key), kept outside the database.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// The key file; default `secrets.key` in `data_dir`, created on first start (mode 0600).
+    /// Every replica must read the same file, and it must be backed up with the database:
+    /// without it the stored secrets cannot be read.
+    pub key_path: Option<PathBuf>,
+}
+
+impl SecretsSettings {
+    pub fn key_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.key_path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("secrets.key"))
+    }
+}
+
 /// Job queue housekeeping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -286,6 +310,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             database_url: None,
+            migration_database_url: None,
             redis_url: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
@@ -302,6 +327,7 @@ impl Default for Config {
             websocket: WebSocketSettings::default(),
             jobs: JobSettings::default(),
             signing: SigningSettings::default(),
+            secrets: SecretsSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -335,6 +361,13 @@ impl Config {
             .map_err(Box::new)
     }
 
+    /// The owner role's URL, when migrations run as another role than the service.
+    pub fn migration_database_url(&self) -> Option<&str> {
+        self.migration_database_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+    }
+
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
         self.database_url
@@ -348,6 +381,8 @@ impl Config {
 pub struct CliOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration_database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -487,5 +522,47 @@ mod tests {
                 .database_url()
                 .starts_with("sqlite://data/governance.db")
         );
+    }
+
+    #[test]
+    fn migration_url_and_secrets_key_layer() {
+        Jail::expect_with(|jail| {
+            let defaults = Config::load(None, &CliOverrides::default()).map_err(|e| *e)?;
+            assert_eq!(defaults.migration_database_url(), None);
+            assert_eq!(
+                defaults.secrets.key_path(&defaults.data_dir),
+                PathBuf::from("data/secrets.key")
+            );
+            jail.create_file(
+                "gov.toml",
+                "database_url = \"postgres://app@db/gov\"\nmigration_database_url = \"postgres://owner@db/gov\"\n[secrets]\nkey_path = \"/keys/s.key\"\n",
+            )?;
+            let config =
+                Config::load(Some("gov.toml".into()), &CliOverrides::default()).map_err(|e| *e)?;
+            assert_eq!(
+                config.migration_database_url(),
+                Some("postgres://owner@db/gov")
+            );
+            assert_eq!(
+                config.secrets.key_path(&config.data_dir),
+                PathBuf::from("/keys/s.key")
+            );
+            jail.set_env(
+                "GOVERNANCE_MIGRATION_DATABASE_URL",
+                "postgres://migrator@db/gov",
+            );
+            jail.set_env("GOVERNANCE_SECRETS__KEY_PATH", "/elsewhere/s.key");
+            let config =
+                Config::load(Some("gov.toml".into()), &CliOverrides::default()).map_err(|e| *e)?;
+            assert_eq!(
+                config.migration_database_url(),
+                Some("postgres://migrator@db/gov")
+            );
+            assert_eq!(
+                config.secrets.key_path(&config.data_dir),
+                PathBuf::from("/elsewhere/s.key")
+            );
+            Ok(())
+        });
     }
 }

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod records;
 pub mod runs;
+pub mod sealing;
 pub mod signing;
 pub mod snapshot;
 pub mod status;

@@ -62,6 +62,8 @@ pub struct Store {
     statements: Arc<OnceLock<StatementObserver>>,
     /// Keeps the WAL checkpointer (SQLite) running while any clone of this store lives.
     _checkpoints: Arc<()>,
+    /// The key that seals secrets stored in the database (see [`crate::sealing`]).
+    secrets: Option<Arc<crate::sealing::SecretsKey>>,
 }
 
 impl Store {
@@ -80,6 +82,7 @@ impl Store {
             evaluation_lane: None,
             statements: Arc::default(),
             _checkpoints: Arc::new(()),
+            secrets: None,
         };
         crate::db::checkpoint_in_background(
             store.db.clone(),
@@ -92,6 +95,23 @@ impl Store {
             store.evaluation_lane = Some(crate::evaluation::EvaluationLane::start(plain));
         }
         store
+    }
+
+    /// This store with the key that seals the secrets it stores (webhook secrets, the
+    /// download-link key). A store without one refuses to read or write them.
+    pub fn with_secrets(mut self, key: Arc<crate::sealing::SecretsKey>) -> Self {
+        self.secrets = Some(key);
+        self
+    }
+
+    /// The key that seals stored secrets.
+    pub fn secrets(&self) -> crate::error::CoreResult<&crate::sealing::SecretsKey> {
+        self.secrets.as_deref().ok_or_else(|| {
+            crate::error::CoreError::Internal(anyhow::anyhow!(
+                "no secrets key: stored secrets can be read and written only with one \
+                 (`secrets.key_path`)"
+            ))
+        })
     }
 
     /// The group-commit lane for evaluation records, when they are batched.

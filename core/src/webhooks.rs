@@ -10,6 +10,9 @@
 //!
 //! Endpoints may only target addresses the [`EgressPolicy`] allows (checked when written and
 //! when delivering), and a tenant has at most [`WebhookRules::max_per_tenant`] of them.
+//!
+//! Secrets are stored sealed ([`crate::sealing`], bound to the endpoint's row): `create` and
+//! `rotate_secret` return the plaintext once, [`signing_secret`] opens it for a delivery.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
@@ -27,6 +30,7 @@ use crate::{
     egress::{self, EgressPolicy},
     error::{CoreError, CoreResult},
     ids::{new_id, prefix},
+    sealing,
     store::{Store, one_for_update},
     time::now,
 };
@@ -143,7 +147,8 @@ fn validate(new: &NewWebhook) -> CoreResult<()> {
     Ok(())
 }
 
-/// Register an endpoint. Returns it with its secret (shown this once). The URL must only
+/// Register an endpoint. Returns it with its secret in plaintext (shown this once; the row
+/// holds it sealed). The URL must only
 /// resolve to addresses `rules.egress` allows, and the tenant must be below its cap; the count
 /// and the insert are one transaction, serialised per tenant by a lock on the tenant's row.
 pub async fn create(
@@ -179,13 +184,15 @@ pub async fn create(
             ),
         ));
     }
-    let model = webhook::ActiveModel {
-        id: Set(new_id(prefix::WEBHOOK)),
+    let id = new_id(prefix::WEBHOOK);
+    let secret = new_secret();
+    let mut model = webhook::ActiveModel {
+        id: Set(id.clone()),
         tenant_id: Set(tenant_id.to_string()),
         url: Set(new.url),
         events: Set(json!(events)),
         min_severity: Set(new.min_severity),
-        secret: Set(new_secret()),
+        secret: Set(store.secrets()?.seal(&secret, secret_row(&id))?),
         enabled: Set(true),
         created_at: Set(at),
         updated_at: Set(at),
@@ -193,7 +200,54 @@ pub async fn create(
     .insert(&*txn)
     .await?;
     txn.commit().await?;
+    model.secret = secret;
     Ok(model)
+}
+
+/// Where an endpoint's sealed secret lives (its associated data).
+fn secret_row(id: &str) -> sealing::Row<'_> {
+    sealing::Row {
+        table: "webhooks",
+        column: "secret",
+        id,
+    }
+}
+
+/// The secret a delivery to `hook` is signed with, opened from its sealed form.
+pub fn signing_secret(store: &Store, hook: &webhook::Model) -> CoreResult<String> {
+    store.secrets()?.open(&hook.secret, secret_row(&hook.id))
+}
+
+/// Seal every endpoint secret still stored in plaintext (written before secrets were sealed),
+/// in one transaction; each is replaced only if it is still the value read, so a concurrent
+/// rotation is never overwritten. Returns how many were sealed. Run at start-up; running it
+/// again finds nothing to do.
+pub async fn seal_plaintext_secrets(store: &Store) -> CoreResult<usize> {
+    let key = store.secrets()?;
+    let plain: Vec<(String, String)> = webhook::Entity::find()
+        .filter(webhook::Column::Secret.not_like("enc:%"))
+        .all(store.db())
+        .await?
+        .into_iter()
+        .map(|hook| (hook.id, hook.secret))
+        .collect();
+    if plain.is_empty() {
+        return Ok(0);
+    }
+    let txn = store.begin().await?;
+    for (id, secret) in &plain {
+        webhook::Entity::update_many()
+            .col_expr(
+                webhook::Column::Secret,
+                sea_orm::sea_query::Expr::value(key.seal(secret, secret_row(id))?),
+            )
+            .filter(webhook::Column::Id.eq(id.as_str()))
+            .filter(webhook::Column::Secret.eq(secret.as_str()))
+            .exec(&*txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(plain.len())
 }
 
 /// One endpoint of the tenant.
@@ -220,15 +274,19 @@ pub async fn delete(store: &Store, tenant_id: &str, id: &str) -> CoreResult<webh
     Ok(found)
 }
 
-/// Replace an endpoint's secret; messages sent from now on are signed with the new one.
+/// Replace an endpoint's secret; messages sent from now on are signed with the new one. Returns
+/// the endpoint with the new secret in plaintext (shown this once).
 pub async fn rotate_secret(store: &Store, tenant_id: &str, id: &str) -> CoreResult<webhook::Model> {
     let txn = store.begin().await?;
     let found = get(&*txn, tenant_id, id).await?;
+    let secret = new_secret();
+    let sealed = store.secrets()?.seal(&secret, secret_row(&found.id))?;
     let mut active: webhook::ActiveModel = found.into();
-    active.secret = Set(new_secret());
+    active.secret = Set(sealed);
     active.updated_at = Set(now());
-    let updated = active.update(&*txn).await?;
+    let mut updated = active.update(&*txn).await?;
     txn.commit().await?;
+    updated.secret = secret;
     Ok(updated)
 }
 

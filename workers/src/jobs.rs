@@ -197,7 +197,8 @@ pub async fn deliver_webhook(
     let body = webhooks::body(&event).to_string();
     let message_id = webhooks::message_id(&event);
     let timestamp = governance_core::time::now().timestamp();
-    let signature = webhooks::sign(&hook.secret, &message_id, timestamp, &body)?;
+    let secret = webhooks::signing_secret(store, &hook)?;
+    let signature = webhooks::sign(&secret, &message_id, timestamp, &body)?;
     let headers = [
         ("content-type", "application/json".to_string()),
         ("webhook-id", message_id),

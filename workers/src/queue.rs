@@ -180,6 +180,34 @@ async fn steer_sqlite_acks(pool: &sqlx_pool::Sqlite) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Apply the PostgreSQL job storage's migrations (the `apalis` schema), unless every one is
+/// applied already: checking first needs only SELECT on its history, so a service logged in as
+/// a runtime role without DDL rights starts once the owner has migrated (see
+/// `migration::roles`), while a single-role deployment keeps migrating on start.
+pub async fn migrate_postgres_storage(db: &DatabaseConnection) -> anyhow::Result<()> {
+    use sea_orm::sqlx;
+    let pool = db.get_postgres_connection_pool();
+    let migrator = PostgresStorage::migrations();
+    // The table name is sqlx's constant, not input.
+    let applied: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM {} WHERE success",
+        migrator.table_name
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let pending = migrator
+        .iter()
+        .any(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version));
+    if pending {
+        migrator
+            .run(pool)
+            .await
+            .context("job queue (PostgreSQL) migration failed")?;
+    }
+    Ok(())
+}
+
 impl JobQueue {
     /// Connect the configured storage and apply its migrations (SQLite/PostgreSQL). On SQLite only
     /// the storage's migrations run, never its `setup`, which would weaken our pragmas
@@ -218,12 +246,8 @@ impl JobQueue {
                 Backend::Sqlite(pool.clone())
             }
             (None, DbBackend::Postgres) => {
-                let pool = db.get_postgres_connection_pool();
-                PostgresStorage::migrations()
-                    .run(pool)
-                    .await
-                    .context("job queue (PostgreSQL) migration failed")?;
-                Backend::Postgres(pool.clone())
+                migrate_postgres_storage(&db).await?;
+                Backend::Postgres(db.get_postgres_connection_pool().clone())
             }
             (None, other) => anyhow::bail!("unsupported database backend {other:?}"),
         };

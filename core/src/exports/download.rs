@@ -1,6 +1,6 @@
 //! Signed download links: an export's content can be fetched without an API key through a URL
 //! signed (HMAC-SHA256) over the tenant, the export and an expiry, with a key every replica
-//! shares through the database.
+//! shares through the database (sealed there under the secrets key).
 
 use governance_entities::export;
 use sea_orm::{ConnectionTrait, EntityTrait, QuerySelect, Set};
@@ -17,39 +17,65 @@ const DOWNLOAD_KEY: &str = "export_download";
 pub const DOWNLOAD_URL_TTL: chrono::Duration = chrono::Duration::minutes(15);
 
 /// The key that signs download URLs: created once (randomly) and shared by every replica
-/// through the database.
+/// through the database, where it is stored sealed ([`crate::sealing`], bound to its row). A
+/// key stored in plaintext by an earlier version is sealed in place here, once.
 pub async fn download_key(store: &Store) -> CoreResult<Vec<u8>> {
     use governance_entities::service_key;
     use rand::RngCore;
-    use sea_orm::sea_query::OnConflict;
-    if let Some(found) = service_key::Entity::find_by_id(DOWNLOAD_KEY.to_string())
+    use sea_orm::{ColumnTrait, QueryFilter, sea_query::OnConflict};
+    let secrets = store.secrets()?;
+    let row = crate::sealing::Row {
+        table: "service_keys",
+        column: "key",
+        id: DOWNLOAD_KEY,
+    };
+    let stored = match service_key::Entity::find_by_id(DOWNLOAD_KEY.to_string())
         .one(store.db())
         .await?
     {
-        return hex::decode(found.key).map_err(|e| CoreError::Internal(e.into()));
+        Some(found) => found,
+        None => {
+            let mut key = [0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            let txn = store.begin().await?;
+            service_key::Entity::insert(service_key::ActiveModel {
+                name: Set(DOWNLOAD_KEY.to_string()),
+                key: Set(secrets.seal(&hex::encode(key), row)?),
+                created_at: Set(now()),
+            })
+            .on_conflict(
+                OnConflict::column(service_key::Column::Name)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&*txn)
+            .await?;
+            txn.commit().await?;
+            // Another replica may have won the race: read what is stored.
+            service_key::Entity::find_by_id(DOWNLOAD_KEY.to_string())
+                .one(store.db())
+                .await?
+                .ok_or_else(|| {
+                    CoreError::Internal(anyhow::anyhow!("the download key was not stored"))
+                })?
+        }
+    };
+    let key = secrets.open(&stored.key, row)?;
+    if !crate::sealing::is_sealed(&stored.key) {
+        // Only if it is still the plaintext read: a replica sealing it meanwhile wins.
+        let txn = store.begin().await?;
+        service_key::Entity::update_many()
+            .col_expr(
+                service_key::Column::Key,
+                sea_orm::sea_query::Expr::value(secrets.seal(&key, row)?),
+            )
+            .filter(service_key::Column::Name.eq(DOWNLOAD_KEY))
+            .filter(service_key::Column::Key.eq(stored.key.as_str()))
+            .exec(&*txn)
+            .await?;
+        txn.commit().await?;
     }
-    let mut key = [0u8; 32];
-    rand::rng().fill_bytes(&mut key);
-    let txn = store.begin().await?;
-    service_key::Entity::insert(service_key::ActiveModel {
-        name: Set(DOWNLOAD_KEY.to_string()),
-        key: Set(hex::encode(key)),
-        created_at: Set(now()),
-    })
-    .on_conflict(
-        OnConflict::column(service_key::Column::Name)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(&*txn)
-    .await?;
-    txn.commit().await?;
-    // Another replica may have won the race: read what is stored.
-    let stored = service_key::Entity::find_by_id(DOWNLOAD_KEY.to_string())
-        .one(store.db())
-        .await?
-        .ok_or_else(|| CoreError::Internal(anyhow::anyhow!("the download key was not stored")))?;
-    hex::decode(stored.key).map_err(|e| CoreError::Internal(e.into()))
+    hex::decode(key).map_err(|e| CoreError::Internal(e.into()))
 }
 
 fn download_signature(key: &[u8], tenant_id: &str, export_id: &str, expires: i64) -> String {

@@ -4,6 +4,10 @@
 //! Backend: SQLite in a temporary directory by default; PostgreSQL + Redis when
 //! `GOV_TEST_POSTGRES_URL` (an admin URL; each test creates its own database) and
 //! `GOV_TEST_REDIS_URL` (each test uses its own key namespace) are set — `scripts/test` does that.
+//! On PostgreSQL every test runs with the roles split as the README describes: its database is
+//! owned by the role `gov_test_owner`, which migrates (`migration_database_url`), and the server
+//! logs in as `gov_test_runtime`, which owns nothing. `TestApp::db` is the owner's connection:
+//! tests that tamper with records act as the database's administrator, not as the service.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -38,7 +42,10 @@ pub fn redis_url() -> Option<String> {
 /// Where one test's data lives: a temporary directory, and on PostgreSQL a fresh database.
 pub struct TestEnv {
     pub dir: TempDir,
+    /// The service's URL (on PostgreSQL, as the runtime role).
     pub database_url: Option<String>,
+    /// On PostgreSQL, the owner role's URL, which migrates.
+    pub migration_database_url: Option<String>,
     pub redis_url: Option<String>,
     pub namespace: String,
 }
@@ -47,24 +54,36 @@ impl TestEnv {
     pub async fn new() -> TestEnv {
         let dir = tempfile::tempdir().expect("temp dir");
         let unique = ulid::Ulid::new().to_string().to_lowercase();
-        let database_url = match postgres_admin_url() {
+        let (database_url, migration_database_url) = match postgres_admin_url() {
             Some(admin) => {
                 let name = format!("gov_test_{unique}");
                 let conn = Database::connect(&admin)
                     .await
                     .expect("connect to PostgreSQL admin URL");
-                conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                for role in [OWNER_ROLE, RUNTIME_ROLE] {
+                    // Tests start in parallel: whoever comes second finds the role there.
+                    conn.execute_unprepared(&format!(
+                        "DO $$ BEGIN CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE; \
+                         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                    ))
+                    .await
+                    .expect("create test role");
+                }
+                conn.execute_unprepared(&format!("CREATE DATABASE {name} OWNER {OWNER_ROLE}"))
                     .await
                     .expect("create test database");
                 conn.close().await.ok();
-                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-                Some(format!("{base}/{name}"))
+                (
+                    Some(pg_url_as(&admin, RUNTIME_ROLE, &name)),
+                    Some(pg_url_as(&admin, OWNER_ROLE, &name)),
+                )
             }
-            None => None,
+            None => (None, None),
         };
         TestEnv {
             dir,
             database_url,
+            migration_database_url,
             redis_url: redis_url(),
             namespace: format!("gt_{unique}"),
         }
@@ -78,6 +97,7 @@ impl TestEnv {
     pub fn config(&self) -> Config {
         Config {
             database_url: self.database_url.clone(),
+            migration_database_url: self.migration_database_url.clone(),
             redis_url: self.redis_url.clone(),
             bind: "127.0.0.1:0".parse().expect("addr"),
             data_dir: self.data_dir(),
@@ -107,6 +127,9 @@ impl TestEnv {
         if let Some(url) = &self.database_url {
             args.extend(["--database-url".to_string(), url.clone()]);
         }
+        if let Some(url) = &self.migration_database_url {
+            args.extend(["--migration-database-url".to_string(), url.clone()]);
+        }
         if let Some(url) = &self.redis_url {
             args.extend(["--redis-url".to_string(), url.clone()]);
         }
@@ -114,11 +137,26 @@ impl TestEnv {
     }
 }
 
+/// The role owning each test database on PostgreSQL (it runs the migrations).
+pub const OWNER_ROLE: &str = "gov_test_owner";
+/// The role the server logs in as on PostgreSQL.
+pub const RUNTIME_ROLE: &str = "gov_test_runtime";
+
+/// `url` with its user and database replaced (`postgres://user@host:port/db`).
+pub fn pg_url_as(url: &str, user: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let rest = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
+    let host = rest.split_once('/').map(|(host, _)| host).unwrap_or(rest);
+    format!("{scheme}://{user}@{host}/{database}")
+}
+
 /// A running server and a client for it.
 pub struct TestApp {
     pub port: u16,
     pub key: String,
     pub env: TestEnv,
+    /// The database as its administrator sees it: on PostgreSQL a connection as the owner role
+    /// (the server itself logs in as the runtime role); on SQLite the server's own pool.
     pub db: DatabaseConnection,
     /// The server's store, for in-process test hooks (fault injection).
     pub store: governance_core::store::Store,
@@ -161,7 +199,16 @@ async fn start(env: TestEnv, config: Config, key: Option<String>) -> TestApp {
         .or(key)
         .expect("a fresh database bootstraps the default tenant");
     let port = app.port();
-    let db = app.state().db.clone();
+    let db = match &env.migration_database_url {
+        Some(url) => {
+            let mut options = sea_orm::ConnectOptions::new(url.clone());
+            options.max_connections(4).sqlx_logging(false);
+            Database::connect(options)
+                .await
+                .expect("connect as the owner role")
+        }
+        None => app.state().db.clone(),
+    };
     let store = app.state().store.clone();
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(app.run_until_stopped());
@@ -394,9 +441,13 @@ impl TestApp {
 
     /// A second tenant in the same service; returns its `Bearer …` header value.
     pub async fn other_tenant(&self, name: &str) -> String {
-        let issued = governance_core::tenancy::create_tenant(&self.store, name)
-            .await
-            .expect("tenant created");
+        let issued = governance_core::tenancy::create_tenant(
+            &self.store,
+            name,
+            &[governance_core::roles::KeyRole::Admin],
+        )
+        .await
+        .expect("tenant created");
         format!("Bearer {}", issued.secret)
     }
 

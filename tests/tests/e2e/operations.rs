@@ -48,7 +48,7 @@ async fn health_ready_metrics_and_graphiql() {
 async fn readiness_fails_when_the_database_is_unreachable() {
     let app = spawn_app().await;
     // Close the server's pool: every query now fails as if the database were gone.
-    app.db.clone().close().await.expect("close pool");
+    app.store.db().clone().close().await.expect("close pool");
     let ready = app.http().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
     let body: Value = ready.json().await.unwrap();
