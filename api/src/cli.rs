@@ -137,7 +137,12 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// Create a tenant and print its first API key (shown once).
-    Create { name: String },
+    Create {
+        name: String,
+        /// The first key's roles: INTEGRATOR, APPROVER, ADMIN or READER (repeatable).
+        #[arg(long = "role", value_name = "ROLE", default_value = "ADMIN")]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +155,11 @@ pub enum KeyCommand {
         /// A label for the key.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// The key's roles: INTEGRATOR (start runs, report steps, end runs; read), APPROVER
+        /// (decide approvals and incidents; read), ADMIN (everything), READER (read only).
+        /// Repeatable.
+        #[arg(long = "role", value_name = "ROLE", default_value = "ADMIN")]
+        roles: Vec<String>,
     },
     /// Revoke an API key by its id (`key_…`).
     Revoke { key_id: String },
@@ -164,7 +174,6 @@ impl Cli {
         };
         CliOverrides {
             database_url: self.global.database_url.clone(),
-            migration_database_url: self.global.migration_database_url.clone(),
             migration_database_url: self.global.migration_database_url.clone(),
             redis_url: self.global.redis_url.clone(),
             bind: serve.and_then(|s| s.bind),

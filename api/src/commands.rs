@@ -16,8 +16,12 @@ use crate::{
 
 fn print_key(key: &tenancy::IssuedKey) {
     println!(
-        "Tenant `{}` ({}): API key `{}`, shown once:\n\n    {}\n",
-        key.tenant_name, key.tenant_id, key.key_id, key.secret
+        "Tenant `{}` ({}): API key `{}` ({}), shown once:\n\n    {}\n",
+        key.tenant_name,
+        key.tenant_id,
+        key.key_id,
+        governance_core::roles::encode(&key.roles).replace(',', ", "),
+        key.secret
     );
 }
 
@@ -177,11 +181,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Tenant {
-            command: TenantCommand::Create { name },
+            command: TenantCommand::Create { name, roles },
         }) => {
+            let roles = governance_core::roles::parse_all(&roles)?;
             let db = app::open_database(&config).await?;
             app::migrate(&config, &db).await?;
-            let key = tenancy::create_tenant(&Store::new(db), &name).await?;
+            let key = tenancy::create_tenant(&Store::new(db), &name, &roles).await?;
             print_key(&key);
             Ok(())
         }
@@ -189,8 +194,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = app::open_database(&config).await?;
             app::migrate(&config, &db).await?;
             match command {
-                KeyCommand::Create { tenant, name } => {
-                    let key = tenancy::create_key(&db, &tenant, &name).await?;
+                KeyCommand::Create {
+                    tenant,
+                    name,
+                    roles,
+                } => {
+                    let roles = governance_core::roles::parse_all(&roles)?;
+                    let key = tenancy::create_key(&db, &tenant, &name, &roles).await?;
                     print_key(&key);
                 }
                 KeyCommand::Revoke { key_id } => {

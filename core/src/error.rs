@@ -38,6 +38,13 @@ pub enum CoreError {
         message: String,
         retry_after_ms: u64,
     },
+    /// The API key's roles do not allow the operation (`FORBIDDEN`, with the role it needs in
+    /// `extensions.requiredRole`).
+    #[error("{message}")]
+    Forbidden {
+        required_role: &'static str,
+        message: String,
+    },
     /// Anything else: a bug or an unavailable dependency. Details are logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -81,6 +88,7 @@ impl CoreError {
             CoreError::NotFound { .. } => "NOT_FOUND",
             CoreError::BadInput { .. } | CoreError::Limit { .. } => "BAD_USER_INPUT",
             CoreError::RateLimited { .. } => "RATE_LIMITED",
+            CoreError::Forbidden { .. } => "FORBIDDEN",
             CoreError::Conflict(_) => "CONFLICT",
             CoreError::RunTerminated(_) => "RUN_TERMINATED",
             CoreError::Internal(_) => "INTERNAL",

@@ -25,6 +25,7 @@ pub mod policies;
 pub mod policy;
 pub mod rate_limit;
 pub mod records;
+pub mod roles;
 pub mod runs;
 pub mod sealing;
 pub mod signing;

@@ -14,6 +14,7 @@ use crate::{
     error::{CoreError, CoreResult},
     hashing::sha256_hex,
     ids::{new_id, prefix},
+    roles::{self, Capability, KeyRole},
     store::Store,
     time::now,
 };
@@ -30,6 +31,15 @@ pub struct Principal {
     pub tenant_name: String,
     pub key_id: String,
     pub key_name: String,
+    /// What the key may do ([`crate::roles`]).
+    pub roles: Vec<KeyRole>,
+}
+
+impl Principal {
+    /// Allow the call if the key's roles grant `capability`, else `FORBIDDEN`.
+    pub fn authorize(&self, capability: Capability) -> CoreResult<()> {
+        roles::authorize(&self.roles, capability)
+    }
 }
 
 /// A freshly created key. `secret` exists only here: it is never stored or shown again.
@@ -39,6 +49,7 @@ pub struct IssuedKey {
     pub tenant_id: String,
     pub tenant_name: String,
     pub secret: String,
+    pub roles: Vec<KeyRole>,
 }
 
 fn generate_secret() -> String {
@@ -71,7 +82,14 @@ async fn insert_key<C: ConnectionTrait>(
     conn: &C,
     tenant: &tenant::Model,
     key_name: &str,
+    key_roles: &[KeyRole],
 ) -> CoreResult<IssuedKey> {
+    if key_roles.is_empty() {
+        return Err(CoreError::bad_field(
+            "role",
+            "a key needs at least one role",
+        ));
+    }
     let secret = generate_secret();
     let key_id = new_id(prefix::API_KEY);
     api_key::ActiveModel {
@@ -83,6 +101,7 @@ async fn insert_key<C: ConnectionTrait>(
         created_at: Set(now()),
         revoked_at: Set(None),
         last_used_at: Set(None),
+        roles: Set(roles::encode(key_roles)),
     }
     .insert(conn)
     .await?;
@@ -91,6 +110,7 @@ async fn insert_key<C: ConnectionTrait>(
         tenant_id: tenant.id.clone(),
         tenant_name: tenant.name.clone(),
         secret,
+        roles: roles::decode(&roles::encode(key_roles)),
     })
 }
 
@@ -110,8 +130,12 @@ pub async fn tenant_id_by_name<C: ConnectionTrait>(conn: &C, name: &str) -> Core
     Ok(find_tenant_by_name(conn, name).await?.id)
 }
 
-/// Create a tenant and its first key, in one transaction.
-pub async fn create_tenant(store: &Store, name: &str) -> CoreResult<IssuedKey> {
+/// Create a tenant and its first key (with `key_roles`), in one transaction.
+pub async fn create_tenant(
+    store: &Store,
+    name: &str,
+    key_roles: &[KeyRole],
+) -> CoreResult<IssuedKey> {
     validate_name("tenant", name)?;
     let txn = store.begin().await?;
     let exists = tenant::Entity::find()
@@ -130,20 +154,21 @@ pub async fn create_tenant(store: &Store, name: &str) -> CoreResult<IssuedKey> {
     }
     .insert(&*txn)
     .await?;
-    let key = insert_key(&*txn, &tenant, "initial").await?;
+    let key = insert_key(&*txn, &tenant, "initial", key_roles).await?;
     txn.commit().await?;
     Ok(key)
 }
 
-/// Create another key for an existing tenant.
+/// Create another key (with `key_roles`) for an existing tenant.
 pub async fn create_key(
     db: &DatabaseConnection,
     tenant_name: &str,
     key_name: &str,
+    key_roles: &[KeyRole],
 ) -> CoreResult<IssuedKey> {
     validate_name("key", key_name)?;
     let tenant = find_tenant_by_name(db, tenant_name).await?;
-    insert_key(db, &tenant, key_name).await
+    insert_key(db, &tenant, key_name, key_roles).await
 }
 
 /// Revoke a key by its id (`key_…`). Revoking twice is harmless; the first time is kept.
@@ -194,6 +219,7 @@ async fn authenticate_hash<C: ConnectionTrait>(conn: &C, key_hash: &str) -> Core
         Some((key, Some(tenant))) if key.revoked_at.is_none() => Ok(Principal {
             tenant_id: tenant.id,
             tenant_name: tenant.name,
+            roles: roles::decode(&key.roles),
             key_id: key.id,
             key_name: key.name,
         }),
@@ -301,7 +327,7 @@ pub async fn bootstrap_default(store: &Store) -> CoreResult<Option<IssuedKey>> {
     if tenant::Entity::find().count(db).await? > 0 {
         return Ok(None);
     }
-    match create_tenant(store, DEFAULT_TENANT).await {
+    match create_tenant(store, DEFAULT_TENANT, &[KeyRole::Admin]).await {
         Ok(key) => Ok(Some(key)),
         // Another replica won the race: the tenant exists, which is all we wanted.
         Err(CoreError::Conflict(_)) => Ok(None),

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 pub mod m20261121_000001_initial;
 pub mod m20261121_000002_service_keys;
 pub mod m20261130_000003_verifiable_records;
+pub mod m20261130_000004_key_roles;
 pub mod roles;
 
 pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_initial::Migration),
             Box::new(m20261121_000002_service_keys::Migration),
             Box::new(m20261130_000003_verifiable_records::Migration),
+            Box::new(m20261130_000004_key_roles::Migration),
         ]
     }
 }

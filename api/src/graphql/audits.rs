@@ -2,6 +2,7 @@
 //! audit job; `audit`, `audits` and `rolloutGate` read the result.
 
 use async_graphql::{Context, Enum, ID, InputObject, Json, Object, SimpleObject};
+use governance_core::roles::Capability;
 use governance_core::{
     auditing::{self, AuditRequest},
     audits,
@@ -456,7 +457,7 @@ impl AuditMutation {
         input: AuditRequestInput,
     ) -> async_graphql::Result<Audit> {
         super::rate_limit(ctx, governance_core::rate_limit::Costly::RequestAudit)?;
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Read)?;
         let state = state(ctx);
         let committed = audits::request(&state.store, &principal.tenant_id, input.into())
             .await

@@ -273,3 +273,30 @@ mirror!(
         Failed,
     }
 );
+
+/// What an API key may do. A call outside the key's roles is refused with `FORBIDDEN`, whose
+/// `extensions.requiredRole` names the role it needs.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum KeyRole {
+    /// Start runs, report steps, complete and cancel runs; read.
+    Integrator,
+    /// Decide approvals, acknowledge and resolve incidents; read.
+    Approver,
+    /// Everything: policies, webhooks, keys, halts, and all the other roles do.
+    Admin,
+    /// Read only (including requesting exports and audits).
+    Reader,
+}
+
+impl From<governance_core::roles::KeyRole> for KeyRole {
+    fn from(role: governance_core::roles::KeyRole) -> Self {
+        use governance_core::roles::KeyRole as Core;
+        match role {
+            Core::Integrator => KeyRole::Integrator,
+            Core::Approver => KeyRole::Approver,
+            Core::Admin => KeyRole::Admin,
+            Core::Reader => KeyRole::Reader,
+        }
+    }
+}

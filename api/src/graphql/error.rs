@@ -1,7 +1,8 @@
 //! The one place where domain errors become GraphQL errors. Every error a client sees carries
 //! `extensions.code`, one of: UNAUTHENTICATED, NOT_FOUND, BAD_USER_INPUT, CONFLICT,
-//! RUN_TERMINATED, RATE_LIMITED, INTERNAL. A refusal by a documented limit is BAD_USER_INPUT with
-//! `extensions.limit` naming the setting; RATE_LIMITED carries `extensions.retryAfterMs`.
+//! RUN_TERMINATED, RATE_LIMITED, FORBIDDEN, INTERNAL. A refusal by a documented limit is
+//! BAD_USER_INPUT with `extensions.limit` naming the setting; RATE_LIMITED carries
+//! `extensions.retryAfterMs`; FORBIDDEN carries `extensions.requiredRole`.
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub fn to_gql(err: CoreError) -> async_graphql::Error {
             CoreError::RateLimited { retry_after_ms, .. } => {
                 ext.set("retryAfterMs", *retry_after_ms)
             }
+            CoreError::Forbidden { required_role, .. } => ext.set("requiredRole", *required_role),
             _ => {}
         }
     })

@@ -3,6 +3,7 @@
 
 use async_graphql::{Context, ID, Object, Subscription};
 use futures::{Stream, StreamExt};
+use governance_core::roles::Capability;
 use governance_core::{CoreError, events, exports};
 use governance_entities::{enums as db, export};
 
@@ -134,7 +135,7 @@ impl ExportMutation {
         reason: Option<String>,
     ) -> async_graphql::Result<Export> {
         super::rate_limit(ctx, governance_core::rate_limit::Costly::RequestExport)?;
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Read)?;
         let state = state(ctx);
         let committed = exports::request(
             &state.store,

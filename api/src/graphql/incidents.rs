@@ -2,6 +2,7 @@
 //! filter, acknowledge, resolve.
 
 use async_graphql::{Context, ID, InputObject, Json, Object};
+use governance_core::roles::Capability;
 use governance_core::{CoreError, incidents as core_incidents, records};
 use governance_entities::{enums as db, evidence, incident, violation};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
@@ -428,7 +429,7 @@ impl IncidentMutation {
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<Incident> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Decide)?;
         let state = state(ctx);
         let committed = core_incidents::acknowledge(&state.store, &principal.tenant_id, &id)
             .await
@@ -445,7 +446,7 @@ impl IncidentMutation {
         id: ID,
         note: String,
     ) -> async_graphql::Result<Incident> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Decide)?;
         let state = state(ctx);
         let committed = core_incidents::resolve(&state.store, &principal.tenant_id, &id, &note)
             .await

@@ -110,6 +110,16 @@ pub fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Principa
     })
 }
 
+/// The caller, allowed to do what needs `capability` (else `FORBIDDEN`, naming the role).
+pub fn authorized<'a>(
+    ctx: &'a Context<'_>,
+    capability: governance_core::roles::Capability,
+) -> async_graphql::Result<&'a Principal> {
+    let principal = principal(ctx)?;
+    principal.authorize(capability).map_err(error::to_gql)?;
+    Ok(principal)
+}
+
 /// Take one call of a rate-limited operation for the caller's tenant, or refuse it with
 /// `RATE_LIMITED` before it runs.
 pub fn rate_limit(

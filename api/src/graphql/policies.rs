@@ -3,6 +3,7 @@
 
 use async_graphql::{Context, ID, InputObject, Json, MaybeUndefined, Object};
 use governance_core::policies::{self, NewPolicy, PolicyPatch};
+use governance_core::roles::Capability;
 use governance_entities::{policy, policy_enforcement, policy_version};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
@@ -405,7 +406,7 @@ impl PolicyMutation {
         ctx: &Context<'_>,
         input: CreatePolicyInput,
     ) -> async_graphql::Result<Policy> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Administer)?;
         let created = policies::create(
             &state(ctx).store,
             &principal.tenant_id,
@@ -433,7 +434,7 @@ impl PolicyMutation {
         id: ID,
         input: UpdatePolicyInput,
     ) -> async_graphql::Result<Policy> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Administer)?;
         let updated = policies::update(
             &state(ctx).store,
             &principal.tenant_id,
@@ -461,7 +462,7 @@ impl PolicyMutation {
         id: ID,
         enabled: bool,
     ) -> async_graphql::Result<Policy> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Administer)?;
         let updated = policies::set_enabled(&state(ctx).store, &principal.tenant_id, &id, enabled)
             .await
             .gql()?;

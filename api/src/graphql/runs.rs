@@ -1,6 +1,7 @@
 //! Runs: start, complete, cancel, read, and follow one run live.
 
 use async_graphql::{Context, Enum, ID, InputObject, Json, Object, SimpleObject, Subscription};
+use governance_core::roles::Capability;
 
 use futures::{Stream, StreamExt};
 use governance_core::{
@@ -460,7 +461,7 @@ impl RunMutation {
         ctx: &Context<'_>,
         input: StartRunInput,
     ) -> async_graphql::Result<Run> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::ReportRuns)?;
         let state = state(ctx);
         let committed = runs::start(
             &state.store,
@@ -487,7 +488,7 @@ impl RunMutation {
         status: RunCompletionStatus,
         error: Option<String>,
     ) -> async_graphql::Result<Run> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::ReportRuns)?;
         let state = state(ctx);
         let completion = match status {
             RunCompletionStatus::Succeeded => Completion::Succeeded,
@@ -506,7 +507,7 @@ impl RunMutation {
         id: ID,
         reason: Option<String>,
     ) -> async_graphql::Result<Run> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::ReportRuns)?;
         let state = state(ctx);
         let committed = runs::cancel(&state.store, &principal.tenant_id, &id, reason)
             .await

@@ -3,6 +3,7 @@
 
 use async_graphql::ErrorExtensions;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
+use governance_core::roles::Capability;
 use governance_core::{
     ids,
     steps::{RecordStep, StepOutcome},
@@ -356,7 +357,7 @@ impl StepMutation {
         ctx: &Context<'_>,
         input: RecordStepInput,
     ) -> async_graphql::Result<StepDecision> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::ReportRuns)?;
         let state = state(ctx);
         let started = std::time::Instant::now();
         let committed = state

@@ -50,6 +50,8 @@ pub struct ApiKey {
     pub created_at: DateTime,
     /// When the key was revoked; a revoked key authenticates nothing.
     pub revoked_at: Option<DateTime>,
+    /// What the key may do. Keys issued before roles existed are ADMIN.
+    pub roles: Vec<super::enums::KeyRole>,
 }
 
 impl From<api_key::Model> for ApiKey {
@@ -60,6 +62,10 @@ impl From<api_key::Model> for ApiKey {
             prefix: m.key_prefix,
             created_at: m.created_at.into(),
             revoked_at: m.revoked_at.map(Into::into),
+            roles: governance_core::roles::decode(&m.roles)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         }
     }
 }

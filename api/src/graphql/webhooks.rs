@@ -2,6 +2,7 @@
 //! record of every delivery attempt.
 
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
+use governance_core::roles::Capability;
 use governance_core::webhooks::{self, NewWebhook};
 use governance_entities::{webhook, webhook_delivery};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -230,7 +231,7 @@ impl WebhookMutation {
         events: Vec<WebhookEventKind>,
         min_severity: Option<Severity>,
     ) -> async_graphql::Result<WebhookWithSecret> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Administer)?;
         let state = state(ctx);
         let created = webhooks::create(
             &state.store,
@@ -252,7 +253,7 @@ impl WebhookMutation {
 
     /// Remove an endpoint and its delivery log; returns its id.
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ID> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Administer)?;
         let deleted = webhooks::delete(&state(ctx).store, &principal.tenant_id, &id)
             .await
             .gql()?;
@@ -265,7 +266,7 @@ impl WebhookMutation {
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<WebhookWithSecret> {
-        let principal = principal(ctx)?;
+        let principal = super::authorized(ctx, Capability::Administer)?;
         let rotated = webhooks::rotate_secret(&state(ctx).store, &principal.tenant_id, &id)
             .await
             .gql()?;

@@ -400,12 +400,13 @@ pub(super) mod fixture {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = db::migrated_sqlite(dir.path()).await;
             let store = Store::new(db.clone());
-            let first = tenancy::create_tenant(&store, "acme")
+            let first = tenancy::create_tenant(&store, "acme", &[crate::roles::KeyRole::Admin])
                 .await
                 .expect("tenant");
-            let second = tenancy::create_key(&db, "acme", "second")
-                .await
-                .expect("key");
+            let second =
+                tenancy::create_key(&db, "acme", "second", &[crate::roles::KeyRole::Admin])
+                    .await
+                    .expect("key");
             tenancy::revoke_key(&db, &second.key_id)
                 .await
                 .expect("revoke");

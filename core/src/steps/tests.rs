@@ -230,7 +230,7 @@ async fn check_paths(
     let db = db::migrated_sqlite(dir.path()).await;
     let store = Store::new(db.clone());
     let cache = SnapshotCache::new();
-    let tenant = tenancy::create_tenant(&store, "prop")
+    let tenant = tenancy::create_tenant(&store, "prop", &[crate::roles::KeyRole::Admin])
         .await
         .expect("tenant")
         .tenant_id;

@@ -20,7 +20,7 @@ const GATE: &str = "query($job: String!) { rolloutGate(jobId: $job) {
     jobId authorized status reason audit { id verdict } } }";
 
 /// A job that did exactly what its contract proposed, inside its window, and left health intact.
-fn clean(job: &str) -> Value {
+pub(crate) fn clean(job: &str) -> Value {
     json!({
         "jobId": job,
         "contractId": "ctr-42",

@@ -18,6 +18,7 @@ mod jobs;
 mod limits;
 mod operations;
 mod persistence;
+mod roles;
 mod schema;
 mod step_metrics;
 mod subscriptions;
