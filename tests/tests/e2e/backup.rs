@@ -49,9 +49,15 @@ async fn a_backup_taken_while_serving_restores_into_a_fresh_data_directory() {
     assert!(!ok);
     assert!(err.contains("already exists"), "{err}");
 
-    // Restore: the copy as the database of a fresh data directory, served.
+    // Restore: the copy as the database of a fresh data directory, served. The secrets key
+    // goes with it (it is kept outside the database, and the stored secrets open only with it).
     let env = TestEnv::new().await;
     std::fs::copy(&target, env.data_dir().join("governance.db")).expect("restore the copy");
+    std::fs::copy(
+        app.env.data_dir().join("secrets.key"),
+        env.data_dir().join("secrets.key"),
+    )
+    .expect("restore the secrets key");
     let config = env.config();
     let restored = spawn_existing(env, config, app.key.clone()).await;
     let after = restored.gql_ok(RUN, json!({ "id": run_id })).await;
