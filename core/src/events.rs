@@ -24,6 +24,10 @@ pub enum EventKind {
     AuditCompleted,
     /// The tenant's transparency log has a new signed checkpoint.
     CheckpointSigned,
+    /// The kill switch stopped the running runs of a scope and refuses new ones.
+    RunsHalted,
+    /// A halt was lifted.
+    RunsResumed,
 }
 
 impl EventKind {
@@ -38,6 +42,8 @@ impl EventKind {
             EventKind::ExportUpdated => "EXPORT_UPDATED",
             EventKind::AuditCompleted => "AUDIT_COMPLETED",
             EventKind::CheckpointSigned => "CHECKPOINT_SIGNED",
+            EventKind::RunsHalted => "RUNS_HALTED",
+            EventKind::RunsResumed => "RUNS_RESUMED",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod prefix {
     pub const EXPORT: &str = "exp";
     pub const WEBHOOK: &str = "whk";
     pub const DELIVERY: &str = "dlv";
+    pub const HALT: &str = "hlt";
     /// Trace steps are named by their place: `stp_<run ulid>_<step index>`.
     pub const STEP: &str = "stp";
     /// Snapshots are named by content, not randomly: `SNAP-<12 hex of the content hash>`.

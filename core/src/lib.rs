@@ -16,6 +16,7 @@ pub mod evaluation;
 pub mod events;
 pub mod explain;
 pub mod exports;
+pub mod halts;
 pub mod hashing;
 pub mod ids;
 pub mod incidents;

@@ -188,6 +188,13 @@ pub async fn start_in<C: ConnectionTrait>(
     input: StartRun,
 ) -> CoreResult<Committed<run::Model>> {
     input.validate()?;
+    crate::halts::refuse_start_if_halted(
+        conn,
+        tenant_id,
+        &input.workflow_id,
+        input.agent.as_deref(),
+    )
+    .await?;
     let (snap, policy_set_version) = snapshot::take(conn, tenant_id, &input.workflow_id).await?;
     let id = new_id(prefix::RUN);
     let at = now();
@@ -360,6 +367,23 @@ pub async fn cancel(
         RunStatus::Cancelled,
         TerminationReason::UserAbort,
         reason,
+    )
+    .await
+}
+
+/// Abort a running run the caller holds (locked), in the caller's transaction: `CANCELLED`
+/// with `USER_ABORT`, `detail` as its error. The kill switch stops runs this way.
+pub async fn abort_in<C: ConnectionTrait>(
+    conn: &C,
+    run: run::Model,
+    detail: String,
+) -> CoreResult<Committed<run::Model>> {
+    finish(
+        conn,
+        run,
+        RunStatus::Cancelled,
+        TerminationReason::UserAbort,
+        Some(detail),
     )
     .await
 }

@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// The event kinds an endpoint can subscribe to.
-pub const EVENT_KINDS: [&str; 7] = [
+pub const EVENT_KINDS: [&str; 9] = [
     "INCIDENT_CREATED",
     "INCIDENT_ACKNOWLEDGED",
     "INCIDENT_RESOLVED",
@@ -44,6 +44,8 @@ pub const EVENT_KINDS: [&str; 7] = [
     "RUN_COMPLETED",
     "AUDIT_COMPLETED",
     "CHECKPOINT_SIGNED",
+    "RUNS_HALTED",
+    "RUNS_RESUMED",
 ];
 
 const MAX_URL: usize = 2000;

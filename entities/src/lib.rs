@@ -18,6 +18,8 @@ pub mod audit_check;
 pub mod event;
 pub mod evidence;
 pub mod export;
+pub mod halt;
+pub mod halt_resumption;
 pub mod incident;
 pub mod log_checkpoint;
 pub mod log_leaf;

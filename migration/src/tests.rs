@@ -129,6 +129,40 @@ async fn check_immutability(db: &DatabaseConnection) {
         "append-only",
     )
     .await;
+    // The kill switch's records: a halt and its resumption, never changed or removed.
+    for sql in [
+        "INSERT INTO halts (id, tenant_id, workflow_id, agent, reason, halted_by, runs_stopped, \
+         created_at) VALUES ('hlt_a', 'ten_a', 'wf', NULL, 'drill', 'key_a', 1, T0)",
+        "INSERT INTO halt_resumptions (halt_id, tenant_id, resumed_by, resumed_at) VALUES \
+         ('hlt_a', 'ten_a', 'key_a', T0)",
+    ] {
+        exec(db, &sql.replace("T0", T0)).await.expect("a halt");
+    }
+    for table in HALT_TABLES {
+        for sql in [
+            format!("UPDATE {table} SET tenant_id = tenant_id"),
+            format!("DELETE FROM {table}"),
+        ] {
+            expect_refused(db, &sql, &format!("{table} is append-only")).await;
+        }
+        assert_eq!(count(db, table).await, 1, "{table} lost rows");
+    }
+    expect_refused(
+        db,
+        "INSERT INTO halt_resumptions (halt_id, tenant_id, resumed_by, resumed_at) VALUES \
+         ('hlt_a', 'ten_a', 'key_b', '2026-01-02T00:00:00Z')",
+        "",
+    )
+    .await;
+    if db.get_database_backend() == DbBackend::Sqlite {
+        expect_refused(
+            db,
+            "INSERT OR REPLACE INTO halt_resumptions (halt_id, tenant_id, resumed_by, resumed_at) \
+             VALUES ('hlt_a', 'ten_a', 'key_b', '2026-01-02T00:00:00Z')",
+            "halt_resumptions is append-only",
+        )
+        .await;
+    }
     if db.get_database_backend() == DbBackend::Postgres {
         expect_refused(db, "TRUNCATE trace_steps", "trace_steps is append-only").await;
     }
@@ -494,7 +528,11 @@ async fn postgres_runtime_role_cannot_undo_the_guarantees() {
         "permission denied",
     )
     .await;
-    for table in APPEND_ONLY_TABLES.iter().chain(LOG_TABLES) {
+    for table in APPEND_ONLY_TABLES
+        .iter()
+        .chain(LOG_TABLES)
+        .chain(HALT_TABLES)
+    {
         for sql in [
             format!("UPDATE {table} SET tenant_id = tenant_id"),
             format!("DELETE FROM {table}"),

@@ -6,6 +6,7 @@ pub mod enums;
 pub mod error;
 pub mod explain;
 pub mod exports;
+pub mod halts;
 pub mod incidents;
 pub mod limits;
 pub mod loaders;
@@ -45,6 +46,7 @@ pub struct Query(
     webhooks::WebhookQuery,
     signing::SigningQuery,
     transparency::TransparencyQuery,
+    halts::HaltQuery,
 );
 
 /// The root mutation.
@@ -57,6 +59,7 @@ pub struct Mutation(
     audits::AuditMutation,
     webhooks::WebhookMutation,
     exports::ExportMutation,
+    halts::HaltMutation,
 );
 
 /// The root subscription.
@@ -67,6 +70,7 @@ pub struct Subscription(
     exports::ExportSubscription,
     audits::AuditSubscription,
     transparency::TransparencySubscription,
+    halts::HaltSubscription,
 );
 
 pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;

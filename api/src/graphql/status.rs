@@ -79,6 +79,7 @@ impl GovernanceKpis {
 pub struct GovernanceStatus {
     kpis: status::Kpis,
     recent: Vec<governance_entities::run::Model>,
+    halts: Vec<governance_core::halts::Halt>,
 }
 
 /// The tenant's governance at a glance.
@@ -91,6 +92,11 @@ impl GovernanceStatus {
     /// The KPIs over the window.
     async fn kpis(&self) -> GovernanceKpis {
         GovernanceKpis(self.kpis.clone())
+    }
+    /// The halts of the kill switch that stand now, newest first: no run starts in their
+    /// scope.
+    async fn active_halts(&self) -> Vec<super::halts::Halt> {
+        self.halts.iter().cloned().map(super::halts::Halt).collect()
     }
 }
 
@@ -132,6 +138,13 @@ impl StatusQuery {
         let recent = status::recent_runs(&state.db, &principal.tenant_id, recent_runs as u64)
             .await
             .gql()?;
-        Ok(GovernanceStatus { kpis, recent })
+        let halts = governance_core::halts::list(&state.db, &principal.tenant_id, true, None, 100)
+            .await
+            .gql()?;
+        Ok(GovernanceStatus {
+            kpis,
+            recent,
+            halts,
+        })
     }
 }

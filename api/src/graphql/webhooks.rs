@@ -34,6 +34,10 @@ pub enum WebhookEventKind {
     /// The tenant's transparency log has a new signed checkpoint (keep it: a later log must be
     /// consistent with it).
     CheckpointSigned,
+    /// The kill switch stopped the running runs of a scope and refuses new ones there.
+    RunsHalted,
+    /// A halt was lifted.
+    RunsResumed,
 }
 
 impl WebhookEventKind {
@@ -46,6 +50,8 @@ impl WebhookEventKind {
             Self::RunCompleted => "RUN_COMPLETED",
             Self::AuditCompleted => "AUDIT_COMPLETED",
             Self::CheckpointSigned => "CHECKPOINT_SIGNED",
+            Self::RunsHalted => "RUNS_HALTED",
+            Self::RunsResumed => "RUNS_RESUMED",
         }
     }
 
@@ -58,6 +64,8 @@ impl WebhookEventKind {
             Self::RunCompleted,
             Self::AuditCompleted,
             Self::CheckpointSigned,
+            Self::RunsHalted,
+            Self::RunsResumed,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)

@@ -14,6 +14,7 @@ mod governance;
 mod graph;
 mod graphiql;
 mod graphql_http;
+mod halts;
 mod jobs;
 mod limits;
 mod operations;

@@ -94,6 +94,14 @@ async fn call_for(app: &TestApp, name: &str, tag: &str) -> (&'static str, Value)
             "mutation($h: ID!) { rotateWebhookSecret(id: $h) { secret } }",
             json!({ "h": webhook(app).await }),
         ),
+        "haltRuns" => (
+            "mutation($w: String!) { haltRuns(scope: { workflowId: $w }, reason: \"drill\") { id } }",
+            json!({ "w": format!("wf-halt-{tag}") }),
+        ),
+        "resumeRuns" => (
+            "mutation($h: ID!) { resumeRuns(id: $h) { active } }",
+            json!({ "h": halt(app, tag).await }),
+        ),
         other => panic!("no call for {other}"),
     }
 }
@@ -104,6 +112,16 @@ async fn policy(app: &TestApp, tag: &str) -> String {
         "action": "WARN", "severity": "LOW",
     }))
     .await
+}
+
+async fn halt(app: &TestApp, tag: &str) -> String {
+    let data = app
+        .gql_ok(
+            "mutation($w: String!) { haltRuns(scope: { workflowId: $w }, reason: \"drill\") { id } }",
+            json!({ "w": format!("wf-resume-{tag}") }),
+        )
+        .await;
+    data["haltRuns"]["id"].as_str().unwrap().to_string()
 }
 
 async fn webhook(app: &TestApp) -> String {
@@ -136,6 +154,8 @@ const MUTATIONS: &[(&str, &str)] = &[
     ("createWebhook", "ADMIN"),
     ("deleteWebhook", "ADMIN"),
     ("rotateWebhookSecret", "ADMIN"),
+    ("haltRuns", "ADMIN"),
+    ("resumeRuns", "ADMIN"),
 ];
 
 fn grants(role: &str, needed: &str) -> bool {
