@@ -205,6 +205,7 @@ mod tests {
             severity: Severity::Low,
             workflow_id: Some("wf".into()),
             enabled: true,
+            mode: governance_entities::enums::PolicyMode::Enforce,
             version: 4,
             current_version_id: "pv_1".into(),
             created_at: chrono::DateTime::UNIX_EPOCH,

@@ -30,6 +30,11 @@ pub struct DecisionRecord {
     /// stored; a replay takes these as the content's verdicts).
     #[serde(default)]
     pub content_matches: Vec<String>,
+    /// What the SHADOW policies of the snapshot would have done on this step: recorded (and
+    /// hashed) with the decision, never part of it. Absent when there are none, so a record
+    /// without shadow policies is byte for byte what it was before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_findings: Vec<RecordedFinding>,
 }
 
 /// One violated policy, as recorded.
@@ -86,6 +91,11 @@ impl From<&Evaluation> for DecisionRecord {
             inflection_policy_id: evaluation.inflection_finding().map(|f| f.policy_id.clone()),
             termination_reason: evaluation.termination_reason(),
             content_matches: evaluation.content_matches.clone(),
+            shadow_findings: evaluation
+                .shadow_findings
+                .iter()
+                .map(RecordedFinding::from)
+                .collect(),
         }
     }
 }
@@ -173,6 +183,7 @@ mod tests {
             ],
             inflection: Some(1),
             content_matches: vec!["pol_c".into()],
+            shadow_findings: Vec::new(),
         };
         let record = DecisionRecord::from(&evaluation);
         let shape = |f: &Finding| {
@@ -220,6 +231,7 @@ mod tests {
             findings: Vec::new(),
             inflection: None,
             content_matches: Vec::new(),
+            shadow_findings: Vec::new(),
         });
         assert_eq!(
             clean.to_json(),

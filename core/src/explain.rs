@@ -60,6 +60,8 @@ pub struct ExplainedDecision {
     pub chain_position: i64,
     /// Every finding recorded with the decision, as stored.
     pub findings: Vec<RecordedFinding>,
+    /// What the SHADOW policies would have done on that step (never part of the decision).
+    pub shadow_findings: Vec<RecordedFinding>,
 }
 
 /// What governed a run at one instant.
@@ -204,6 +206,10 @@ fn explain_step(step: &trace_step::Model, thresholds: &Value) -> ExplainedDecisi
         step_timestamp: step.timestamp,
         entry_hash: step.entry_hash.clone(),
         chain_position: step.step_index + 1,
+        shadow_findings: record
+            .as_ref()
+            .map(|r| r.shadow_findings.clone())
+            .unwrap_or_default(),
         findings: record.map(|r| r.findings).unwrap_or_default(),
     }
 }

@@ -29,6 +29,7 @@ pub mod records;
 pub mod roles;
 pub mod runs;
 pub mod sealing;
+pub mod shadow;
 pub mod signing;
 pub mod snapshot;
 pub mod status;

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use governance_entities::{
-    enums::{EnforcementAction, PolicyAction, PolicyKind, Severity},
+    enums::{EnforcementAction, PolicyAction, PolicyKind, PolicyMode, Severity},
     policy, policy_enforcement, policy_version,
 };
 use sea_orm::{
@@ -134,6 +134,7 @@ pub struct NewPolicy {
     pub severity: Severity,
     pub workflow_id: Option<String>,
     pub enabled: bool,
+    pub mode: PolicyMode,
 }
 
 /// A change to a policy; `None` leaves a field as it is (`Some(None)` clears an optional one).
@@ -147,6 +148,7 @@ pub struct PolicyPatch {
     pub severity: Option<Severity>,
     pub workflow_id: Option<Option<String>>,
     pub enabled: Option<bool>,
+    pub mode: Option<PolicyMode>,
 }
 
 fn check_text(field: &str, value: &str, max: usize, required: bool) -> CoreResult<()> {
@@ -205,6 +207,7 @@ fn version_row(p: &policy::Model, set_version: &str) -> policy_version::ActiveMo
         severity: Set(p.severity),
         workflow_id: Set(p.workflow_id.clone()),
         enabled: Set(p.enabled),
+        mode: Set(p.mode),
         policy_set_version: Set(set_version.to_string()),
         created_at: Set(p.updated_at),
     }
@@ -246,6 +249,7 @@ pub async fn create(store: &Store, tenant_id: &str, input: NewPolicy) -> CoreRes
         severity: input.severity,
         workflow_id: input.workflow_id,
         enabled: input.enabled,
+        mode: input.mode,
         version: 1,
         current_version_id: new_id(prefix::POLICY_VERSION),
         created_at: at,
@@ -329,6 +333,9 @@ pub async fn update(
     if let Some(enabled) = patch.enabled {
         new.enabled = enabled;
     }
+    if let Some(mode) = patch.mode {
+        new.mode = mode;
+    }
     let change = classify(&old, &new);
     let Some(change) = change else {
         // Nothing changed: no new version.
@@ -353,7 +360,9 @@ pub async fn update(
 
 /// How big a change is for the policy set, or `None` if nothing changed.
 pub fn classify(old: &policy::Model, new: &policy::Model) -> Option<Bump> {
-    if old.enabled != new.enabled {
+    // Enabling or disabling, or moving between SHADOW and ENFORCE, changes what the set
+    // enforces.
+    if old.enabled != new.enabled || old.mode != new.mode {
         return Some(Bump::Minor);
     }
     if old.kind != new.kind || rule_shape(&old.rule) != rule_shape(&new.rule) {
@@ -451,6 +460,7 @@ mod tests {
             severity: Severity::High,
             workflow_id: None,
             enabled: true,
+            mode: governance_entities::enums::PolicyMode::Enforce,
             version: 1,
             current_version_id: "pv_1".into(),
             created_at: DateTime::UNIX_EPOCH,

@@ -5,7 +5,7 @@
 //! thresholds_json)` (plain concatenation), so anyone holding the two texts can recompute it. The
 //! public id is `SNAP-` + the first 12 hex of the hash: the same policy set gives the same id.
 
-use governance_entities::{policy, policy_snapshot, policy_version};
+use governance_entities::{enums::PolicyMode, policy, policy_snapshot, policy_version};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set, sea_query::OnConflict,
 };
@@ -49,7 +49,7 @@ pub fn compose(policies: &[policy::Model]) -> SnapshotContent {
         .iter()
         .map(|p| {
             thresholds.insert(p.id.clone(), p.rule.clone());
-            json!({
+            let mut entry = json!({
                 "id": p.id,
                 "version": p.version,
                 "name": p.name,
@@ -58,7 +58,13 @@ pub fn compose(policies: &[policy::Model]) -> SnapshotContent {
                 "severity": p.severity.as_str(),
                 "workflowId": p.workflow_id,
                 "rule": p.rule,
-            })
+            });
+            // Only a shadow policy says so: a set of enforcing policies keeps the content (and
+            // so the hash and id) its snapshot had before modes existed.
+            if p.mode == PolicyMode::Shadow {
+                entry["mode"] = json!(p.mode.as_str());
+            }
+            entry
         })
         .collect();
     let policies_json = canonical::to_string(&Value::Array(entries));
@@ -165,6 +171,7 @@ mod tests {
             severity: Severity::High,
             workflow_id: scope.map(str::to_string),
             enabled: true,
+            mode: governance_entities::enums::PolicyMode::Enforce,
             version: 1,
             current_version_id: format!("pv_{id}"),
             created_at: chrono::DateTime::UNIX_EPOCH,

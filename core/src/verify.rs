@@ -33,7 +33,7 @@ pub struct Mismatch {
     /// `SNAPSHOT_HASH`, `MISSING_STEP`, `PREV_HASH`, `ENTRY_HASH`, `HEAD_HASH`,
     /// `RECORD_FORMAT`, `LOG_LEAF` (the logged head is not on the recomputed chain),
     /// `LOG_INCLUSION`, `CHECKPOINT_SIGNATURE`, `LOG_CONSISTENCY` (the log is not an extension of
-    /// the witnessed checkpoint), `DECISION`, `STATUS`, `FINDINGS`, `DECISION_RECORD` (the
+    /// the witnessed checkpoint), `DECISION`, `STATUS`, `FINDINGS`, `SHADOW_FINDINGS`, `DECISION_RECORD` (the
     /// recorded decision does not parse), `VIOLATION_RECORD`, `RUN_TOTALS`.
     pub kind: String,
     pub expected: String,
@@ -257,6 +257,29 @@ async fn verify_rows<C: ConnectionTrait>(
                     "FINDINGS",
                     join(&replayed),
                     join(&in_decision),
+                ));
+            }
+            // What the shadow policies would have done must replay too.
+            let replayed_shadow: BTreeSet<String> = evaluation
+                .shadow_findings
+                .iter()
+                .map(|f| f.policy_id.clone())
+                .collect();
+            let recorded_shadow: BTreeSet<String> = record
+                .as_ref()
+                .map(|r| {
+                    r.shadow_findings
+                        .iter()
+                        .map(|f| f.policy_id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if replayed_shadow != recorded_shadow {
+                mismatches.push(mismatch(
+                    Some(index),
+                    "SHADOW_FINDINGS",
+                    join(&replayed_shadow),
+                    join(&recorded_shadow),
                 ));
             }
             let in_table: BTreeSet<String> = recorded_violations

@@ -95,6 +95,14 @@ string_enum! {
 }
 
 string_enum! {
+    /// Whether a policy decides (`ENFORCE`) or only records what it would have done (`SHADOW`).
+    PolicyMode {
+        Enforce = "ENFORCE",
+        Shadow = "SHADOW",
+    }
+}
+
+string_enum! {
     /// What a violated policy does to the run.
     PolicyAction {
         Block = "BLOCK",

@@ -31,6 +31,7 @@ pub mod policy_snapshot;
 pub mod policy_version;
 pub mod run;
 pub mod service_key;
+pub mod shadow_finding;
 pub mod tenant;
 pub mod trace_step;
 pub mod violation;

@@ -4,7 +4,7 @@
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::enums::{PolicyAction, PolicyKind, Severity};
+use crate::enums::{PolicyAction, PolicyKind, PolicyMode, Severity};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "policies")]
@@ -21,6 +21,8 @@ pub struct Model {
     pub rule: Json,
     pub action: PolicyAction,
     pub severity: Severity,
+    /// `ENFORCE` decides; `SHADOW` is evaluated and recorded, never enforced.
+    pub mode: PolicyMode,
     /// Optional scope: the policy applies only to runs of this workflow.
     pub workflow_id: Option<String>,
     pub enabled: bool,

@@ -4,7 +4,7 @@
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::enums::{PolicyAction, PolicyKind, Severity};
+use crate::enums::{PolicyAction, PolicyKind, PolicyMode, Severity};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "policy_versions")]
@@ -24,6 +24,8 @@ pub struct Model {
     pub rule: Json,
     pub action: PolicyAction,
     pub severity: Severity,
+    /// `ENFORCE` decides; `SHADOW` is evaluated and recorded, never enforced.
+    pub mode: PolicyMode,
     pub workflow_id: Option<String>,
     pub enabled: bool,
     /// Semver of the tenant's policy set after this change.

@@ -10,11 +10,13 @@ pub mod m20261121_000002_service_keys;
 pub mod m20261130_000003_verifiable_records;
 pub mod m20261130_000004_key_roles;
 pub mod m20261130_000005_halts;
+pub mod m20261130_000006_shadow_policies;
 pub mod roles;
 
 pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
 pub use m20261130_000003_verifiable_records::LOG_TABLES;
 pub use m20261130_000005_halts::HALT_TABLES;
+pub use m20261130_000006_shadow_policies::SHADOW_TABLES;
 
 pub struct Migrator;
 
@@ -27,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000003_verifiable_records::Migration),
             Box::new(m20261130_000004_key_roles::Migration),
             Box::new(m20261130_000005_halts::Migration),
+            Box::new(m20261130_000006_shadow_policies::Migration),
         ]
     }
 }

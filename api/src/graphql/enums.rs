@@ -100,6 +100,18 @@ mirror!(
 );
 
 mirror!(
+    /// Whether a policy decides, or only records what it would have done.
+    PolicyMode {
+        /// It takes part in every step's decision (stops or warns runs).
+        Enforce,
+        /// It is evaluated on every step and what it would have done is recorded (with the
+        /// decision and in the hash chain), but it never changes a decision, opens an incident
+        /// or stops a run. Move it to ENFORCE (a new version) once it has proven itself.
+        Shadow,
+    }
+);
+
+mirror!(
     /// What happens when a policy is violated.
     PolicyAction {
         /// Stop the run at the violating step.

@@ -120,6 +120,11 @@ impl ExplainedStepDecision {
     async fn findings(&self) -> Json<Value> {
         Json(serde_json::to_value(&self.0.findings).unwrap_or_default())
     }
+    /// What the SHADOW policies would have done on that step (each with threshold and observed
+    /// value), shown beside the decision they took no part in.
+    async fn shadow_findings(&self) -> Json<Value> {
+        Json(serde_json::to_value(&self.0.shadow_findings).unwrap_or_default())
+    }
     /// The 0-based index of the step that carries the decision.
     async fn step_index(&self) -> i64 {
         self.0.step_index

@@ -4,12 +4,12 @@
 use async_graphql::{Context, ID, InputObject, Json, MaybeUndefined, Object};
 use governance_core::policies::{self, NewPolicy, PolicyPatch};
 use governance_core::roles::Capability;
-use governance_entities::{policy, policy_enforcement, policy_version};
+use governance_entities::{policy, policy_enforcement, policy_version, shadow_finding};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::Value;
 
 use super::{
-    enums::{EnforcementAction, PolicyAction, PolicyKind, Severity},
+    enums::{EnforcementAction, PolicyAction, PolicyKind, PolicyMode, Severity},
     error::GqlResultExt,
     incidents::{Violation, ViolationFilter, violation_page},
     loaders::{self, loader},
@@ -60,6 +60,10 @@ impl Policy {
     /// Disabled policies are left out of new snapshots.
     async fn enabled(&self) -> bool {
         self.0.enabled
+    }
+    /// ENFORCE decides; SHADOW is evaluated and recorded on every step but never enforced.
+    async fn mode(&self) -> PolicyMode {
+        self.0.mode.into()
     }
     /// The policy's own version number (1, 2, …).
     async fn version(&self) -> i32 {
@@ -129,6 +133,39 @@ impl Policy {
         )
         .await
     }
+    /// What this policy would have done while it was SHADOW (any version), newest first: one
+    /// finding per step it would have stopped or warned.
+    #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
+    async fn shadow_findings(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<ShadowFinding>> {
+        pagination::keyset(
+            ctx,
+            governance_core::shadow::of_policy(&self.0.tenant_id, &self.0.id),
+            shadow_finding::Column::Id,
+            KeyKind::Text,
+            Order::Desc,
+            PageArgs::new(first, after, last, before),
+            |f| f.id.clone(),
+            ShadowFinding,
+        )
+        .await
+    }
+    /// What this policy would have done as SHADOW in the last 30 days.
+    #[graphql(name = "shadowStats30d")]
+    async fn shadow_stats_30d(&self, ctx: &Context<'_>) -> async_graphql::Result<ShadowStats> {
+        let since = governance_core::time::now() - chrono::Duration::days(30);
+        let stats =
+            governance_core::shadow::stats(&state(ctx).db, &self.0.tenant_id, &self.0.id, since)
+                .await
+                .gql()?;
+        Ok(ShadowStats(stats))
+    }
     /// Violations of this policy (any version), newest first.
     #[graphql(complexity = "crate::graphql::pagination::page_cost(first, last, child_complexity)")]
     async fn violations(
@@ -162,6 +199,66 @@ impl Policy {
             .load_one(loaders::TriggerStatsOfPolicy(self.0.id.clone()))
             .await?
             .unwrap_or_default())
+    }
+}
+
+pub struct ShadowFinding(pub shadow_finding::Model);
+
+/// What a SHADOW policy would have done on one step. Recorded with the step's decision (and in
+/// its hash chain), never enforced.
+#[Object]
+impl ShadowFinding {
+    /// The run.
+    async fn run(&self, ctx: &Context<'_>) -> async_graphql::Result<Run> {
+        load_run(ctx, &self.0.run_id).await
+    }
+    /// The step (0-based).
+    async fn step_index(&self) -> i64 {
+        self.0.step_index
+    }
+    /// The policy's version at that step.
+    async fn policy_version(&self) -> i32 {
+        self.0.policy_version
+    }
+    /// The policy's action is BLOCK: enforced, it would have stopped the run at this step
+    /// (false: it would have warned).
+    async fn would_stop(&self) -> bool {
+        self.0.would_stop
+    }
+    /// Why, as a sentence naming the policy.
+    async fn reason(&self) -> &str {
+        &self.0.reason
+    }
+    /// The value observed, as text.
+    async fn observed_value(&self) -> &str {
+        &self.0.observed_value
+    }
+    /// The condition that was true, e.g. `tokensUsed > 1000`.
+    async fn threshold(&self) -> &str {
+        &self.0.threshold
+    }
+    /// When the step happened.
+    async fn timestamp(&self) -> DateTime {
+        self.0.timestamp.into()
+    }
+}
+
+pub struct ShadowStats(governance_core::shadow::ShadowStats);
+
+/// What a SHADOW policy would have done over a window.
+#[Object]
+impl ShadowStats {
+    /// Distinct runs it would have stopped.
+    async fn runs_would_stop(&self) -> u64 {
+        self.0.runs_would_stop
+    }
+    /// Distinct runs it would have warned.
+    async fn runs_would_warn(&self) -> u64 {
+        self.0.runs_would_warn
+    }
+    /// Its findings (steps).
+    async fn findings(&self) -> u64 {
+        self.0.findings
     }
 }
 
@@ -216,6 +313,10 @@ impl PolicyVersion {
     /// Whether this version was enabled.
     async fn enabled(&self) -> bool {
         self.0.enabled
+    }
+    /// ENFORCE or SHADOW, as it was in this version.
+    async fn mode(&self) -> PolicyMode {
+        self.0.mode.into()
     }
     /// The tenant's policy-set version (semver) after this change.
     async fn policy_set_version(&self) -> &str {
@@ -295,6 +396,9 @@ pub struct CreatePolicyInput {
     /// Disabled policies are left out of new snapshots.
     #[graphql(default = true)]
     pub enabled: bool,
+    /// SHADOW to try the policy on live runs without enforcing it.
+    #[graphql(default_with = "PolicyMode::Enforce")]
+    pub mode: PolicyMode,
     /// What the policy is for.
     pub description: Option<String>,
 }
@@ -316,6 +420,8 @@ pub struct UpdatePolicyInput {
     pub workflow_id: MaybeUndefined<String>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// Move between SHADOW and ENFORCE (a new version like any other change).
+    pub mode: Option<PolicyMode>,
     /// A new description; null clears it.
     pub description: MaybeUndefined<String>,
 }
@@ -419,6 +525,7 @@ impl PolicyMutation {
                 severity: input.severity.into(),
                 workflow_id: input.workflow_id,
                 enabled: input.enabled,
+                mode: input.mode.into(),
             },
         )
         .await
@@ -448,6 +555,7 @@ impl PolicyMutation {
                 severity: input.severity.map(Into::into),
                 workflow_id: maybe(input.workflow_id),
                 enabled: input.enabled,
+                mode: input.mode.map(Into::into),
             },
         )
         .await

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::anyhow;
-use governance_entities::enums::{PolicyAction, PolicyKind, Severity};
+use governance_entities::enums::{PolicyAction, PolicyKind, PolicyMode, Severity};
 use regex::{Regex, RegexSet, RegexSetBuilder};
 use serde_json::Value;
 
@@ -61,6 +61,8 @@ pub struct CompiledPolicy {
     pub kind: PolicyKind,
     pub action: PolicyAction,
     pub severity: Severity,
+    /// SHADOW: evaluated and recorded, never enforced.
+    pub mode: PolicyMode,
     /// The rule as stored in the snapshot: the thresholds in force.
     pub rule: Value,
     pub(crate) check: Check,
@@ -128,6 +130,11 @@ impl CompiledSnapshot {
             let kind: PolicyKind = parsed(entry, "kind", at)?;
             let action: PolicyAction = parsed(entry, "action", at)?;
             let severity: Severity = parsed(entry, "severity", at)?;
+            // Snapshots of enforcing policies carry no mode (their content predates modes).
+            let mode: PolicyMode = match entry.get("mode") {
+                None => PolicyMode::Enforce,
+                Some(_) => parsed(entry, "mode", at)?,
+            };
             let rule = entry.get("rule").cloned().unwrap_or(Value::Null);
             let parsed_rule = rules::parse_rule(kind, &rule).map_err(|err| {
                 bad_snapshot(format!("policy `{id}` has an invalid {kind} rule: {err}"))
@@ -175,6 +182,7 @@ impl CompiledSnapshot {
                 kind,
                 action,
                 severity,
+                mode,
                 rule,
                 check,
             });
@@ -204,8 +212,10 @@ impl CompiledSnapshot {
                 _ => None,
             })
             .max();
+        // Only an enforcing duration limit ends a silent run.
         let min_duration_limit_seconds = policies
             .iter()
+            .filter(|p| p.mode == PolicyMode::Enforce)
             .filter_map(|p| match p.check {
                 Check::DurationLimit { max_seconds } => Some(max_seconds),
                 _ => None,

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use governance_entities::enums::{
-    DecisionAction, PolicyAction, PolicyKind, StepStatus, StepType, TerminationReason,
+    DecisionAction, PolicyAction, PolicyKind, PolicyMode, StepStatus, StepType, TerminationReason,
 };
 use regex::Regex;
 use serde_json::{Value, json};
@@ -133,6 +133,7 @@ pub fn evaluate(
     let context = vars.as_ref().map(cel::Vars::context);
     let mut shared = Shared::default();
     let mut findings: Vec<Finding> = Vec::new();
+    let mut shadow_findings: Vec<Finding> = Vec::new();
     let mut content_matches: Vec<String> = Vec::new();
 
     for (at, policy) in snapshot.policies.iter().enumerate() {
@@ -141,9 +142,16 @@ pub fn evaluate(
         if let Hit::Content { .. } = hit {
             content_matches.push(policy.id.clone());
         }
-        findings.push(finding(policy, hit, run, step, &content, &mut shared));
+        let found = finding(policy, hit, run, step, &content, &mut shared);
+        // A shadow policy's finding is recorded beside the decision and never takes part in it.
+        match policy.mode {
+            PolicyMode::Enforce => findings.push(found),
+            PolicyMode::Shadow => shadow_findings.push(found),
+        }
     }
-    decide(snapshot.policies.len(), findings, content_matches)
+    let mut evaluation = decide(snapshot.policies.len(), findings, content_matches);
+    evaluation.shadow_findings = shadow_findings;
+    evaluation
 }
 
 /// Evidence parts that several findings of one step share, built once and only when needed.
@@ -605,5 +613,6 @@ fn decide(checked: usize, findings: Vec<Finding>, content_matches: Vec<String>) 
         findings,
         inflection,
         content_matches,
+        shadow_findings: Vec::new(),
     }
 }

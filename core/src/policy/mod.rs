@@ -130,9 +130,12 @@ pub struct Evaluation {
     /// Index in `findings` of the most severe BLOCK finding (ties: first in snapshot order);
     /// `None` unless the action is STOP.
     pub inflection: Option<usize>,
-    /// Ids of the CONTENT_RULE policies whose patterns matched, in snapshot order: recorded so
-    /// replay can reproduce the decision without the text.
+    /// Ids of the CONTENT_RULE policies whose patterns matched, in snapshot order (shadow ones
+    /// too): recorded so replay can reproduce the decision without the text.
     pub content_matches: Vec<String>,
+    /// What the SHADOW policies would have done, in snapshot order: recorded with the decision,
+    /// never part of it.
+    pub shadow_findings: Vec<Finding>,
 }
 
 impl Evaluation {
@@ -158,21 +161,27 @@ impl Evaluation {
             && self.policies_checked == other.policies_checked
             && self.inflection == other.inflection
             && self.content_matches == other.content_matches
-            && self.findings.len() == other.findings.len()
-            && self.findings.iter().zip(&other.findings).all(|(a, b)| {
-                a.policy_id == b.policy_id
-                    && a.policy_version == b.policy_version
-                    && a.policy_name == b.policy_name
-                    && a.kind == b.kind
-                    && a.action == b.action
-                    && a.severity == b.severity
-                    && a.violated_rule == b.violated_rule
-                    && a.evaluated_value == b.evaluated_value
-                    && a.threshold_condition == b.threshold_condition
-                    && a.reason == b.reason
-                    && a.termination_reason == b.termination_reason
-                    && a.threshold == b.threshold
-                    && a.observed == b.observed
-            })
+            && same_findings(&self.findings, &other.findings)
+            && same_findings(&self.shadow_findings, &other.shadow_findings)
     }
+}
+
+/// The same findings, ignoring only `evidence`.
+pub(crate) fn same_findings(left: &[Finding], right: &[Finding]) -> bool {
+    left.len() == right.len()
+        && left.iter().zip(right).all(|(a, b)| {
+            a.policy_id == b.policy_id
+                && a.policy_version == b.policy_version
+                && a.policy_name == b.policy_name
+                && a.kind == b.kind
+                && a.action == b.action
+                && a.severity == b.severity
+                && a.violated_rule == b.violated_rule
+                && a.evaluated_value == b.evaluated_value
+                && a.threshold_condition == b.threshold_condition
+                && a.reason == b.reason
+                && a.termination_reason == b.termination_reason
+                && a.threshold == b.threshold
+                && a.observed == b.observed
+        })
 }

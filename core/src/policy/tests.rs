@@ -1125,3 +1125,62 @@ fn hostile_expressions_are_refused_without_exhausting_the_stack() {
         .expect("no overflow");
     assert_eq!(evaluated, Ok(()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shadow policies
+
+/// `policies` with those named in `shadow` marked SHADOW, as `snapshot::compose` writes them.
+fn with_shadow(policies: &[P], shadow: &[&str]) -> CompiledSnapshot {
+    let mut entries: Vec<Value> = serde_json::from_str(&policies_json(policies)).unwrap();
+    for entry in &mut entries {
+        if shadow.contains(&entry["id"].as_str().unwrap()) {
+            entry["mode"] = json!("SHADOW");
+        }
+    }
+    CompiledSnapshot::compile(&canonical::to_string(&Value::Array(entries))).unwrap()
+}
+
+#[test]
+fn a_shadow_finding_is_recorded_beside_the_decision_and_never_decides() {
+    let policies = [
+        block("pol_a", PolicyKind::TokenBudget, json!({ "maxTokens": 5 })),
+        warn("pol_b", PolicyKind::StepLimit, json!({ "maxSteps": 0 })),
+    ];
+    let live = evaluate(&compile(&policies), &run(), &step());
+    assert_eq!(live.action, DecisionAction::Stop);
+
+    let shadowed = with_shadow(&policies, &["pol_a", "pol_b"]);
+    let e = evaluate(&shadowed, &run(), &step());
+    assert_continue(&e);
+    assert_eq!(e.policies_checked, 2);
+    let ids: Vec<&str> = e
+        .shadow_findings
+        .iter()
+        .map(|f| f.policy_id.as_str())
+        .collect();
+    assert_eq!(ids, ["pol_a", "pol_b"]);
+    // The shadow findings are the findings the policies give when enforced.
+    assert!(same_findings(&e.shadow_findings, &live.findings));
+
+    // One enforced, one shadow: only the enforced one decides.
+    let mixed = with_shadow(&policies, &["pol_a"]);
+    let e = evaluate(&mixed, &run(), &step());
+    assert_warn(&e);
+    assert_eq!(e.findings[0].policy_id, "pol_b");
+    assert_eq!(e.shadow_findings.len(), 1);
+    assert_eq!(e.shadow_findings[0].policy_id, "pol_a");
+}
+
+#[test]
+fn a_shadow_duration_limit_does_not_end_silent_runs() {
+    let policies = [block(
+        "pol_d",
+        PolicyKind::DurationLimit,
+        json!({ "maxSeconds": 30 }),
+    )];
+    assert_eq!(compile(&policies).min_duration_limit_seconds(), Some(30));
+    assert_eq!(
+        with_shadow(&policies, &["pol_d"]).min_duration_limit_seconds(),
+        None
+    );
+}

@@ -154,7 +154,9 @@ pub(crate) fn check(
 /// A decision that continues the run and records nothing beside the step (no violation,
 /// enforcement, incident or event): the steps the lane and the synthetic loader write in bulk.
 pub(crate) fn continues_cleanly(evaluation: &Evaluation) -> bool {
-    evaluation.action == DecisionAction::Continue && evaluation.findings.is_empty()
+    evaluation.action == DecisionAction::Continue
+        && evaluation.findings.is_empty()
+        && evaluation.shadow_findings.is_empty()
 }
 
 /// What a clean step changes on its run: totals, step count, chain head.

@@ -247,6 +247,7 @@ async fn check_paths(
                 severity: Severity::High,
                 workflow_id: None,
                 enabled: true,
+                mode: governance_entities::enums::PolicyMode::Enforce,
             },
         )
         .await

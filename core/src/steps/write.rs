@@ -11,7 +11,7 @@
 use chrono::{DateTime, Utc};
 use governance_entities::{
     enums::{EnforcementAction, IncidentStatus, PolicyAction, RunStatus},
-    evidence, incident, policy_enforcement, run, trace_step, violation,
+    evidence, incident, policy_enforcement, run, shadow_finding, trace_step, violation,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
@@ -195,6 +195,27 @@ pub(crate) async fn apply<C: ConnectionTrait>(
     let stored_step = active.insert(txn).await?;
 
     let at = now();
+    // What the shadow policies would have done: recorded, never enforced.
+    if !evaluation.shadow_findings.is_empty() {
+        shadow_finding::Entity::insert_many(evaluation.shadow_findings.iter().map(|f| {
+            shadow_finding::ActiveModel {
+                id: Set(new_id(prefix::SHADOW_FINDING)),
+                tenant_id: Set(tenant_id.clone()),
+                policy_id: Set(f.policy_id.clone()),
+                policy_version: Set(f.policy_version),
+                run_id: Set(run.id.clone()),
+                step_index: Set(index),
+                would_stop: Set(f.action == PolicyAction::Block),
+                reason: Set(f.reason.clone()),
+                observed_value: Set(f.evaluated_value.clone()),
+                threshold: Set(f.threshold_condition.clone()),
+                timestamp: Set(timestamp),
+                created_at: Set(at),
+            }
+        }))
+        .exec_without_returning(txn)
+        .await?;
+    }
     let mut violations = Vec::with_capacity(evaluation.findings.len());
     let mut inflection: Option<(violation::Model, evidence::Model, &Finding)> = None;
     let mut events_out = Vec::new();

@@ -21,6 +21,7 @@ mod operations;
 mod persistence;
 mod roles;
 mod schema;
+mod shadow;
 mod step_metrics;
 mod subscriptions;
 mod verifying;
