@@ -92,14 +92,15 @@ pub enum Command {
     /// export signature, the run's hash chain against every step, total and hash the bundle
     /// shows, and the run's head in the signed transparency-log checkpoint. Exit status 0 when
     /// it verifies, 1 when it does not (each failure is named), 2 when the file or a key
-    /// cannot be read.
+    /// cannot be read, 3 when no --key was given (the bundle is only checked against the key
+    /// it carries itself, which proves nothing about who signed it).
     Verify {
         /// The bundle: a JSON export as downloaded.
         file: PathBuf,
         /// A key to trust: a verifier key (`<name>+<key id>+<base64>`), or a file holding
         /// verifier keys one per line or the JSON of `GET /.well-known/governance-keys`.
         /// Repeatable. Without it the bundle's own key is used, which shows the bundle is
-        /// intact but not who signed it.
+        /// intact but not who signed it (exit status 3).
         #[arg(long = "key", value_name = "KEY")]
         keys: Vec<String>,
         /// Print the report as JSON.

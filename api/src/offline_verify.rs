@@ -15,6 +15,10 @@ pub const VERIFIED: i32 = 0;
 pub const NOT_VERIFIED: i32 = 1;
 /// Exit status: the file or a key could not be read.
 pub const UNREADABLE: i32 = 2;
+/// Exit status: no key was given, and everything checks out against the bundle's own key. That
+/// shows the bundle is intact, not that the deployment signed it: anyone can make a key and
+/// sign a bundle of their own with it. Never treat it as verified.
+pub const INTEGRITY_ONLY: i32 = 3;
 
 /// A `--key` value: a file of keys when such a file exists, else a verifier key itself.
 fn read_keys(arg: &str) -> Result<Vec<VerifierKey>, String> {
@@ -41,11 +45,15 @@ pub fn run(file: &Path, key_args: &[String], json: bool) -> i32 {
             }
         }
     }
-    let bundle: serde_json::Value = match std::fs::read(file)
+    let read = std::fs::read(file)
         .map_err(|e| e.to_string())
-        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
-    {
-        Ok(bundle) => bundle,
+        .and_then(|bytes| {
+            let bundle: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            bundle_verify::verify_bundle_bytes(&bytes, &keys).map(|report| (bundle, report))
+        });
+    let (bundle, report) = match read {
+        Ok(read) => read,
         Err(err) => {
             eprintln!(
                 "error: cannot read {} as a JSON bundle: {err} (PDF exports are not verifiable themselves: verify the JSON export of the same incident)",
@@ -54,7 +62,6 @@ pub fn run(file: &Path, key_args: &[String], json: bool) -> i32 {
             return UNREADABLE;
         }
     };
-    let report = bundle_verify::verify_bundle(&bundle, &keys);
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -66,10 +73,10 @@ pub fn run(file: &Path, key_args: &[String], json: bool) -> i32 {
     } else {
         print!("{}", describe(file, &bundle, &report));
     }
-    if report.verified() {
-        VERIFIED
-    } else {
-        NOT_VERIFIED
+    match (report.verified(), report.key_from_bundle) {
+        (true, false) => VERIFIED,
+        (true, true) => INTEGRITY_ONLY,
+        (false, _) => NOT_VERIFIED,
     }
 }
 
@@ -103,7 +110,9 @@ fn describe(file: &Path, bundle: &serde_json::Value, report: &BundleReport) -> S
     if report.key_from_bundle {
         out.push_str("Key:        taken from the bundle itself: this shows the bundle is intact, not who signed it. Pass --key with the keys from GET /.well-known/governance-keys to check that.\n");
     }
-    if report.verified() {
+    if report.verified() && report.key_from_bundle {
+        out.push_str("INTEGRITY ONLY: the bundle is consistent with the key it carries, but no trusted key was given, so this does not show who signed it. Pass --key.\n");
+    } else if report.verified() {
         out.push_str("VERIFIED: the export signature, the record (every step, total and hash shown), and its anchor in the signed log all check out.\n");
     } else {
         out.push_str(&format!(

@@ -126,6 +126,28 @@ fn hex_hash(text: &str) -> Option<Hash> {
     hex::decode(text).ok()?.try_into().ok()
 }
 
+/// Verify a bundle file's bytes: they must be the bundle's canonical (RFC 8785) form, exactly
+/// as exported, so that no reader can see anything but what was verified (a duplicate member
+/// name, for one, is read differently by different JSON parsers), then [`verify_bundle`].
+pub fn verify_bundle_bytes(bytes: &[u8], keys: &[VerifierKey]) -> Result<BundleReport, String> {
+    let bundle: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut report = verify_bundle(&bundle, keys);
+    if crate::canonical::to_string(&bundle).as_bytes() != bytes {
+        report.failures.insert(
+            0,
+            Failure {
+                kind: "BUNDLE_FORMAT",
+                path: String::new(),
+                message: "the file is not the bundle's canonical (RFC 8785) form as exported: it \
+                          was edited or re-serialised (reformatted, reordered, or with a \
+                          duplicate member name)"
+                    .to_string(),
+            },
+        );
+    }
+    Ok(report)
+}
+
 /// Verify `bundle` against `keys`. With no keys, the bundle's own verifier key is used and the
 /// report says so.
 pub fn verify_bundle(bundle: &Value, keys: &[VerifierKey]) -> BundleReport {
@@ -685,15 +707,20 @@ fn check_anchor(
 
     // The checkpoint: signed by a trusted key; its body read even when it is not, so that a
     // broken proof is still named.
-    let key_id = match verify_note(note, keys) {
-        Ok(verified) => Some(verified.key_id),
+    // The body is the signed text when the signature verifies; else the text before the last
+    // blank line (what a signature would cover), read so that a broken proof is still named.
+    let (key_id, body_text) = match verify_note(note, keys) {
+        Ok(verified) => (Some(verified.key_id), Some(verified.text)),
         Err(err) => {
             let kind = match err {
                 NoteError::UnknownKey(_) => "UNKNOWN_KEY",
                 _ => "CHECKPOINT_SIGNATURE",
             };
             check.fail(kind, "verification.checkpoint", err.to_string());
-            None
+            (
+                None,
+                note.rfind("\n\n").map(|end| note[..end + 1].to_string()),
+            )
         }
     };
     if let Some(id) = &key_id
@@ -705,7 +732,6 @@ fn check_anchor(
             format!("the checkpoint was signed by key {id}"),
         );
     }
-    let body_text = note.split("\n\n").next().map(|t| format!("{t}\n"));
     let Some(body) = body_text.as_deref().and_then(CheckpointBody::parse) else {
         check.fail(
             "CHECKPOINT",
@@ -714,7 +740,13 @@ fn check_anchor(
         );
         return None;
     };
-    if let Some(tenant) = record.and_then(|r| r.tenant_id.as_deref())
+    // The tenant: the genesis names it (format 2); format 1 binds none, so the leaf's is taken.
+    let leaf_document: Option<Value> =
+        text(leaf.get("data")).and_then(|d| serde_json::from_str(d).ok());
+    let tenant = record.and_then(|r| r.tenant_id.clone()).or_else(|| {
+        text(leaf_document.as_ref().and_then(|d| d.get("tenantId"))).map(str::to_string)
+    });
+    if let Some(tenant) = &tenant
         && !body.origin.ends_with(&format!("/{tenant}"))
     {
         check.fail(
@@ -749,7 +781,7 @@ fn check_anchor(
                     ("stepCount", Value::from(record.entries.len() as i64)),
                     ("headHash", Value::from(record.head.clone())),
                 ];
-                if let Some(tenant) = &record.tenant_id {
+                if let Some(tenant) = &tenant {
                     expected.push(("tenantId", Value::from(tenant.clone())));
                 }
                 for (field, value) in expected {

@@ -192,21 +192,13 @@ async fn append_heads(
     if conn.get_database_backend() == DbBackend::Postgres {
         runs_query = runs_query.lock_exclusive();
     }
-    let mut runs = Vec::new();
-    for run in runs_query.all(conn).await? {
-        if run.logged_head_hash.as_deref() == Some(run.trace_head_hash.as_str()) {
-            continue;
-        }
-        if extends_log(conn, &run).await? {
-            runs.push(run);
-        } else {
-            tracing::error!(
-                tenant_id,
-                run_id = %run.id,
-                "a run's record no longer holds the head its log leaf holds: it was rewritten outside the service; its new head is not logged (verifyRun names the step)"
-            );
-        }
-    }
+    let changed: Vec<run::Model> = runs_query
+        .all(conn)
+        .await?
+        .into_iter()
+        .filter(|r| r.logged_head_hash.as_deref() != Some(r.trace_head_hash.as_str()))
+        .collect();
+    let runs = runs_extending_log(conn, tenant_id, changed).await?;
     if runs.is_empty() {
         return Ok(None);
     }
@@ -240,13 +232,10 @@ pub async fn anchor(
     {
         return Ok(None);
     }
-    if !extends_log(conn, run).await? {
-        // A record rewritten behind the service's back is never anchored: its export says so.
-        tracing::error!(
-            tenant_id = %run.tenant_id,
-            run_id = %run.id,
-            "not anchoring a run whose record no longer holds the head its log leaf holds"
-        );
+    if runs_extending_log(conn, &run.tenant_id, vec![run.clone()])
+        .await?
+        .is_empty()
+    {
         return Ok(None);
     }
     let committed = append_runs(
@@ -261,41 +250,89 @@ pub async fn anchor(
     Ok(Some(committed))
 }
 
-/// Does `run`'s record still hold the head of its latest leaf? A new head may only extend the
-/// chain the log holds: the step at the logged count (or the genesis, for a head of no steps)
-/// must still carry the logged hash. A rewrite of any logged step changes that hash.
-async fn extends_log<C: ConnectionTrait>(conn: &C, run: &run::Model) -> CoreResult<bool> {
-    if run.logged_head_hash.is_none() {
-        return Ok(true);
-    }
-    let Some(leaf) = log_leaf::Entity::find()
-        .filter(log_leaf::Column::TenantId.eq(run.tenant_id.as_str()))
-        .filter(log_leaf::Column::RunId.eq(run.id.as_str()))
-        .order_by_desc(log_leaf::Column::LeafIndex)
-        .one(conn)
-        .await?
-    else {
-        return Ok(true);
-    };
-    let held = if leaf.step_count == 0 {
-        let snapshot = crate::runs::snapshot_of(conn, run).await?;
-        crate::chain::genesis(run, &snapshot.content_hash)
-    } else {
-        let hash: Option<String> = trace_step::Entity::find()
-            .select_only()
-            .column(trace_step::Column::EntryHash)
-            .filter(trace_step::Column::TenantId.eq(run.tenant_id.as_str()))
-            .filter(trace_step::Column::RunId.eq(run.id.as_str()))
-            .filter(trace_step::Column::StepIndex.eq(leaf.step_count - 1))
-            .into_tuple()
-            .one(conn)
-            .await?;
-        match hash {
-            Some(hash) => hash,
-            None => return Ok(false),
+/// The runs among `runs` whose head, as given, may be appended to the log: each must extend
+/// what the log already holds for it. Whatever a database writer did to the row (its
+/// `logged_head_hash` included), the run's latest leaf decides:
+/// - the step at the logged count (or the genesis, for a head of no steps) must still carry
+///   the logged hash (a rewrite of any logged step changes it);
+/// - a head older than the logged one is a stale read, never appended after it;
+/// - a run logged in a terminal status never gets another leaf (its head and status are final).
+///
+/// Refused runs are logged as errors: they mean a record rewritten behind the service's back.
+async fn runs_extending_log<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    runs: Vec<run::Model>,
+) -> CoreResult<Vec<run::Model>> {
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let mut latest: HashMap<String, log_leaf::Model> = HashMap::new();
+    for chunk in ids.chunks(500) {
+        for leaf in log_leaf::Entity::find()
+            .filter(log_leaf::Column::TenantId.eq(tenant_id))
+            .filter(log_leaf::Column::RunId.is_in(chunk.iter().cloned()))
+            .all(conn)
+            .await?
+        {
+            let newer = latest
+                .get(&leaf.run_id)
+                .is_none_or(|known| known.leaf_index < leaf.leaf_index);
+            if newer {
+                latest.insert(leaf.run_id.clone(), leaf);
+            }
         }
-    };
-    Ok(held == leaf.head_hash)
+    }
+    let mut ok = Vec::with_capacity(runs.len());
+    for run in runs {
+        let Some(leaf) = latest.get(&run.id) else {
+            ok.push(run);
+            continue;
+        };
+        let terminal = leaf
+            .status
+            .parse::<RunStatus>()
+            .map(|s| s.is_terminal())
+            .unwrap_or(true);
+        let why = if terminal {
+            Some("it was logged as ended; an ended run's head and status are final")
+        } else if run.step_count < leaf.step_count {
+            Some("the log already holds a later head of it (a stale read)")
+        } else if held_after(conn, &run, leaf.step_count).await? != Some(leaf.head_hash.clone()) {
+            Some("its record no longer holds the head its log leaf holds: it was rewritten")
+        } else {
+            None
+        };
+        match why {
+            None => ok.push(run),
+            Some(why) => tracing::error!(
+                tenant_id,
+                run_id = %run.id,
+                leaf_index = leaf.leaf_index,
+                "not logging a run's head: {why}"
+            ),
+        }
+    }
+    Ok(ok)
+}
+
+/// The run's head after its first `count` steps, as its record holds it.
+async fn held_after<C: ConnectionTrait>(
+    conn: &C,
+    run: &run::Model,
+    count: i64,
+) -> CoreResult<Option<String>> {
+    if count == 0 {
+        let snapshot = crate::runs::snapshot_of(conn, run).await?;
+        return Ok(Some(crate::chain::genesis(run, &snapshot.content_hash)));
+    }
+    Ok(trace_step::Entity::find()
+        .select_only()
+        .column(trace_step::Column::EntryHash)
+        .filter(trace_step::Column::TenantId.eq(run.tenant_id.as_str()))
+        .filter(trace_step::Column::RunId.eq(run.id.as_str()))
+        .filter(trace_step::Column::StepIndex.eq(count - 1))
+        .into_tuple()
+        .one(conn)
+        .await?)
 }
 
 /// The first leaf that logs `head_hash` as the run's head, with the run in `status`.

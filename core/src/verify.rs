@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use governance_entities::{run, trace_step, violation};
+use governance_entities::{enums::RunStatus, run, trace_step, violation};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde::Serialize;
 
@@ -109,8 +109,8 @@ pub async fn verify_anchored<C: ConnectionTrait>(
     run_id: &str,
     anchors: &Anchors,
 ) -> CoreResult<Verification> {
-    let (mut verification, heads) = verify_rows(conn, tenant_id, run_id).await?;
-    let (found, size) = log_mismatches(conn, tenant_id, run_id, &heads, anchors).await?;
+    let (mut verification, heads, status) = verify_rows(conn, tenant_id, run_id).await?;
+    let (found, size) = log_mismatches(conn, tenant_id, run_id, &heads, status, anchors).await?;
     verification.mismatches.extend(found);
     verification.checkpoint_tree_size = size;
     verification.intact = !verification
@@ -125,7 +125,7 @@ async fn verify_rows<C: ConnectionTrait>(
     conn: &C,
     tenant_id: &str,
     run_id: &str,
-) -> CoreResult<(Verification, Vec<String>)> {
+) -> CoreResult<(Verification, Vec<String>, RunStatus)> {
     let run: run::Model = runs::get(conn, tenant_id, run_id).await?;
     let snap = runs::snapshot_of(conn, &run).await?;
     let steps = trace_step::Entity::find()
@@ -339,6 +339,7 @@ async fn verify_rows<C: ConnectionTrait>(
             checkpoint_tree_size: None,
         },
         heads,
+        run.status,
     ))
 }
 
@@ -349,6 +350,7 @@ async fn log_mismatches<C: ConnectionTrait>(
     tenant_id: &str,
     run_id: &str,
     heads: &[String],
+    status: RunStatus,
     anchors: &Anchors,
 ) -> CoreResult<(Vec<Mismatch>, Option<i64>)> {
     let Some(checkpoint) = transparency::latest_checkpoint(conn, tenant_id).await? else {
@@ -379,6 +381,23 @@ async fn log_mismatches<C: ConnectionTrait>(
                     || format!("only {} steps", heads.len().saturating_sub(1)),
                     |head| format!("head {head}"),
                 ),
+            ));
+        }
+        // An ended run's status is final: a terminal status the log holds must still be the
+        // run's (a rewrite of the status alone leaves the chain as it was).
+        let logged_terminal = leaf
+            .status
+            .parse::<RunStatus>()
+            .ok()
+            .filter(|s| s.is_terminal());
+        if let Some(logged) = logged_terminal
+            && logged != status
+        {
+            found.push(mismatch(
+                None,
+                "LOG_LEAF",
+                format!("status {logged} (logged as leaf {})", leaf.leaf_index),
+                format!("status {status}"),
             ));
         }
         let document: Option<serde_json::Value> = serde_json::from_str(&leaf.leaf_data).ok();

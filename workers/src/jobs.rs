@@ -259,22 +259,36 @@ pub async fn build_export(
             keys: log.keys.verifiers(),
             witness_file: log.witness_file.clone(),
         };
+        // The bundle shows the run as read; that head is anchored (unless the service's own
+        // check finds the record rewritten: a forged head is never signed). When the log
+        // already holds a later head (the run moved on between the read and the anchor), read
+        // again, a few times, so what is shown is what is proven.
         let mut input = exports::load(store.db(), &export, &anchors).await?;
-        if let Some(checkpoint) =
-            transparency::anchor(store, &log.keys, &log.settings, &input.run).await?
-        {
-            crate::sequencer::publish(log, dispatcher, checkpoint).await;
+        for _ in 0..3 {
+            if !input.verification.intact {
+                break;
+            }
+            if let Some(checkpoint) =
+                transparency::anchor(store, &log.keys, &log.settings, &input.run).await?
+            {
+                crate::sequencer::publish(log, dispatcher, checkpoint).await;
+            }
+            input.anchor =
+                transparency::head_proof(store.db(), &input.run)
+                    .await?
+                    .map(|inclusion| exports::proof::Anchor {
+                        key: log
+                            .keys
+                            .verifiers()
+                            .into_iter()
+                            .find(|k| k.key_id() == inclusion.checkpoint.key_id),
+                        inclusion,
+                    });
+            if input.anchor.is_some() {
+                break;
+            }
+            input = exports::load(store.db(), &export, &anchors).await?;
         }
-        input.anchor = transparency::head_proof(store.db(), &input.run)
-            .await?
-            .map(|inclusion| exports::proof::Anchor {
-                key: log
-                    .keys
-                    .verifiers()
-                    .into_iter()
-                    .find(|k| k.key_id() == inclusion.checkpoint.key_id),
-                inclusion,
-            });
         let mut bundle = exports::bundle(&input)?;
         exports::proof::seal(&mut bundle, &log.keys.active)?;
         if let Some(progress) =

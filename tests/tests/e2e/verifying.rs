@@ -655,10 +655,27 @@ async fn an_exported_bundle_verifies_offline_and_names_every_altered_field() {
     assert_eq!(v["entries"].as_array().map(Vec::len), Some(2), "{v}");
     assert!(v["checkpoint"].as_str().unwrap().contains("\n\n— "), "{v}");
 
-    // Without a key the bundle's own is used, and the report says what that does not prove.
+    // Without a key the bundle's own is used: never "verified" (anyone can sign a bundle of
+    // their own with a key of their own), and the report says so.
     let (code, out) = verify_cli(&bundle_file, &[]).await;
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("taken from the bundle itself"), "{out}");
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("INTEGRITY ONLY"), "{out}");
+    assert!(!out.contains("VERIFIED"), "{out}");
+
+    // Only the bytes as exported: a reformatted file, or one with a member twice (which JSON
+    // readers resolve differently), is refused whatever it says.
+    let pretty = dir.path().join("pretty.json");
+    std::fs::write(&pretty, serde_json::to_vec_pretty(&bundle).unwrap()).unwrap();
+    let (code, out) = verify_cli(&pretty, &[&keys_arg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BUNDLE_FORMAT"), "{out}");
+    let exported = std::fs::read_to_string(&bundle_file).unwrap();
+    let twice = exported.replacen("{", "{\"traceHeadHash\":\"forged\",", 1);
+    let duplicated = dir.path().join("duplicated.json");
+    std::fs::write(&duplicated, twice).unwrap();
+    let (code, out) = verify_cli(&duplicated, &[&keys_arg]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BUNDLE_FORMAT"), "{out}");
 
     // A key the deployment never had: nothing it signed verifies.
     let stranger = signing::SigningKey::generate("stranger")
@@ -726,7 +743,7 @@ async fn an_exported_bundle_verifies_offline_and_names_every_altered_field() {
     // Through the CLI too, for one recorded figure.
     let mut copy = bundle.clone();
     copy["steps"][1]["tokens"] = json!(3);
-    std::fs::write(&bundle_file, serde_json::to_vec(&copy).unwrap()).unwrap();
+    std::fs::write(&bundle_file, canonical::to_string(&copy)).unwrap();
     let (code, out) = verify_cli(&bundle_file, &[&keys_arg]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("steps[1].tokens"), "{out}");
@@ -779,7 +796,7 @@ async fn an_exported_bundle_verifies_offline_and_names_every_altered_field() {
         report.failures
     );
     assert!(kinds.contains(&"INCLUSION_PROOF"), "{:?}", report.failures);
-    std::fs::write(&bundle_file, serde_json::to_vec(&forged).unwrap()).unwrap();
+    std::fs::write(&bundle_file, canonical::to_string(&forged)).unwrap();
     let (code, out) = verify_cli(&bundle_file, &[&keys_arg]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("INCLUSION_PROOF"), "{out}");
@@ -799,7 +816,29 @@ async fn a_database_rewrite_is_caught_by_verify_run_and_by_the_offline_verifier(
         |d| !d["run"]["inclusionProof"].is_null(),
     )
     .await;
+    let size_before = app.gql_ok("{ transparencyLog { size } }", json!({})).await;
     rewrite_step_tokens(&app, &run, 0, 12).await;
+    // The writer also clears what the row says the log holds, so the run looks due.
+    use sea_orm::ConnectionTrait;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE runs SET logged_head_hash = NULL, logged_at = NULL WHERE id = '{run}'"
+        ))
+        .await
+        .unwrap();
+    // A pass of the sequencer (the workers' own function, run here so the test knows it ran)
+    // does not log the forged head: the run's latest leaf decides, not the row.
+    let keys =
+        governance_core::signing::KeyRing::load(&app.env.data_dir().join("signing.key")).unwrap();
+    governance_core::transparency::sequence(
+        &app.store,
+        &keys,
+        &governance_core::transparency::LogSettings::default(),
+    )
+    .await
+    .unwrap();
+    let size_after = app.gql_ok("{ transparencyLog { size } }", json!({})).await;
+    assert_eq!(size_after, size_before, "the forged head is not logged");
 
     let caught = app.gql_ok(VERIFY_LOGGED, json!({ "id": run })).await;
     assert_eq!(caught["verifyRun"]["intact"], false, "{caught}");
@@ -882,4 +921,42 @@ async fn checkpoints_stream_to_subscribers_and_replay_from_a_cursor() {
         .subscribe("3", SUBSCRIBE, json!({ "after": seen[0]["cursor"] }))
         .await;
     assert_eq!(again.next_data("3").await["checkpointEvents"], seen[1]);
+}
+
+/// An ended run's status rewritten alone (the chain untouched): the log holds the status it
+/// ended with, so verifyRun names it, and the export is not anchored anew.
+#[tokio::test]
+async fn a_rewritten_status_of_an_ended_run_is_caught_through_the_log() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app().await;
+    let (run, incident) = crate::exports::leaked(&app).await;
+    app.poll_until(
+        PROOF,
+        json!({ "id": run }),
+        std::time::Duration::from_secs(20),
+        |d| !d["run"]["inclusionProof"].is_null(),
+    )
+    .await;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE runs SET status = 'SUCCEEDED', termination_reason = 'COMPLETED' WHERE id = '{run}'"
+        ))
+        .await
+        .unwrap();
+    let caught = app.gql_ok(VERIFY_LOGGED, json!({ "id": run })).await;
+    assert_eq!(caught["verifyRun"]["intact"], false, "{caught}");
+    assert!(
+        caught.to_string().contains("status FAILED_POLICY"),
+        "{caught}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, bundle_file, keys_file) = exported_bundle(&app, &incident, dir.path()).await;
+    assert!(
+        bundle["verification"]["checkpoint"].is_null(),
+        "{}",
+        bundle["verification"]
+    );
+    let (code, out) = verify_cli(&bundle_file, &[&keys_file.display().to_string()]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("NOT_ANCHORED"), "{out}");
 }
