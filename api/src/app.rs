@@ -264,7 +264,7 @@ impl Application {
         }
         let shutdown = CancellationToken::new();
         let bus = open_bus(&config, shutdown.clone()).await?;
-        let sealed = governance_core::webhooks::seal_plaintext_secrets(&store).await?;
+        let sealed = governance_core::sealing::seal_stored_secrets(&store).await?;
         if sealed > 0 {
             tracing::info!(count = sealed, "sealed webhook secrets stored in plaintext");
         }

@@ -100,6 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&config, shutdown.clone()).await?;
             tracing::info!("governance worker started");
             let store = Store::new(db).with_secrets(app::open_secrets_key(&config)?);
+            governance_core::sealing::seal_stored_secrets(&store).await?;
             let cache = SnapshotCache::new();
             governance_workers::run(
                 WorkerDeps {

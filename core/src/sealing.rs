@@ -59,6 +59,11 @@ impl std::fmt::Display for Row<'_> {
 pub struct SecretsKey {
     cipher: XChaCha20Poly1305,
     id: String,
+    /// Set once the process has sealed every stored secret ([`seal_stored_secrets`]): from then
+    /// on a plaintext value is refused, since only a write outside the service can put one
+    /// there (and a known plaintext would let its writer mint download links or forge
+    /// webhook signatures).
+    refuse_plaintext: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for SecretsKey {
@@ -78,6 +83,7 @@ impl SecretsKey {
         Self {
             cipher: XChaCha20Poly1305::new(bytes.into()),
             id: hex::encode(&digest[..8]),
+            refuse_plaintext: Default::default(),
         }
     }
 
@@ -142,9 +148,25 @@ impl SecretsKey {
         Ok(format!("{PREFIX_V1}{}:{}", self.id, STANDARD.encode(out)))
     }
 
-    /// The secret stored for `row`: opened when sealed, as it is when it predates sealing.
+    /// From now on, refuse plaintext values (every stored secret has been sealed).
+    pub fn refuse_plaintext(&self) {
+        self.refuse_plaintext
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The secret stored for `row`: opened when sealed; as it is when it predates sealing,
+    /// until [`Self::refuse_plaintext`].
     pub fn open(&self, stored: &str, row: Row<'_>) -> CoreResult<String> {
         if !is_sealed(stored) {
+            if self
+                .refuse_plaintext
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(internal(format!(
+                    "{row} holds a plaintext value where a sealed one belongs: it was written \
+                     outside the service"
+                )));
+            }
             return Ok(stored.to_string());
         }
         let Some(rest) = stored.strip_prefix(PREFIX_V1) else {
@@ -189,6 +211,17 @@ impl SecretsKey {
             })?;
         String::from_utf8(plain).map_err(|_| internal(format!("{row} is not UTF-8")))
     }
+}
+
+/// Seal every secret still stored in plaintext (webhook secrets, the download key), then refuse
+/// plaintext from now on. Every process that holds the key runs it once at start-up; it is
+/// idempotent, so replicas and workers may run it at the same time. Returns how many webhook
+/// secrets it sealed.
+pub async fn seal_stored_secrets(store: &crate::store::Store) -> CoreResult<usize> {
+    let sealed = crate::webhooks::seal_plaintext_secrets(store).await?;
+    crate::exports::download_key(store).await?;
+    store.secrets()?.refuse_plaintext();
+    Ok(sealed)
 }
 
 /// Whether a stored value is sealed (as opposed to a plaintext secret from before).
@@ -288,6 +321,18 @@ mod tests {
         assert!(key.open(&altered, HOOK).is_err());
         assert!(key.open("enc:v9:x:y", HOOK).is_err());
         assert!(key.open("enc:v1:nocolon", HOOK).is_err());
+    }
+
+    #[test]
+    fn plaintext_is_refused_once_everything_was_sealed() {
+        let key = SecretsKey::generate();
+        let row = HOOK;
+        assert_eq!(key.open("whsec_known", row).unwrap(), "whsec_known");
+        key.refuse_plaintext();
+        let err = key.open("whsec_known", row).unwrap_err();
+        assert!(err.to_string().contains("plaintext"), "{err}");
+        let sealed = key.seal("whsec_real", row).unwrap();
+        assert_eq!(key.open(&sealed, row).unwrap(), "whsec_real");
     }
 
     #[test]
