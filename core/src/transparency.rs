@@ -431,16 +431,20 @@ async fn append_runs<C: ConnectionTrait>(
         .exec_without_returning(conn)
         .await?;
     }
-    for run in runs {
-        // Only while the row still has this head: a run that moved on stays due.
+    // One statement per 500 runs, not one per run (the writer is held meanwhile). Only rows
+    // that still have the logged head are marked: a run that moved on stays due. A head hash
+    // names its run (its genesis binds the run id), so matching the lists is matching pairs.
+    for chunk in runs.chunks(500) {
         run::Entity::update_many()
             .col_expr(
                 run::Column::LoggedHeadHash,
-                Expr::value(run.trace_head_hash.clone()),
+                Expr::col(run::Column::TraceHeadHash).into(),
             )
             .col_expr(run::Column::LoggedAt, Expr::value(at))
-            .filter(run::Column::Id.eq(run.id.as_str()))
-            .filter(run::Column::TraceHeadHash.eq(run.trace_head_hash.as_str()))
+            .filter(run::Column::Id.is_in(chunk.iter().map(|r| r.id.clone())))
+            .filter(
+                run::Column::TraceHeadHash.is_in(chunk.iter().map(|r| r.trace_head_hash.clone())),
+            )
             .exec(conn)
             .await?;
     }
