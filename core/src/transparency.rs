@@ -438,7 +438,7 @@ async fn append_runs<C: ConnectionTrait>(
         run::Entity::update_many()
             .col_expr(
                 run::Column::LoggedHeadHash,
-                Expr::col(run::Column::TraceHeadHash).into(),
+                Expr::col(run::Column::TraceHeadHash),
             )
             .col_expr(run::Column::LoggedAt, Expr::value(at))
             .filter(run::Column::Id.is_in(chunk.iter().map(|r| r.id.clone())))

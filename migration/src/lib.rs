@@ -5,6 +5,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod append_only;
 pub mod m20261121_000001_initial;
 pub mod m20261121_000002_service_keys;
 pub mod m20261130_000003_verifiable_records;

@@ -3,7 +3,6 @@
 //! lifted by recording its resumption, never by changing or deleting it, and a halt is resumed
 //! at most once (the resumption's primary key is the halt's id).
 
-use sea_orm::DbBackend;
 use sea_orm_migration::{prelude::*, schema::*};
 
 #[derive(DeriveMigrationName)]
@@ -11,14 +10,6 @@ pub struct Migration;
 
 /// The kill switch's tables, append-only.
 pub const HALT_TABLES: &[&str] = &["halts", "halt_resumptions"];
-
-/// Created by the first migration; raises "<table> is append-only".
-const PG_APPEND_ONLY_FN: &str = "governance_append_only";
-
-async fn exec(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
-    manager.get_connection().execute_unprepared(sql).await?;
-    Ok(())
-}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -71,51 +62,8 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        match manager.get_database_backend() {
-            DbBackend::Postgres => {
-                for t in HALT_TABLES {
-                    exec(
-                        manager,
-                        &format!(
-                            "CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t} \
-                             FOR EACH ROW EXECUTE FUNCTION {PG_APPEND_ONLY_FN}();"
-                        ),
-                    )
-                    .await?;
-                    exec(
-                        manager,
-                        &format!(
-                            "CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t} \
-                             FOR EACH STATEMENT EXECUTE FUNCTION {PG_APPEND_ONLY_FN}();"
-                        ),
-                    )
-                    .await?;
-                }
-            }
-            _ => {
-                for (t, key) in [("halts", "id"), ("halt_resumptions", "halt_id")] {
-                    for (op, suffix) in [("UPDATE", "no_update"), ("DELETE", "no_delete")] {
-                        exec(
-                            manager,
-                            &format!(
-                                "CREATE TRIGGER {t}_{suffix} BEFORE {op} ON {t} \
-                                 BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;"
-                            ),
-                        )
-                        .await?;
-                    }
-                    // `INSERT OR REPLACE` would delete the stored row without the DELETE trigger.
-                    exec(
-                        manager,
-                        &format!(
-                            "CREATE TRIGGER {t}_no_replace BEFORE INSERT ON {t} WHEN EXISTS \
-                             (SELECT 1 FROM {t} AS stored WHERE stored.{key} = NEW.{key}) \
-                             BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;"
-                        ),
-                    )
-                    .await?;
-                }
-            }
+        for (table, key) in [("halts", "id"), ("halt_resumptions", "halt_id")] {
+            crate::append_only::guard(manager, table, key).await?;
         }
         Ok(())
     }

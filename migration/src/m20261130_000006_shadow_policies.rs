@@ -2,7 +2,6 @@
 //! or `SHADOW`: evaluated on every step and recorded, never enforced), and `shadow_findings`,
 //! one append-only row per finding of a shadow policy, written with its step.
 
-use sea_orm::DbBackend;
 use sea_orm_migration::{prelude::*, schema::*};
 
 #[derive(DeriveMigrationName)]
@@ -10,14 +9,6 @@ pub struct Migration;
 
 /// Append-only tables of this migration.
 pub const SHADOW_TABLES: &[&str] = &["shadow_findings"];
-
-/// Created by the first migration; raises "<table> is append-only".
-const PG_APPEND_ONLY_FN: &str = "governance_append_only";
-
-async fn exec(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
-    manager.get_connection().execute_unprepared(sql).await?;
-    Ok(())
-}
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -77,48 +68,7 @@ impl MigrationTrait for Migration {
             }
             manager.create_index(index.take()).await?;
         }
-        let t = "shadow_findings";
-        match manager.get_database_backend() {
-            DbBackend::Postgres => {
-                exec(
-                    manager,
-                    &format!(
-                        "CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t} \
-                         FOR EACH ROW EXECUTE FUNCTION {PG_APPEND_ONLY_FN}();"
-                    ),
-                )
-                .await?;
-                exec(
-                    manager,
-                    &format!(
-                        "CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t} \
-                         FOR EACH STATEMENT EXECUTE FUNCTION {PG_APPEND_ONLY_FN}();"
-                    ),
-                )
-                .await?;
-            }
-            _ => {
-                for (op, suffix) in [("UPDATE", "no_update"), ("DELETE", "no_delete")] {
-                    exec(
-                        manager,
-                        &format!(
-                            "CREATE TRIGGER {t}_{suffix} BEFORE {op} ON {t} \
-                             BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;"
-                        ),
-                    )
-                    .await?;
-                }
-                exec(
-                    manager,
-                    &format!(
-                        "CREATE TRIGGER {t}_no_replace BEFORE INSERT ON {t} WHEN EXISTS \
-                         (SELECT 1 FROM {t} AS stored WHERE stored.id = NEW.id) \
-                         BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;"
-                    ),
-                )
-                .await?;
-            }
-        }
+        crate::append_only::guard(manager, "shadow_findings", "id").await?;
         Ok(())
     }
 

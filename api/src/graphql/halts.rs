@@ -205,24 +205,12 @@ impl HaltSubscription {
         after: Option<String>,
     ) -> async_graphql::Result<impl futures::Stream<Item = HaltEvent> + use<>> {
         use futures::StreamExt;
-        let principal = principal(ctx)?;
-        let after = super::incidents::parse_event_cursor(after.as_deref()).gql()?;
-        let state = state(ctx);
-        let db = state.db.clone();
-        let tenant_id = principal.tenant_id.clone();
-        let stream = governance_workers::events::tenant_stream(
-            state.db.clone(),
-            &state.bus,
-            principal.tenant_id.clone(),
-            after,
-        )
-        .filter(|event| {
-            std::future::ready(matches!(
-                event.kind.as_str(),
-                "RUNS_HALTED" | "RUNS_RESUMED"
-            ))
-        })
-        .then(move |event| {
+        let (stream, db, tenant_id) = super::incidents::tenant_events_of(
+            ctx,
+            after.as_deref(),
+            &["RUNS_HALTED", "RUNS_RESUMED"],
+        )?;
+        let stream = stream.then(move |event| {
             let (db, tenant_id) = (db.clone(), tenant_id.clone());
             async move {
                 let halt = halts::get(&db, &tenant_id, &event.subject_id)

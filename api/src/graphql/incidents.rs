@@ -529,6 +529,32 @@ impl IncidentEvent {
     }
 }
 
+/// The caller's tenant events of `kinds` after the cursor `after` (from the beginning when
+/// omitted): stored ones first, then live, in order, with no gap and no duplicate. Returns the
+/// stream with the database and tenant, for streams that read more per event.
+pub fn tenant_events_of(
+    ctx: &Context<'_>,
+    after: Option<&str>,
+    kinds: &'static [&'static str],
+) -> async_graphql::Result<(
+    impl futures::Stream<Item = governance_entities::event::Model> + use<>,
+    sea_orm::DatabaseConnection,
+    String,
+)> {
+    use futures::StreamExt;
+    let principal = principal(ctx)?;
+    let after = parse_event_cursor(after).gql()?;
+    let state = state(ctx);
+    let stream = governance_workers::events::tenant_stream(
+        state.db.clone(),
+        &state.bus,
+        principal.tenant_id.clone(),
+        after,
+    )
+    .filter(move |event| std::future::ready(kinds.contains(&event.kind.as_str())));
+    Ok((stream, state.db.clone(), principal.tenant_id.clone()))
+}
+
 /// A cursor of the tenant's event sequence, or `BAD_USER_INPUT`.
 pub fn parse_event_cursor(cursor: Option<&str>) -> Result<i64, CoreError> {
     match cursor {

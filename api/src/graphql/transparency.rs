@@ -181,19 +181,9 @@ impl TransparencySubscription {
         after: Option<String>,
     ) -> async_graphql::Result<impl futures::Stream<Item = CheckpointEvent> + use<>> {
         use futures::StreamExt;
-        let principal = principal(ctx)?;
-        let after = super::incidents::parse_event_cursor(after.as_deref()).gql()?;
-        let state = state(ctx);
-        let db = state.db.clone();
-        let tenant_id = principal.tenant_id.clone();
-        let stream = governance_workers::events::tenant_stream(
-            state.db.clone(),
-            &state.bus,
-            principal.tenant_id.clone(),
-            after,
-        )
-        .filter(|event| std::future::ready(event.kind == "CHECKPOINT_SIGNED"))
-        .then(move |event| {
+        let (stream, db, tenant_id) =
+            super::incidents::tenant_events_of(ctx, after.as_deref(), &["CHECKPOINT_SIGNED"])?;
+        let stream = stream.then(move |event| {
             let (db, tenant_id) = (db.clone(), tenant_id.clone());
             async move {
                 let size = event.subject_id.parse::<i64>().unwrap_or(-1);
