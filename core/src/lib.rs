@@ -20,6 +20,7 @@ pub mod halts;
 pub mod hashing;
 pub mod ids;
 pub mod incidents;
+pub mod key_file;
 pub mod merkle;
 pub mod outcome;
 pub mod policies;

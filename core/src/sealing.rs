@@ -104,10 +104,13 @@ impl SecretsKey {
             return Ok((Self::load(path)?, false));
         }
         let bytes = random_key();
-        write_private(path, &format!("{}\n", STANDARD.encode(bytes)))?;
+        let created = crate::key_file::create_private(
+            path,
+            &format!("{}\n", STANDARD.encode(bytes)),
+            "secrets key",
+        )?;
         // Read back what is on disk: another process may have created it first.
-        let key = Self::load(path)?;
-        Ok((key, true))
+        Ok((Self::load(path)?, created))
     }
 
     /// Read the key at `path`: one line, the base64 of 32 bytes.
@@ -237,34 +240,6 @@ fn random_key() -> [u8; KEY_LEN] {
     let mut bytes = [0u8; KEY_LEN];
     rand::rng().fill_bytes(&mut bytes);
     bytes
-}
-
-fn write_private(path: &Path, contents: &str) -> CoreResult<()> {
-    use std::io::Write;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", parent.display()))?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(path) {
-        Ok(mut file) => file
-            .write_all(contents.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|err| {
-                anyhow::anyhow!("cannot write the secrets key {}: {err}", path.display()).into()
-            }),
-        // Created meanwhile by another process starting beside this one: use theirs.
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => {
-            Err(anyhow::anyhow!("cannot create the secrets key {}: {err}", path.display()).into())
-        }
-    }
 }
 
 #[cfg(test)]

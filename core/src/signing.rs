@@ -368,12 +368,12 @@ impl KeyRing {
     /// Read the key at `path` (and its retired keys beside it), creating a new key named `name`
     /// there (mode 0600) when there is none. Whether it was created is the second value.
     pub fn load_or_create(path: &Path, name: &str) -> CoreResult<(Self, bool)> {
-        let created = if path.exists() {
-            false
-        } else {
-            write_private(path, &SigningKey::generate(name)?)?;
-            true
-        };
+        let created = !path.exists()
+            && crate::key_file::create_private(
+                path,
+                &SigningKey::generate(name)?.encoded(),
+                "signing key",
+            )?;
         Ok((Self::load(path)?, created))
     }
 
@@ -415,10 +415,7 @@ impl KeyRing {
         writeln!(retired, "{}", old.active.verifier().encoded())
             .and_then(|()| retired.sync_all())
             .map_err(|err| anyhow::anyhow!("cannot record the retired key: {err}"))?;
-        let staged = path.with_extension("new");
-        write_private(&staged, &fresh)?;
-        std::fs::rename(&staged, path)
-            .map_err(|err| anyhow::anyhow!("cannot put the new key in place: {err}"))?;
+        crate::key_file::replace_private(path, &fresh.encoded(), "signing key")?;
         Ok(fresh.verifier())
     }
 }
@@ -427,28 +424,6 @@ fn retired_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".retired");
     PathBuf::from(name)
-}
-
-/// Write a private key file, readable by its owner only, refusing to overwrite one.
-fn write_private(path: &Path, key: &SigningKey) -> CoreResult<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", parent.display()))?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(|err| {
-        anyhow::anyhow!("cannot create the signing key {}: {err}", path.display())
-    })?;
-    file.write_all(key.encoded().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|err| anyhow::anyhow!("cannot write the signing key {}: {err}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]
