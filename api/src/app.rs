@@ -265,10 +265,13 @@ impl Application {
         let shutdown = CancellationToken::new();
         let bus = open_bus(&config, shutdown.clone()).await?;
         let sealed = governance_core::sealing::seal_stored_secrets(&store).await?;
-        if sealed > 0 {
-            tracing::info!(count = sealed, "sealed webhook secrets stored in plaintext");
+        if sealed.webhook_secrets > 0 {
+            tracing::info!(
+                count = sealed.webhook_secrets,
+                "sealed webhook secrets stored in plaintext"
+            );
         }
-        let download_key = Arc::new(governance_core::exports::download_key(&store).await?);
+        let download_key = Arc::new(sealed.download_key);
         let signing = Arc::new(open_signing_key(&config)?);
         let cache = SnapshotCache::new();
         let recorder = governance_core::steps::Recorder::new(

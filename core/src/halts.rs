@@ -9,7 +9,6 @@
 //! takes it alone), so a run either started before the halt (and is stopped by it) or after
 //! (and is refused). On SQLite the single writer already orders them.
 
-use chrono::{DateTime, Utc};
 use governance_entities::{
     enums::{EnforcementAction, RunStatus},
     halt, halt_resumption, policy_enforcement, run, tenant,
@@ -276,19 +275,15 @@ pub async fn get<C: ConnectionTrait>(conn: &C, tenant_id: &str, id: &str) -> Cor
     Ok(Halt { halt, resumption })
 }
 
-/// The tenant's halts, newest first: all of them, or only those still standing. At most
-/// `limit`, created before `before` when given (for paging).
+/// The tenant's halts, newest first: all of them, or only those still standing; at most
+/// `limit`.
 pub async fn list<C: ConnectionTrait>(
     conn: &C,
     tenant_id: &str,
     active_only: bool,
-    before: Option<DateTime<Utc>>,
     limit: u64,
 ) -> CoreResult<Vec<Halt>> {
-    let mut query = halt::Entity::find().filter(halt::Column::TenantId.eq(tenant_id));
-    if let Some(before) = before {
-        query = query.filter(halt::Column::CreatedAt.lt(before));
-    }
+    let query = halt::Entity::find().filter(halt::Column::TenantId.eq(tenant_id));
     let mut out = Vec::new();
     let mut offset = 0;
     // Read in pages until `limit` halts pass the filter (resumed ones are skipped when asked).

@@ -216,15 +216,25 @@ impl SecretsKey {
     }
 }
 
+/// What [`seal_stored_secrets`] found.
+pub struct SealedAtStart {
+    /// Webhook secrets it sealed (stored in plaintext by an earlier version).
+    pub webhook_secrets: usize,
+    /// The download-link key, opened (and sealed in place if it was plaintext).
+    pub download_key: Vec<u8>,
+}
+
 /// Seal every secret still stored in plaintext (webhook secrets, the download key), then refuse
 /// plaintext from now on. Every process that holds the key runs it once at start-up; it is
-/// idempotent, so replicas and workers may run it at the same time. Returns how many webhook
-/// secrets it sealed.
-pub async fn seal_stored_secrets(store: &crate::store::Store) -> CoreResult<usize> {
-    let sealed = crate::webhooks::seal_plaintext_secrets(store).await?;
-    crate::exports::download_key(store).await?;
+/// idempotent, so replicas and workers may run it at the same time.
+pub async fn seal_stored_secrets(store: &crate::store::Store) -> CoreResult<SealedAtStart> {
+    let webhook_secrets = crate::webhooks::seal_plaintext_secrets(store).await?;
+    let download_key = crate::exports::download_key(store).await?;
     store.secrets()?.refuse_plaintext();
-    Ok(sealed)
+    Ok(SealedAtStart {
+        webhook_secrets,
+        download_key,
+    })
 }
 
 /// Whether a stored value is sealed (as opposed to a plaintext secret from before).

@@ -612,12 +612,21 @@ pub async fn inclusion_proof<C: ConnectionTrait>(
     else {
         return Ok(None);
     };
+    proof_of(conn, leaf, checkpoint).await.map(Some)
+}
+
+/// The inclusion proof of `leaf` in `checkpoint`.
+async fn proof_of<C: ConnectionTrait>(
+    conn: &C,
+    leaf: log_leaf::Model,
+    checkpoint: log_checkpoint::Model,
+) -> CoreResult<InclusionProof> {
     let hashes = inclusion_hashes(conn, &leaf, checkpoint.tree_size).await?;
-    Ok(Some(InclusionProof {
+    Ok(InclusionProof {
         leaf,
         hashes,
         checkpoint,
-    }))
+    })
 }
 
 /// The proof that `run`'s head (and status), as read, is in the tenant's log: its first leaf,
@@ -641,12 +650,7 @@ pub async fn head_proof<C: ConnectionTrait>(
     .filter(|leaf| leaf.leaf_index < checkpoint.tree_size) else {
         return Ok(None);
     };
-    let hashes = inclusion_hashes(conn, &leaf, checkpoint.tree_size).await?;
-    Ok(Some(InclusionProof {
-        leaf,
-        hashes,
-        checkpoint,
-    }))
+    proof_of(conn, leaf, checkpoint).await.map(Some)
 }
 
 /// Every leaf of the run below `size`, in log order.

@@ -93,15 +93,9 @@ impl HaltQuery {
         before: Option<String>,
     ) -> async_graphql::Result<Conn<Halt>> {
         let principal = principal(ctx)?;
-        let all = halts::list(
-            &state(ctx).db,
-            &principal.tenant_id,
-            active,
-            None,
-            MAX_LISTED,
-        )
-        .await
-        .gql()?;
+        let all = halts::list(&state(ctx).db, &principal.tenant_id, active, MAX_LISTED)
+            .await
+            .gql()?;
         pagination::in_memory(
             ctx,
             all,

@@ -138,7 +138,7 @@ impl StatusQuery {
         let recent = status::recent_runs(&state.db, &principal.tenant_id, recent_runs as u64)
             .await
             .gql()?;
-        let halts = governance_core::halts::list(&state.db, &principal.tenant_id, true, None, 100)
+        let halts = governance_core::halts::list(&state.db, &principal.tenant_id, true, 100)
             .await
             .gql()?;
         Ok(GovernanceStatus {
