@@ -237,10 +237,7 @@ const PROOF: &str = "query($id: ID!) { run(id: $id) { inclusionProof { leafIndex
 /// the rows alone still verify, but `verifyRun` catches the rewrite through the log.
 #[tokio::test]
 async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
-    use governance_core::{
-        merkle,
-        signing::{self, VerifierKey},
-    };
+    use governance_core::{merkle, signing};
 
     let witness = tempfile::NamedTempFile::new().unwrap();
     let witness_path = witness.path().to_path_buf();
@@ -248,16 +245,7 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
         c.log.witness_file = Some(witness_path.clone());
     })
     .await;
-    let keys: Value = app
-        .http()
-        .get(app.url("/.well-known/governance-keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = VerifierKey::parse(keys["keys"][0]["verifierKey"].as_str().unwrap()).unwrap();
+    let key = active_key(&app).await;
 
     let run = app.start_run("wf-logged").await;
     for tokens in [5, 6, 7] {
@@ -269,14 +257,7 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
         json!({ "id": run }),
     )
     .await;
-    let data = app
-        .poll_until(
-            PROOF,
-            json!({ "id": run }),
-            std::time::Duration::from_secs(20),
-            |d| !d["run"]["inclusionProof"].is_null(),
-        )
-        .await;
+    let data = logged(&app, &run).await;
     let proof = &data["run"]["inclusionProof"];
     assert_eq!(proof["headHash"], data["run"]["trace"]["headHash"]);
     let leaf: Value = serde_json::from_str(proof["leaf"].as_str().unwrap()).unwrap();
@@ -346,13 +327,7 @@ async fn a_logged_run_proves_its_head_and_a_consistent_rewrite_is_caught() {
         json!({ "id": second }),
     )
     .await;
-    app.poll_until(
-        PROOF,
-        json!({ "id": second }),
-        std::time::Duration::from_secs(20),
-        |d| !d["run"]["inclusionProof"].is_null(),
-    )
-    .await;
+    logged(&app, &second).await;
     let witnessed: Vec<(u64, merkle::Hash)> = std::fs::read_to_string(witness.path())
         .unwrap()
         .lines()
@@ -459,6 +434,31 @@ async fn rewrite_step_tokens(app: &crate::helpers::TestApp, run: &str, index: us
     rewritten.trace_head_hash = Set(steps.last().unwrap().entry_hash.clone());
     rewritten.tokens_used = Set(stored_run.tokens_used + delta);
     rewritten.update(&app.db).await.unwrap();
+}
+
+/// The deployment's active key, as `GET /.well-known/governance-keys` publishes it.
+async fn active_key(app: &crate::helpers::TestApp) -> VerifierKey {
+    let keys: Value = app
+        .http()
+        .get(app.url("/.well-known/governance-keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    VerifierKey::parse(keys["keys"][0]["verifierKey"].as_str().unwrap()).unwrap()
+}
+
+/// `PROOF` of `run` once the log holds its head (a deadline, not a wait).
+async fn logged(app: &crate::helpers::TestApp, run: &str) -> Value {
+    app.poll_until(
+        PROOF,
+        json!({ "id": run }),
+        std::time::Duration::from_secs(20),
+        |d| !d["run"]["inclusionProof"].is_null(),
+    )
+    .await
 }
 
 const VERIFY_LOGGED: &str = "query($id: ID!) { verifyRun(id: $id) { intact reproduced \
@@ -626,13 +626,7 @@ async fn an_exported_bundle_verifies_offline_and_names_every_altered_field() {
             json!({ "id": run }),
         )
         .await;
-        app.poll_until(
-            PROOF,
-            json!({ "id": run }),
-            std::time::Duration::from_secs(20),
-            |d| !d["run"]["inclusionProof"].is_null(),
-        )
-        .await;
+        logged(&app, &run).await;
     }
     let (_run, incident) = crate::exports::leaked(&app).await;
     let dir = tempfile::tempdir().unwrap();
@@ -809,13 +803,7 @@ async fn an_exported_bundle_verifies_offline_and_names_every_altered_field() {
 async fn a_database_rewrite_is_caught_by_verify_run_and_by_the_offline_verifier() {
     let app = spawn_app().await;
     let (run, incident) = crate::exports::leaked(&app).await;
-    app.poll_until(
-        PROOF,
-        json!({ "id": run }),
-        std::time::Duration::from_secs(20),
-        |d| !d["run"]["inclusionProof"].is_null(),
-    )
-    .await;
+    logged(&app, &run).await;
     let size_before = app.gql_ok("{ transparencyLog { size } }", json!({})).await;
     rewrite_step_tokens(&app, &run, 0, 12).await;
     // The writer also clears what the row says the log holds, so the run looks due.
@@ -862,20 +850,11 @@ async fn a_database_rewrite_is_caught_by_verify_run_and_by_the_offline_verifier(
 /// with the published key alone), and from the start again on reconnecting, in order.
 #[tokio::test]
 async fn checkpoints_stream_to_subscribers_and_replay_from_a_cursor() {
-    use governance_core::signing::{VerifierKey, verify_note};
+    use governance_core::signing::verify_note;
     const SUBSCRIBE: &str = "subscription($after: String) { checkpointEvents(after: $after) { \
         cursor occurredAt checkpoint { treeSize rootHash keyId note } } }";
     let app = spawn_app().await;
-    let keys: Value = app
-        .http()
-        .get(app.url("/.well-known/governance-keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = VerifierKey::parse(keys["keys"][0]["verifierKey"].as_str().unwrap()).unwrap();
+    let key = active_key(&app).await;
     let mut ws = app
         .ws_connect(json!({ "Authorization": format!("Bearer {}", app.key) }))
         .await;
@@ -930,13 +909,7 @@ async fn a_rewritten_status_of_an_ended_run_is_caught_through_the_log() {
     use sea_orm::ConnectionTrait;
     let app = spawn_app().await;
     let (run, incident) = crate::exports::leaked(&app).await;
-    app.poll_until(
-        PROOF,
-        json!({ "id": run }),
-        std::time::Duration::from_secs(20),
-        |d| !d["run"]["inclusionProof"].is_null(),
-    )
-    .await;
+    logged(&app, &run).await;
     app.db
         .execute_unprepared(&format!(
             "UPDATE runs SET status = 'SUCCEEDED', termination_reason = 'COMPLETED' WHERE id = '{run}'"
