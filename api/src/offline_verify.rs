@@ -47,11 +47,7 @@ pub fn run(file: &Path, key_args: &[String], json: bool) -> i32 {
     }
     let read = std::fs::read(file)
         .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            let bundle: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-            bundle_verify::verify_bundle_bytes(&bytes, &keys).map(|report| (bundle, report))
-        });
+        .and_then(|bytes| bundle_verify::verify_bundle_bytes(&bytes, &keys));
     let (bundle, report) = match read {
         Ok(read) => read,
         Err(err) => {

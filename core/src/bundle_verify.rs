@@ -129,7 +129,11 @@ fn hex_hash(text: &str) -> Option<Hash> {
 /// Verify a bundle file's bytes: they must be the bundle's canonical (RFC 8785) form, exactly
 /// as exported, so that no reader can see anything but what was verified (a duplicate member
 /// name, for one, is read differently by different JSON parsers), then [`verify_bundle`].
-pub fn verify_bundle_bytes(bytes: &[u8], keys: &[VerifierKey]) -> Result<BundleReport, String> {
+/// Returns the bundle as read, with the report.
+pub fn verify_bundle_bytes(
+    bytes: &[u8],
+    keys: &[VerifierKey],
+) -> Result<(Value, BundleReport), String> {
     let bundle: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let mut report = verify_bundle(&bundle, keys);
     if crate::canonical::to_string(&bundle).as_bytes() != bytes {
@@ -145,7 +149,7 @@ pub fn verify_bundle_bytes(bytes: &[u8], keys: &[VerifierKey]) -> Result<BundleR
             },
         );
     }
-    Ok(report)
+    Ok((bundle, report))
 }
 
 /// Verify `bundle` against `keys`. With no keys, the bundle's own verifier key is used and the
