@@ -373,6 +373,40 @@ impl JobQueue {
         Ok(moved)
     }
 
+    /// Put back in the queue the jobs taken by this process's workers named `generation` (see
+    /// `runner`), which have stopped: apalis would leave them to other workers' heartbeats
+    /// (a minute and more), and a job such as an evaluation record would wait that long. Each
+    /// job is idempotent, so one that had in fact finished does no harm run again. Redis keeps
+    /// its own account of a dead worker's jobs. Returns how many were put back.
+    pub async fn release_jobs_of(&self, generation: &str) -> anyhow::Result<u64> {
+        use sea_orm::sqlx;
+        if self.redis.is_some() {
+            return Ok(0);
+        }
+        // Worker names are `governance-<job>-<pid>-<generation>-<run>` (letters, digits, `-`).
+        let pattern = format!("governance-%-{}-{generation}-%", std::process::id());
+        let released = match self.db.get_database_backend() {
+            DbBackend::Sqlite => sqlx::query(
+                "UPDATE Jobs SET status = 'Pending', done_at = NULL, lock_by = NULL,                  lock_at = NULL WHERE status IN ('Running', 'Queued') AND lock_by LIKE ?",
+            )
+            .bind(&pattern)
+            .execute(self.db.get_sqlite_connection_pool())
+            .await
+            .context("cannot release a stopped worker's jobs (SQLite)")?
+            .rows_affected(),
+            DbBackend::Postgres => sqlx::query(
+                "UPDATE apalis.jobs SET status = 'Pending', done_at = NULL, lock_by = NULL,                  lock_at = NULL WHERE status IN ('Running', 'Queued') AND lock_by LIKE $1",
+            )
+            .bind(&pattern)
+            .execute(self.db.get_postgres_connection_pool())
+            .await
+            .context("cannot release a stopped worker's jobs (PostgreSQL)")?
+            .rows_affected(),
+            _ => 0,
+        };
+        Ok(released)
+    }
+
     /// Is the queue's storage answering? (`/readyz`.)
     pub async fn ping(&self) -> anyhow::Result<()> {
         match &self.redis {

@@ -190,20 +190,19 @@ async fn handle_delivery(
 
 /// A worker name unique to this process and this start (apalis refuses a name reused within
 /// its heartbeat interval, and tests run several servers in one process).
-fn worker_name(job: &str) -> String {
-    format!(
-        "governance-{job}-{}-{}",
-        std::process::id(),
-        ulid::Ulid::new().to_string().to_lowercase()
-    )
+/// The name of `job`'s worker in the monitor of `generation`: unique across processes and
+/// restarts, and telling which jobs a stopped monitor's workers held
+/// ([`crate::queue::JobQueue::release_jobs_of`]).
+fn worker_name(job: &str, generation: &str) -> String {
+    format!("governance-{job}-{}-{generation}", std::process::id())
 }
 
 /// Register one worker for `$queue` on `$monitor`: polled (SQLite, Redis; woken at once by
 /// this process's pushes) or notified (PostgreSQL), with retries and backoff, `$concurrency`
 /// jobs at once, and the handler's data.
 macro_rules! register {
-    ($monitor:expr, $queue:expr, $job:literal, $concurrency:expr, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
-        let name = worker_name($job);
+    ($monitor:expr, $generation:expr, $queue:expr, $job:literal, $concurrency:expr, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
+        let name = worker_name($job, $generation);
         let backoff = $backoff.clone();
         let pushed = $queue.pushed.clone();
         match $queue.storage.clone() {
@@ -235,14 +234,16 @@ macro_rules! register {
     }};
 }
 
-/// Build the monitor with one worker per job type on the configured storage.
-fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
+/// Build the monitor with one worker per job type on the configured storage, its workers named
+/// for `generation`.
+fn monitor(deps: &WorkerDeps, generation: &str) -> anyhow::Result<Monitor> {
     let backoff = backoff()?;
     let monitor = Monitor::new().shutdown_timeout(SHUTDOWN_TIMEOUT);
     let monitor = {
         let store = deps.store.clone();
         register!(
             monitor,
+            generation,
             deps.jobs.evaluation,
             "evaluation",
             EVALUATION_CONCURRENCY,
@@ -260,6 +261,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
         };
         register!(
             monitor,
+            generation,
             deps.jobs.export,
             "export",
             CONCURRENCY,
@@ -273,6 +275,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
         let jobs = deps.jobs.clone();
         register!(
             monitor,
+            generation,
             deps.jobs.fan_out,
             "webhook-fan-out",
             CONCURRENCY,
@@ -286,6 +289,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
         let client = WebhookClient::new(deps.egress.clone())?;
         register!(
             monitor,
+            generation,
             deps.jobs.delivery,
             "webhook-delivery",
             CONCURRENCY,
@@ -299,6 +303,7 @@ fn monitor(deps: &WorkerDeps) -> anyhow::Result<Monitor> {
         let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
         register!(
             monitor,
+            generation,
             deps.jobs.audit,
             "audit",
             CONCURRENCY,
@@ -318,7 +323,8 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
     // server, when embedded).
     let shutdown = shutdown.child_token();
     let sweeper = tokio::spawn(sweeper::run(deps.clone(), shutdown.clone()));
-    let mut pause = Duration::from_millis(500);
+    const FIRST_PAUSE: Duration = Duration::from_millis(500);
+    let mut pause = FIRST_PAUSE;
     loop {
         // A Redis backlog past apalis's promotion limit must be cut down before it fetches.
         match deps.jobs.promote_due_jobs().await {
@@ -327,7 +333,9 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
             Err(err) => tracing::warn!(error = %err, "promoting due Redis jobs failed"),
         }
         let stop = shutdown.clone();
-        let result = monitor(&deps)?
+        let generation = ulid::Ulid::new().to_string().to_lowercase();
+        let started = std::time::Instant::now();
+        let result = monitor(&deps, &generation)?
             .run_with_signal(async move {
                 stop.cancelled().await;
                 Ok(())
@@ -335,6 +343,16 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
             .await;
         if shutdown.is_cancelled() {
             break;
+        }
+        // The stopped workers' jobs go back to the queue now, not when apalis notices them.
+        match deps.jobs.release_jobs_of(&generation).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "released the stopped workers' jobs"),
+            Err(err) => tracing::warn!(error = %err, "could not release the stopped workers' jobs"),
+        }
+        // Workers that ran a good while before stopping start again promptly.
+        if started.elapsed() > MAX_RESTART_PAUSE * 2 {
+            pause = FIRST_PAUSE;
         }
         match result {
             Ok(()) => tracing::warn!("workers stopped unexpectedly; restarting"),
