@@ -336,13 +336,30 @@ fn check_service_check(check: &mut Checker, verification: &Map<String, Value>) {
     }
 }
 
+/// The fields of an approval decision that the bundle's `approvals` shows as its entry records
+/// them.
+const APPROVAL_FIELDS: [&str; 7] = [
+    "approvalId",
+    "stepIndex",
+    "status",
+    "decision",
+    "decidedBy",
+    "note",
+    "decidedAt",
+];
+
 /// The record as recomputed from the entries.
 struct Record {
     format: RecordFormat,
     run_id: String,
     tenant_id: Option<String>,
-    /// Each entry's parsed document.
+    /// Each step's parsed document, in step order.
     entries: Vec<Value>,
+    /// Where each step's entry is in `verification.entries`.
+    entry_at: Vec<usize>,
+    /// Each approval decision's parsed document (an entry of type `approval`, right after the
+    /// held step it decides), with its place in `verification.entries`.
+    approvals: Vec<(usize, Value)>,
     head: String,
 }
 
@@ -440,7 +457,9 @@ fn check_record(check: &mut Checker, verification: &Map<String, Value>) -> Optio
         check.fail("BUNDLE_FORMAT", "verification.entries", "no entries");
         return None;
     };
-    let mut documents = Vec::with_capacity(entries.len());
+    let mut documents: Vec<Value> = Vec::with_capacity(entries.len());
+    let mut entry_at = Vec::with_capacity(entries.len());
+    let mut approvals = Vec::new();
     let mut chain_hash = genesis_hash;
     for (i, entry) in entries.iter().enumerate() {
         let path = format!("verification.entries[{i}]");
@@ -461,11 +480,33 @@ fn check_record(check: &mut Checker, verification: &Map<String, Value>) -> Optio
                 "not in the record format's canonical form",
             );
         }
-        if document.get("stepIndex").and_then(Value::as_i64) != Some(i as i64) {
+        // A step's entry records the next step; an approval's decides the step just before it,
+        // which must have been held (and not decided already).
+        let is_approval = text(document.get("type")) == Some("approval");
+        let steps_so_far = documents.len() as i64;
+        if is_approval {
+            let held = documents.last().is_some_and(|d| {
+                text(d.get("decision")) == Some("HOLD")
+                    && approvals
+                        .last()
+                        .is_none_or(|(at, _): &(usize, Value)| *at + 1 != i)
+            });
+            if !held || document.get("stepIndex").and_then(Value::as_i64) != Some(steps_so_far - 1)
+            {
+                check.fail(
+                    "STEP_INDEX",
+                    format!("{path}.document"),
+                    format!(
+                        "an approval entry must follow the held step it decides (step {})",
+                        steps_so_far - 1
+                    ),
+                );
+            }
+        } else if document.get("stepIndex").and_then(Value::as_i64) != Some(steps_so_far) {
             check.fail(
                 "STEP_INDEX",
                 format!("{path}.document"),
-                format!("entry {i} does not record step {i}"),
+                format!("entry {i} does not record step {steps_so_far}"),
             );
         }
         if text(document.get("runId")) != Some(run_id.as_str()) {
@@ -508,7 +549,12 @@ fn check_record(check: &mut Checker, verification: &Map<String, Value>) -> Optio
                 chain_hash = recorded.to_string();
             }
         }
-        documents.push(document);
+        if is_approval {
+            approvals.push((i, document));
+        } else {
+            entry_at.push(i);
+            documents.push(document);
+        }
     }
     if text(verification.get("headHash")) != Some(chain_hash.as_str()) {
         check.fail(
@@ -522,6 +568,8 @@ fn check_record(check: &mut Checker, verification: &Map<String, Value>) -> Optio
         run_id,
         tenant_id,
         entries: documents,
+        entry_at,
+        approvals,
         head: chain_hash,
     })
 }
@@ -577,6 +625,7 @@ fn check_shown(check: &mut Checker, record: &Record) {
         RecordFormat::V2 => "stepType",
     };
     let entries = record.entries.clone();
+    let entry_at = record.entry_at.clone();
     let verification = check
         .bundle
         .get("verification")
@@ -595,7 +644,7 @@ fn check_shown(check: &mut Checker, record: &Record) {
                 .cloned()
                 .unwrap_or(Value::Null),
         ));
-        let entry = &verification["entries"][i];
+        let entry = &verification["entries"][entry_at[i]];
         fields.push(("prevHash", entry["prevHash"].clone()));
         fields.push(("entryHash", entry["entryHash"].clone()));
         for (field, recorded) in fields {
@@ -665,6 +714,43 @@ fn check_shown(check: &mut Checker, record: &Record) {
                         "RECORD",
                         format!("cumulative[{i}].{field}"),
                         format!("the record gives {recorded}"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(shown) = check
+        .bundle
+        .get("approvals")
+        .and_then(Value::as_array)
+        .cloned()
+    {
+        if shown.len() != record.approvals.len() {
+            check.fail(
+                "RECORD",
+                "approvals",
+                format!(
+                    "shows {} approval decisions, the record has {}",
+                    shown.len(),
+                    record.approvals.len()
+                ),
+            );
+        }
+        for (j, (approval, (at, document))) in shown.iter().zip(&record.approvals).enumerate() {
+            let mut fields: Vec<(&str, Value)> = APPROVAL_FIELDS
+                .iter()
+                .map(|f| (*f, document.get(*f).cloned().unwrap_or(Value::Null)))
+                .collect();
+            fields.push((
+                "entryHash",
+                verification["entries"][*at]["entryHash"].clone(),
+            ));
+            for (field, recorded) in fields {
+                if approval.get(field) != Some(&recorded) {
+                    check.fail(
+                        "RECORD",
+                        format!("approvals[{j}].{field}"),
+                        format!("the record says {recorded}"),
                     );
                 }
             }

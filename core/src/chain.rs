@@ -12,7 +12,7 @@
 //!   run's header (tenant, workflow, agent, triggeredBy, a hash of its metadata, its start) and
 //!   its snapshot; documents in RFC 8785 form, carrying `"format": 2`.
 
-use governance_entities::{run, trace_step};
+use governance_entities::{approval_decision, run, trace_step};
 use serde_json::{Value, json};
 
 use crate::{
@@ -55,9 +55,7 @@ impl RecordFormat {
 }
 
 /// Timestamps in hashed documents: RFC 3339, UTC, milliseconds, `Z`.
-fn instant(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+use crate::time::rfc3339 as instant;
 
 /// The genesis document of a format-2 run: everything about the run that is fixed when it starts.
 pub fn genesis_document(run: &run::Model, snapshot_content_hash: &str) -> Value {
@@ -131,6 +129,25 @@ pub fn step_document(run: &run::Model, step: &trace_step::Model) -> String {
             doc["stepType"] = json!(step.step_type.as_str());
         }
     }
+    canonical_form(format, &doc)
+}
+
+/// The canonical document of an approval's decision: the chained entry that follows a held step
+/// (type `approval`), in its run's format. Built from the stored row, as [`step_document`] is.
+pub fn approval_document(run: &run::Model, decision: &approval_decision::Model) -> String {
+    let format = RecordFormat::of(run);
+    let doc = json!({
+        "format": format.number(),
+        "type": "approval",
+        "runId": run.id,
+        "stepIndex": decision.step_index,
+        "approvalId": decision.approval_id,
+        "status": decision.status.as_str(),
+        "decision": decision.decision.as_str(),
+        "decidedBy": decision.decided_by_key,
+        "note": decision.note,
+        "decidedAt": instant(decision.decided_at),
+    });
     canonical_form(format, &doc)
 }
 

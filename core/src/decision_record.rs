@@ -7,7 +7,7 @@
 //! every run depends on them, so they do not change (a new field would be a new format version).
 
 use governance_entities::enums::{
-    DecisionAction, PolicyAction, PolicyKind, Severity, TerminationReason,
+    ApprovalOnTimeout, DecisionAction, PolicyAction, PolicyKind, Severity, TerminationReason,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,6 +35,19 @@ pub struct DecisionRecord {
     /// without shadow policies is byte for byte what it was before they existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shadow_findings: Vec<RecordedFinding>,
+    /// HOLD only: the REQUIRE_APPROVAL policy that holds the step, and how the step is decided
+    /// when nobody decides it. Absent otherwise, so records without approvals are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<RecordedHold>,
+}
+
+/// Why a step was held, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedHold {
+    pub policy_id: String,
+    pub timeout_seconds: i64,
+    pub on_timeout: ApprovalOnTimeout,
 }
 
 /// One violated policy, as recorded.
@@ -96,6 +109,14 @@ impl From<&Evaluation> for DecisionRecord {
                 .iter()
                 .map(RecordedFinding::from)
                 .collect(),
+            hold: evaluation.hold_finding().map(|held| {
+                let terms = evaluation.approval.unwrap_or_default();
+                RecordedHold {
+                    policy_id: held.policy_id.clone(),
+                    timeout_seconds: terms.timeout_seconds,
+                    on_timeout: terms.on_timeout,
+                }
+            }),
         }
     }
 }
@@ -120,6 +141,10 @@ impl DecisionRecord {
             DecisionAction::Stop => {
                 let inflection = self.inflection_policy_id.as_deref()?;
                 self.findings.iter().find(|f| f.policy_id == inflection)
+            }
+            DecisionAction::Hold => {
+                let held = &self.hold.as_ref()?.policy_id;
+                self.findings.iter().find(|f| &f.policy_id == held)
             }
             DecisionAction::Warn => self
                 .findings
@@ -182,6 +207,8 @@ mod tests {
                 finding("pol_b", PolicyAction::Block),
             ],
             inflection: Some(1),
+            hold: None,
+            approval: None,
             content_matches: vec!["pol_c".into()],
             shadow_findings: Vec::new(),
         };
@@ -230,6 +257,8 @@ mod tests {
             policies_checked: 3,
             findings: Vec::new(),
             inflection: None,
+            hold: None,
+            approval: None,
             content_matches: Vec::new(),
             shadow_findings: Vec::new(),
         });

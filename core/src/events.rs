@@ -28,6 +28,14 @@ pub enum EventKind {
     RunsHalted,
     /// A halt was lifted.
     RunsResumed,
+    /// A step was held for approval.
+    ApprovalRequested,
+    /// A held step was approved: it continues.
+    ApprovalGranted,
+    /// A held step was denied: its run stopped.
+    ApprovalDenied,
+    /// Nobody decided a held step in time: its policy's `onTimeout` applied.
+    ApprovalExpired,
 }
 
 impl EventKind {
@@ -44,6 +52,10 @@ impl EventKind {
             EventKind::CheckpointSigned => "CHECKPOINT_SIGNED",
             EventKind::RunsHalted => "RUNS_HALTED",
             EventKind::RunsResumed => "RUNS_RESUMED",
+            EventKind::ApprovalRequested => "APPROVAL_REQUESTED",
+            EventKind::ApprovalGranted => "APPROVAL_GRANTED",
+            EventKind::ApprovalDenied => "APPROVAL_DENIED",
+            EventKind::ApprovalExpired => "APPROVAL_EXPIRED",
         }
     }
 }

@@ -6,7 +6,8 @@
 //! snapshot and thresholds are the same whatever the instant; only the decision and the status
 //! depend on `at`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::time::rfc3339;
+use chrono::{DateTime, Utc};
 use governance_entities::{
     enums::{DecisionAction, RunStatus},
     policy_snapshot, run, trace_step,
@@ -15,6 +16,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use serde_json::Value;
 
 use crate::{
+    approvals::{self, ApprovalState},
     decision_record::{DecisionRecord, RecordedFinding},
     error::CoreResult,
     runs,
@@ -62,6 +64,9 @@ pub struct ExplainedDecision {
     pub findings: Vec<RecordedFinding>,
     /// What the SHADOW policies would have done on that step (never part of the decision).
     pub shadow_findings: Vec<RecordedFinding>,
+    /// The step's approval, when it was held; `action` is HOLD until the approval was decided
+    /// (by `at`), then its final decision.
+    pub approval: Option<ApprovalState>,
 }
 
 /// What governed a run at one instant.
@@ -97,7 +102,57 @@ pub async fn explain<C: ConnectionTrait>(
     let snapshot = runs::snapshot_of(conn, &run).await?;
     let thresholds = parse_thresholds(&snapshot)?;
     let step = step_in_force(conn, tenant_id, run_id, at).await?;
-    Ok(explain_at(run, snapshot, thresholds, step, at))
+    // A held step: its approval, and the approval decisions chained before it.
+    let (approval, decided_before) = match &step {
+        Some(s) => {
+            let approval = match s.decision {
+                DecisionAction::Hold => {
+                    approvals::of_step(conn, tenant_id, run_id, s.step_index).await?
+                }
+                _ => None,
+            };
+            let before = approvals::decisions_of_run(conn, run_id)
+                .await?
+                .iter()
+                .filter(|d| d.step_index < s.step_index)
+                .count() as i64;
+            (approval, before)
+        }
+        None => (None, 0),
+    };
+    Ok(with_approval(
+        explain_at(run, snapshot, thresholds, step, at),
+        approval,
+        decided_before,
+    ))
+}
+
+/// An explanation whose step in force was held: the approval in it, the decision in force at
+/// `at` (HOLD while the approval was pending then, else its final decision) and the status
+/// (AWAITING_APPROVAL while pending); and the step's chain position counting the
+/// `decided_before` approval entries chained before it.
+pub fn with_approval(
+    mut explanation: Explanation,
+    approval: Option<ApprovalState>,
+    decided_before: i64,
+) -> Explanation {
+    let at = explanation.at;
+    let Some(decision) = explanation.decision.as_mut() else {
+        return explanation;
+    };
+    decision.chain_position += decided_before;
+    let Some(approval) = approval else {
+        return explanation;
+    };
+    match approval.decision.as_ref().filter(|d| d.decided_at <= at) {
+        Some(decided) => decision.action = decided.decision,
+        None if explanation.phase == Phase::Running => {
+            explanation.status = Some(RunStatus::AwaitingApproval);
+        }
+        None => {}
+    }
+    decision.approval = Some(approval);
+    explanation
 }
 
 /// The snapshot's `thresholds_json`, parsed. Malformed text is an internal error: snapshots are
@@ -211,11 +266,8 @@ fn explain_step(step: &trace_step::Model, thresholds: &Value) -> ExplainedDecisi
             .map(|r| r.shadow_findings.clone())
             .unwrap_or_default(),
         findings: record.map(|r| r.findings).unwrap_or_default(),
+        approval: None,
     }
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The note: what the phase means, then that the snapshot does not depend on the instant.

@@ -164,7 +164,7 @@ pub async fn halt(
     let id = new_id(prefix::HALT);
     let mut query = run::Entity::find()
         .filter(run::Column::TenantId.eq(tenant_id))
-        .filter(run::Column::Status.eq(RunStatus::Running));
+        .filter(run::Column::Status.is_in([RunStatus::Running, RunStatus::AwaitingApproval]));
     if let Some(workflow) = &scope.workflow_id {
         query = query.filter(run::Column::WorkflowId.eq(workflow.as_str()));
     }

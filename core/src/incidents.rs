@@ -3,7 +3,7 @@
 //! Repeating a change that is already recorded returns the incident unchanged, with no event, so
 //! a retried request is harmless; a change that contradicts the record is a `CONFLICT`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::time::rfc3339;
 use governance_entities::{enums::IncidentStatus, incident};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{Value, json};
@@ -81,10 +81,6 @@ fn valid_note(note: &str) -> CoreResult<&str> {
         ));
     }
     Ok(note)
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The outbox event of an incident: the `INCIDENT_CREATED` payload shape (`incidentId`, `runId`,
@@ -201,7 +197,7 @@ async fn change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
     use governance_entities::enums::Severity;
 
     fn incident(status: IncidentStatus, note: Option<&str>) -> incident::Model {

@@ -2,6 +2,7 @@
 //! the trace hash chain, the run lifecycle, audits and export bundles. `api` and `workers` are thin
 //! adapters that authenticate, translate and call into this crate. No HTTP, GraphQL or apalis here.
 
+pub mod approvals;
 pub mod auditing;
 pub mod audits;
 pub mod bundle_verify;
@@ -35,6 +36,7 @@ pub mod signing;
 pub mod snapshot;
 pub mod status;
 pub mod steps;
+mod stops;
 pub mod store;
 pub mod tenancy;
 pub mod time;

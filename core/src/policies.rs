@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::{
     error::{CoreError, CoreResult},
     ids::{new_id, prefix},
-    policy::{rule_shape, validate_rule},
+    policy::{rule_for_action, rule_shape, validate_rule},
     snapshot::INITIAL_POLICY_SET_VERSION,
     store::Store,
     time::now,
@@ -222,7 +222,7 @@ pub async fn create(store: &Store, tenant_id: &str, input: NewPolicy) -> CoreRes
     if let Some(w) = &input.workflow_id {
         check_text("input.workflowId", w, MAX_NAME, true)?;
     }
-    let rule = validate_rule(input.kind, &input.rule)?;
+    let rule = validate_rule(input.kind, input.action, &input.rule)?;
     let txn = store.begin().await?;
     let current = lock_policy_set(&*txn, tenant_id).await?;
     let count = policy::Entity::find()
@@ -302,15 +302,17 @@ pub async fn update(
     let current_set = lock_policy_set(&*txn, tenant_id).await?;
     let old = get(&*txn, tenant_id, id).await?;
     let kind = patch.kind.unwrap_or(old.kind);
+    let action = patch.action.unwrap_or(old.action);
     let rule = match (&patch.rule, patch.kind) {
-        (Some(rule), _) => validate_rule(kind, rule)?,
+        (Some(rule), _) => validate_rule(kind, action, rule)?,
         (None, Some(new_kind)) if new_kind != old.kind => {
             return Err(CoreError::bad_field(
                 "input.rule",
                 format!("changing the kind to {new_kind} needs a rule for it: send `rule` too"),
             ));
         }
-        (None, _) => old.rule.clone(),
+        // The rule stays; its approval terms follow the action.
+        (None, _) => rule_for_action(kind, action, &old.rule)?,
     };
     let mut new = old.clone();
     new.kind = kind;

@@ -271,6 +271,14 @@ async fn finish<C: ConnectionTrait>(
             status
         )));
     }
+    // A run cannot succeed past a step nobody approved; it may still fail or be cancelled.
+    if run.status == RunStatus::AwaitingApproval && status == RunStatus::Succeeded {
+        return Err(CoreError::Conflict(format!(
+            "run `{}` waits for approval of step {}: it cannot succeed until that is decided (cancel it, or report it FAILED, to end it now)",
+            run.id,
+            run.step_count - 1
+        )));
+    }
     let at = now();
     let tenant_id = run.tenant_id.clone();
     let mut active: run::ActiveModel = run.into();

@@ -227,6 +227,18 @@ async fn authenticate_hash<C: ConnectionTrait>(conn: &C, key_hash: &str) -> Core
     }
 }
 
+/// An API key of the tenant, by id (revoked ones too): who reported or decided something.
+pub async fn key_of<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    key_id: &str,
+) -> CoreResult<Option<api_key::Model>> {
+    Ok(api_key::Entity::find_by_id(key_id.to_string())
+        .filter(api_key::Column::TenantId.eq(tenant_id))
+        .one(conn)
+        .await?)
+}
+
 /// The keys among `key_ids` that are not revoked, read in the caller's transaction (one
 /// statement). A step writer calls it before it writes, so no step commits under a key revoked
 /// before that commit, in this process or any other.

@@ -11,3 +11,9 @@ pub fn now() -> DateTime<Utc> {
 pub fn to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
     at.trunc_subsecs(3)
 }
+
+/// An instant as the service writes it in JSON and hashed documents: RFC 3339, UTC,
+/// milliseconds, `Z`.
+pub fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

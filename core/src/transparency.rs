@@ -16,7 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
-use governance_entities::{enums::RunStatus, log_checkpoint, log_leaf, log_node, run, trace_step};
+use governance_entities::{
+    approval_decision, enums::RunStatus, log_checkpoint, log_leaf, log_node, run, trace_step,
+};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Set, Statement, sea_query::Expr,
@@ -296,7 +298,10 @@ async fn runs_extending_log<C: ConnectionTrait>(
             Some("it was logged as ended; an ended run's head and status are final")
         } else if run.step_count < leaf.step_count {
             Some("the log already holds a later head of it (a stale read)")
-        } else if held_after(conn, &run, leaf.step_count).await? != Some(leaf.head_hash.clone()) {
+        } else if !heads_after(conn, &run, leaf.step_count)
+            .await?
+            .contains(&leaf.head_hash)
+        {
             Some("its record no longer holds the head its log leaf holds: it was rewritten")
         } else {
             None
@@ -314,17 +319,19 @@ async fn runs_extending_log<C: ConnectionTrait>(
     Ok(ok)
 }
 
-/// The run's head after its first `count` steps, as its record holds it.
-async fn held_after<C: ConnectionTrait>(
+/// The heads the run's record has held after its first `count` steps: the genesis for none;
+/// else the entry hash of step `count - 1`, and, when that step was held and its approval
+/// decided, the decision's entry hash after it.
+async fn heads_after<C: ConnectionTrait>(
     conn: &C,
     run: &run::Model,
     count: i64,
-) -> CoreResult<Option<String>> {
+) -> CoreResult<Vec<String>> {
     if count == 0 {
         let snapshot = crate::runs::snapshot_of(conn, run).await?;
-        return Ok(Some(crate::chain::genesis(run, &snapshot.content_hash)));
+        return Ok(vec![crate::chain::genesis(run, &snapshot.content_hash)]);
     }
-    Ok(trace_step::Entity::find()
+    let step: Option<String> = trace_step::Entity::find()
         .select_only()
         .column(trace_step::Column::EntryHash)
         .filter(trace_step::Column::TenantId.eq(run.tenant_id.as_str()))
@@ -332,7 +339,16 @@ async fn held_after<C: ConnectionTrait>(
         .filter(trace_step::Column::StepIndex.eq(count - 1))
         .into_tuple()
         .one(conn)
-        .await?)
+        .await?;
+    let decision: Option<String> = approval_decision::Entity::find()
+        .select_only()
+        .column(approval_decision::Column::EntryHash)
+        .filter(approval_decision::Column::RunId.eq(run.id.as_str()))
+        .filter(approval_decision::Column::StepIndex.eq(count - 1))
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(step.into_iter().chain(decision).collect())
 }
 
 /// The first leaf that logs `head_hash` as the run's head, with the run in `status`.

@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// The event kinds an endpoint can subscribe to.
-pub const EVENT_KINDS: [&str; 9] = [
+pub const EVENT_KINDS: [&str; 13] = [
     "INCIDENT_CREATED",
     "INCIDENT_ACKNOWLEDGED",
     "INCIDENT_RESOLVED",
@@ -46,6 +46,10 @@ pub const EVENT_KINDS: [&str; 9] = [
     "CHECKPOINT_SIGNED",
     "RUNS_HALTED",
     "RUNS_RESUMED",
+    "APPROVAL_REQUESTED",
+    "APPROVAL_GRANTED",
+    "APPROVAL_DENIED",
+    "APPROVAL_EXPIRED",
 ];
 
 const MAX_URL: usize = 2000;

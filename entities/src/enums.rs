@@ -107,6 +107,8 @@ string_enum! {
     PolicyAction {
         Block = "BLOCK",
         Warn = "WARN",
+        /// Hold the step until a person approves or denies it (or its approval times out).
+        RequireApproval = "REQUIRE_APPROVAL",
     }
 }
 
@@ -153,6 +155,8 @@ string_enum! {
         Failed = "FAILED",
         FailedPolicy = "FAILED_POLICY",
         Cancelled = "CANCELLED",
+        /// A step is held for approval; the run takes no other step until it is decided.
+        AwaitingApproval = "AWAITING_APPROVAL",
     }
 }
 
@@ -204,9 +208,27 @@ string_enum! {
         Continue = "CONTINUE",
         Warn = "WARN",
         Stop = "STOP",
+        /// The step waits for a person's approval (a REQUIRE_APPROVAL policy, and no BLOCK).
+        Hold = "HOLD",
     }
 }
 
+string_enum! {
+    /// Where an approval stands.
+    ApprovalStatus {
+        Pending = "PENDING",
+        Granted = "GRANTED",
+        Denied = "DENIED",
+        Expired = "EXPIRED",
+    }
+}
+string_enum! {
+    /// What an approval that nobody decided in time becomes.
+    ApprovalOnTimeout {
+        Deny = "DENY",
+        Allow = "ALLOW",
+    }
+}
 string_enum! {
     IncidentStatus {
         Open = "OPEN",

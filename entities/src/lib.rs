@@ -13,6 +13,8 @@ pub mod enums;
 pub mod prelude;
 
 pub mod api_key;
+pub mod approval;
+pub mod approval_decision;
 pub mod audit;
 pub mod audit_check;
 pub mod event;

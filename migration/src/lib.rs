@@ -12,12 +12,14 @@ pub mod m20261130_000003_verifiable_records;
 pub mod m20261130_000004_key_roles;
 pub mod m20261130_000005_halts;
 pub mod m20261130_000006_shadow_policies;
+pub mod m20261130_000008_approvals;
 pub mod roles;
 
 pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
 pub use m20261130_000003_verifiable_records::LOG_TABLES;
 pub use m20261130_000005_halts::HALT_TABLES;
 pub use m20261130_000006_shadow_policies::SHADOW_TABLES;
+pub use m20261130_000008_approvals::APPROVAL_TABLES;
 
 pub struct Migrator;
 
@@ -31,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_key_roles::Migration),
             Box::new(m20261130_000005_halts::Migration),
             Box::new(m20261130_000006_shadow_policies::Migration),
+            Box::new(m20261130_000008_approvals::Migration),
         ]
     }
 }

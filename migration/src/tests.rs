@@ -166,6 +166,34 @@ async fn check_immutability(db: &DatabaseConnection) {
     if db.get_database_backend() == DbBackend::Postgres {
         expect_refused(db, "TRUNCATE trace_steps", "trace_steps is append-only").await;
     }
+    // An approval and its decision: never changed or removed, and decided once.
+    for sql in [
+        "INSERT INTO approvals (id, tenant_id, run_id, step_index, policy_id, policy_version, \
+         requested_by_key, timeout_seconds, on_timeout, requested_at, expires_at) VALUES \
+         ('apr_a', 'ten_a', 'run_a', 0, 'pol_a', 1, 'key_a', 60, 'DENY', T0, T0)",
+        "INSERT INTO approval_decisions (approval_id, tenant_id, run_id, step_index, status, \
+         decision, decided_by_key, note, decided_at, prev_hash, entry_hash) VALUES \
+         ('apr_a', 'ten_a', 'run_a', 0, 'GRANTED', 'CONTINUE', 'key_b', NULL, T0, 'p', 'e')",
+    ] {
+        exec(db, &sql.replace("T0", T0)).await.expect("an approval");
+    }
+    for table in APPROVAL_TABLES {
+        for sql in [
+            format!("UPDATE {table} SET tenant_id = tenant_id"),
+            format!("DELETE FROM {table}"),
+        ] {
+            expect_refused(db, &sql, &format!("{table} is append-only")).await;
+        }
+        assert_eq!(count(db, table).await, 1, "{table} lost rows");
+    }
+    expect_refused(
+        db,
+        "INSERT INTO approval_decisions (approval_id, tenant_id, run_id, step_index, status, \
+         decision, decided_by_key, note, decided_at, prev_hash, entry_hash) VALUES \
+         ('apr_a', 'ten_a', 'run_a', 0, 'DENIED', 'STOP', 'key_c', NULL, '2026-01-02T00:00:00Z', 'p', 'f')",
+        "",
+    )
+    .await;
 
     // runs: the snapshot can never change, everything else can.
     expect_refused(
@@ -532,6 +560,7 @@ async fn postgres_runtime_role_cannot_undo_the_guarantees() {
         .iter()
         .chain(LOG_TABLES)
         .chain(HALT_TABLES)
+        .chain(APPROVAL_TABLES)
     {
         for sql in [
             format!("UPDATE {table} SET tenant_id = tenant_id"),

@@ -40,6 +40,9 @@ mirror!(
         FailedPolicy,
         /// Aborted by a user.
         Cancelled,
+        /// A step is held for approval (a REQUIRE_APPROVAL policy); the run takes no other step
+        /// until it is approved, denied or expires.
+        AwaitingApproval,
     }
 );
 
@@ -118,6 +121,10 @@ mirror!(
         Block,
         /// Let the run continue; record a warning.
         Warn,
+        /// Hold the step (decision HOLD) until an APPROVER key approves or denies it, or its
+        /// time runs out (`rule.approval: {timeoutSeconds, onTimeout: DENY | ALLOW}`; an hour
+        /// and DENY unless given).
+        RequireApproval,
     }
 );
 
@@ -170,6 +177,33 @@ mirror!(
         Warn,
         /// A BLOCK policy violated: the run is stopped at this step.
         Stop,
+        /// A REQUIRE_APPROVAL policy violated (and no BLOCK): wait. Send the same step again
+        /// (same index, same content) to get its final decision once the approval is decided.
+        Hold,
+    }
+);
+
+mirror!(
+    /// Where an approval stands.
+    ApprovalStatus {
+        /// Waiting for an APPROVER.
+        Pending,
+        /// Approved: the held step continues.
+        Granted,
+        /// Denied: the run stopped at the held step.
+        Denied,
+        /// Nobody decided in time: the policy's `onTimeout` applied.
+        Expired,
+    }
+);
+
+mirror!(
+    /// What a held step becomes when nobody decides it in time.
+    ApprovalOnTimeout {
+        /// The run stops at the step (`TIMEOUT`).
+        Deny,
+        /// The step continues.
+        Allow,
     }
 );
 

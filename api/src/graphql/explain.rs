@@ -78,7 +78,7 @@ pub struct ExplainedStepDecision(pub ExplainedDecision);
 /// A recorded decision, why it was taken, and where it sits in the hash chain.
 #[Object]
 impl ExplainedStepDecision {
-    /// CONTINUE, WARN or STOP.
+    /// CONTINUE, WARN, STOP, or HOLD (waiting for an approval).
     async fn action(&self) -> DecisionAction {
         self.0.action.into()
     }
@@ -124,6 +124,11 @@ impl ExplainedStepDecision {
     /// value), shown beside the decision they took no part in.
     async fn shadow_findings(&self) -> Json<Value> {
         Json(serde_json::to_value(&self.0.shadow_findings).unwrap_or_default())
+    }
+    /// The step's approval when it was held: the action is HOLD until it was decided (by the
+    /// instant explained), then its final decision.
+    async fn approval(&self) -> Option<super::approvals::Approval> {
+        self.0.approval.clone().map(super::approvals::Approval)
     }
     /// The 0-based index of the step that carries the decision.
     async fn step_index(&self) -> i64 {

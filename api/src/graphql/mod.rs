@@ -1,6 +1,7 @@
 //! The GraphQL schema: one module per domain, merged into the root types. Resolvers stay thin:
 //! they read the principal, translate arguments, and call `governance_core`.
 
+pub mod approvals;
 pub mod audits;
 pub mod enums;
 pub mod error;
@@ -47,6 +48,7 @@ pub struct Query(
     signing::SigningQuery,
     transparency::TransparencyQuery,
     halts::HaltQuery,
+    approvals::ApprovalQuery,
 );
 
 /// The root mutation.
@@ -60,6 +62,7 @@ pub struct Mutation(
     webhooks::WebhookMutation,
     exports::ExportMutation,
     halts::HaltMutation,
+    approvals::ApprovalMutation,
 );
 
 /// The root subscription.
@@ -71,6 +74,7 @@ pub struct Subscription(
     audits::AuditSubscription,
     transparency::TransparencySubscription,
     halts::HaltSubscription,
+    approvals::ApprovalSubscription,
 );
 
 pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;

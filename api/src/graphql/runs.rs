@@ -527,6 +527,14 @@ pub enum RunEventKind {
     Completed,
     /// Governance stopped the run at a step.
     Stopped,
+    /// A step was held for approval (see `approvalId`); the run waits.
+    ApprovalRequested,
+    /// The held step was approved: the run goes on.
+    ApprovalGranted,
+    /// The held step was denied: the run stops (a STOPPED event follows).
+    ApprovalDenied,
+    /// Nobody decided the held step in time: its policy's `onTimeout` applied.
+    ApprovalExpired,
 }
 
 /// An event of one run, as it happens.
@@ -545,6 +553,8 @@ pub struct RunEvent {
     pub occurred_at: DateTime,
     /// The recorded step, for STEP_RECORDED.
     pub step: Option<TraceStep>,
+    /// The approval (`apr_…`), for the APPROVAL_… kinds.
+    pub approval_id: Option<ID>,
 }
 
 impl RunEvent {
@@ -556,31 +566,48 @@ impl RunEvent {
                 run_id: ID(step.run_id.clone()),
                 status: if step.is_inflection {
                     RunStatus::FailedPolicy
+                } else if step.decision == db::DecisionAction::Hold {
+                    RunStatus::AwaitingApproval
                 } else {
                     RunStatus::Running
                 },
                 occurred_at: step.created_at.into(),
                 step: Some(TraceStep(step)),
+                approval_id: None,
             }),
             RunItem::Event(event) => {
                 let kind = match event.kind.as_str() {
                     "RUN_STARTED" => RunEventKind::Started,
                     "RUN_COMPLETED" => RunEventKind::Completed,
                     "RUN_STOPPED" => RunEventKind::Stopped,
+                    "APPROVAL_REQUESTED" => RunEventKind::ApprovalRequested,
+                    "APPROVAL_GRANTED" => RunEventKind::ApprovalGranted,
+                    "APPROVAL_DENIED" => RunEventKind::ApprovalDenied,
+                    "APPROVAL_EXPIRED" => RunEventKind::ApprovalExpired,
                     _ => return None,
                 };
-                let status = event
-                    .payload
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse::<db::RunStatus>().ok())?;
+                let payload_text = |key: &str| event.payload.get(key).and_then(Value::as_str);
+                let (status, approval_id) = match event.payload.get("approvalId") {
+                    // An approval's event: the run waits while it is pending, and goes on or
+                    // stops with its decision.
+                    Some(_) => (
+                        match payload_text("decision") {
+                            None => db::RunStatus::AwaitingApproval,
+                            Some("STOP") => db::RunStatus::FailedPolicy,
+                            Some(_) => db::RunStatus::Running,
+                        },
+                        payload_text("approvalId").map(|id| ID(id.to_string())),
+                    ),
+                    None => (payload_text("status").and_then(|s| s.parse().ok())?, None),
+                };
                 Some(RunEvent {
                     cursor: event.seq.to_string(),
                     kind,
-                    run_id: ID(event.subject_id.clone()),
+                    run_id: ID(event.run_id.clone().unwrap_or(event.subject_id.clone())),
                     status: status.into(),
                     occurred_at: event.created_at.into(),
                     step: None,
+                    approval_id,
                 })
             }
         }

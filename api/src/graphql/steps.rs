@@ -13,6 +13,7 @@ use governance_entities::{incident, run, trace_step, violation};
 use serde_json::Value;
 
 use super::{
+    approvals::Approval,
     enums::{DecisionAction, StepStatus, StepType, TerminationReason},
     error::GqlResultExt,
     incidents::{Incident, Violation},
@@ -98,6 +99,22 @@ impl TraceStep {
     /// sha256(prevHash ‖ canonical step and decision). Empty when the step was not recorded.
     async fn entry_hash(&self) -> &str {
         &self.0.entry_hash
+    }
+    /// The step's approval, when it was held (decision HOLD): pending, or what was decided (its
+    /// decision is the next entry of the chain).
+    async fn approval(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Approval>> {
+        if self.0.decision != governance_entities::enums::DecisionAction::Hold {
+            return Ok(None);
+        }
+        let found = governance_core::approvals::of_step(
+            &state(ctx).db,
+            &self.0.tenant_id,
+            &self.0.run_id,
+            self.0.step_index,
+        )
+        .await
+        .gql()?;
+        Ok(found.map(Approval))
     }
 }
 
@@ -197,6 +214,7 @@ pub struct StepDecision {
     step: trace_step::Model,
     violations: Vec<violation::Model>,
     incident: Option<incident::Model>,
+    approval: Option<Approval>,
     run: run::Model,
 }
 
@@ -239,6 +257,10 @@ impl StepDecision {
     /// The run after this step.
     async fn run(&self) -> Run {
         Run(self.run.clone())
+    }
+    /// A held step's approval (HOLD; and once decided, what was decided).
+    async fn approval(&self) -> Option<Approval> {
+        self.approval.clone()
     }
 }
 
@@ -392,16 +414,12 @@ impl StepMutation {
         let outcome = state.after_commit(committed.gql()?).await;
         Ok(match outcome {
             StepOutcome::Recorded(record) => StepDecision {
-                action: record.step.decision.into(),
-                reason: record.step.reason.clone(),
+                action: record.action().into(),
+                reason: record.reason(),
                 recorded: true,
                 replayed: record.replayed,
-                termination_reason: record
-                    .step
-                    .is_inflection
-                    .then_some(record.run.termination_reason)
-                    .flatten()
-                    .map(Into::into),
+                termination_reason: record.termination_reason().map(Into::into),
+                approval: record.approval.clone().map(Approval),
                 step: record.step,
                 violations: record.violations,
                 incident: record.incident,
@@ -420,6 +438,7 @@ impl StepMutation {
                 step,
                 violations: Vec::new(),
                 incident: None,
+                approval: None,
                 run,
             },
             // Not even the run could be read: still fail closed, as an error that says STOP.

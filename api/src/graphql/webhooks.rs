@@ -38,6 +38,14 @@ pub enum WebhookEventKind {
     RunsHalted,
     /// A halt was lifted.
     RunsResumed,
+    /// A step was held for approval (post it where approvers will see it).
+    ApprovalRequested,
+    /// A held step was approved.
+    ApprovalGranted,
+    /// A held step was denied (its run stopped).
+    ApprovalDenied,
+    /// Nobody decided a held step in time.
+    ApprovalExpired,
 }
 
 impl WebhookEventKind {
@@ -52,6 +60,10 @@ impl WebhookEventKind {
             Self::CheckpointSigned => "CHECKPOINT_SIGNED",
             Self::RunsHalted => "RUNS_HALTED",
             Self::RunsResumed => "RUNS_RESUMED",
+            Self::ApprovalRequested => "APPROVAL_REQUESTED",
+            Self::ApprovalGranted => "APPROVAL_GRANTED",
+            Self::ApprovalDenied => "APPROVAL_DENIED",
+            Self::ApprovalExpired => "APPROVAL_EXPIRED",
         }
     }
 
@@ -66,6 +78,10 @@ impl WebhookEventKind {
             Self::CheckpointSigned,
             Self::RunsHalted,
             Self::RunsResumed,
+            Self::ApprovalRequested,
+            Self::ApprovalGranted,
+            Self::ApprovalDenied,
+            Self::ApprovalExpired,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)

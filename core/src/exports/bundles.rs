@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use governance_entities::{
+    approval_decision,
     enums::{ExportFormat, ExportKind},
     evidence, export, incident, policy_snapshot, run, trace_step, violation,
 };
@@ -10,7 +11,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use serde_json::{Value, json};
 
 use crate::{
-    canonical,
+    approvals, canonical,
     compare::snapshot_policies,
     error::{CoreError, CoreResult},
     records, runs,
@@ -31,6 +32,9 @@ pub struct BundleInput {
     pub violations: Vec<violation::Model>,
     pub snapshot: policy_snapshot::Model,
     pub steps: Vec<trace_step::Model>,
+    /// The decisions of the run's approvals among those steps (chained after the steps they
+    /// decide).
+    pub decisions: Vec<approval_decision::Model>,
     pub verification: Verification,
     /// The run's head as loaded, in the tenant's transparency log (set once anchored).
     pub anchor: Option<Anchor>,
@@ -72,6 +76,12 @@ pub async fn load<C: ConnectionTrait>(
         .await?;
     let mut steps = records::steps_after(conn, tenant, &run.id, -1).await?;
     steps.truncate(usize::try_from(run.step_count).unwrap_or(0));
+    // A decision belongs to the run as read when a later step follows it, or it is the head.
+    let decisions = approvals::decisions_of_run(conn, &run.id)
+        .await?
+        .into_iter()
+        .filter(|d| d.step_index + 1 < run.step_count || d.entry_hash == run.trace_head_hash)
+        .collect();
     let verification = verify::verify_anchored(conn, tenant, &run.id, anchors).await?;
     Ok(BundleInput {
         export: export.clone(),
@@ -82,6 +92,7 @@ pub async fn load<C: ConnectionTrait>(
         violations,
         snapshot,
         steps,
+        decisions,
         verification,
         anchor: None,
         exported_at: now(),
@@ -190,6 +201,16 @@ pub fn evidence_bundle(input: &BundleInput) -> CoreResult<Value> {
         })).collect::<Vec<_>>(),
         "inflectionStep": inflection.map(step_json),
         "steps": input.steps.iter().map(step_json).collect::<Vec<_>>(),
+        "approvals": input.decisions.iter().map(|d| json!({
+            "approvalId": d.approval_id,
+            "stepIndex": d.step_index,
+            "status": d.status.as_str(),
+            "decision": d.decision.as_str(),
+            "decidedBy": d.decided_by_key,
+            "note": d.note,
+            "decidedAt": ts(d.decided_at),
+            "entryHash": d.entry_hash,
+        })).collect::<Vec<_>>(),
         "cumulative": series,
         "totals": {
             "steps": run.step_count,

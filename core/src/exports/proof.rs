@@ -45,17 +45,26 @@ pub fn verification_object(input: &BundleInput) -> Value {
             &input.snapshot.content_hash,
         ))),
     };
-    let entries: Vec<Value> = input
-        .steps
-        .iter()
-        .map(|step| {
-            json!({
-                "document": chain::step_document(run, step),
-                "prevHash": step.prev_hash,
-                "entryHash": step.entry_hash,
-            })
-        })
-        .collect();
+    // Each step's entry, and right after a held step its approval's decision.
+    let mut entries: Vec<Value> = Vec::with_capacity(input.steps.len() + input.decisions.len());
+    for step in &input.steps {
+        entries.push(json!({
+            "document": chain::step_document(run, step),
+            "prevHash": step.prev_hash,
+            "entryHash": step.entry_hash,
+        }));
+        if let Some(decided) = input
+            .decisions
+            .iter()
+            .find(|d| d.step_index == step.step_index)
+        {
+            entries.push(json!({
+                "document": chain::approval_document(run, decided),
+                "prevHash": decided.prev_hash,
+                "entryHash": decided.entry_hash,
+            }));
+        }
+    }
     let anchor = input.anchor.as_ref();
     let proof = anchor.map(|a| &a.inclusion);
     json!({

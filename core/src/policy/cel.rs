@@ -10,6 +10,7 @@
 //! step, it must give a boolean. A missing map key (`run.metadata.team` on a run without that key)
 //! is data-dependent, so it is not a reason to refuse the expression.
 
+use crate::time::rfc3339;
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
@@ -29,7 +30,7 @@ use cel::{
     },
     context::VariableResolver,
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use governance_entities::enums::StepType;
 use serde_json::{Value, json};
 
@@ -212,10 +213,6 @@ impl After {
             elapsed_seconds: elapsed_ms / 1000.0,
         }
     }
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The CEL variables of one step: `run` and `step` as two records that lend out their fields

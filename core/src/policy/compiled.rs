@@ -65,6 +65,8 @@ pub struct CompiledPolicy {
     pub mode: PolicyMode,
     /// The rule as stored in the snapshot: the thresholds in force.
     pub rule: Value,
+    /// REQUIRE_APPROVAL: how a held step is decided when nobody decides it.
+    pub approval: Option<super::ApprovalTerms>,
     pub(crate) check: Check,
 }
 
@@ -136,7 +138,14 @@ impl CompiledSnapshot {
                 Some(_) => parsed(entry, "mode", at)?,
             };
             let rule = entry.get("rule").cloned().unwrap_or(Value::Null);
-            let parsed_rule = rules::parse_rule(kind, &rule).map_err(|err| {
+            let (own_rule, approval) = super::approval_terms::split(&rule).map_err(|err| {
+                bad_snapshot(format!("policy `{id}` has invalid approval terms: {err}"))
+            })?;
+            let approval = match action {
+                PolicyAction::RequireApproval => Some(approval.unwrap_or_default()),
+                _ => None,
+            };
+            let parsed_rule = rules::parse_rule(kind, &own_rule).map_err(|err| {
                 bad_snapshot(format!("policy `{id}` has an invalid {kind} rule: {err}"))
             })?;
             let check = match parsed_rule {
@@ -184,6 +193,7 @@ impl CompiledSnapshot {
                 severity,
                 mode,
                 rule,
+                approval,
                 check,
             });
         }

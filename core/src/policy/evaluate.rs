@@ -5,7 +5,8 @@
 //! programs against one context built per step; strings and JSON for a finding are only built
 //! for a policy that is violated.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::time::rfc3339;
+use chrono::{DateTime, Utc};
 use governance_entities::enums::{
     DecisionAction, PolicyAction, PolicyKind, PolicyMode, StepStatus, StepType, TerminationReason,
 };
@@ -150,6 +151,13 @@ pub fn evaluate(
         }
     }
     let mut evaluation = decide(snapshot.policies.len(), findings, content_matches);
+    evaluation.approval = evaluation.hold_finding().and_then(|held| {
+        snapshot
+            .policies
+            .iter()
+            .find(|p| p.id == held.policy_id)
+            .and_then(|p| p.approval)
+    });
     evaluation.shadow_findings = shadow_findings;
     evaluation
 }
@@ -258,10 +266,6 @@ fn steps_in_window(run: &RunState<'_>, step: &StepInput<'_>, window_seconds: i64
 
 fn elapsed_ms(run: &RunState<'_>, step: &StepInput<'_>) -> i128 {
     i128::from(step.timestamp.timestamp_millis()) - i128::from(run.started_at.timestamp_millis())
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Micro-dollars as dollars: `$1.50`, or `$0.001234` when cents would hide the amount.
@@ -564,6 +568,18 @@ fn decide(checked: usize, findings: Vec<Finding>, content_matches: Vec<String>) 
         .filter(|(_, f)| f.action == PolicyAction::Block)
         .max_by_key(|(_, f)| f.severity)
         .map(|(i, _)| i);
+    // The REQUIRE_APPROVAL finding that holds the step, when nothing stops it: chosen as the
+    // inflection is.
+    let hold = inflection.is_none().then(|| {
+        findings
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, f)| f.action == PolicyAction::RequireApproval)
+            .max_by_key(|(_, f)| f.severity)
+            .map(|(i, _)| i)
+    });
+    let hold = hold.flatten();
     let warnings = findings
         .iter()
         .filter(|f| f.action == PolicyAction::Warn)
@@ -583,6 +599,21 @@ fn decide(checked: usize, findings: Vec<Finding>, content_matches: Vec<String>) 
             reason.push_str(&format!(" Also violated: {}.", others.join(", ")));
         }
         (DecisionAction::Stop, StepStatus::Violation, reason)
+    } else if let Some(i) = hold {
+        let others: Vec<String> = findings
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, f)| format!("`{}`", f.policy_name))
+            .collect();
+        let mut reason = findings
+            .get(i)
+            .map(|f| format!("Held for approval: {}", f.reason))
+            .unwrap_or_default();
+        if !others.is_empty() {
+            reason.push_str(&format!(" Also violated: {}.", others.join(", ")));
+        }
+        (DecisionAction::Hold, StepStatus::Warning, reason)
     } else if warnings > 0 {
         let reasons: Vec<&str> = findings.iter().map(|f| f.reason.as_str()).collect();
         (
@@ -612,6 +643,8 @@ fn decide(checked: usize, findings: Vec<Finding>, content_matches: Vec<String>) 
         policies_checked,
         findings,
         inflection,
+        hold,
+        approval: None,
         content_matches,
         shadow_findings: Vec::new(),
     }

@@ -8,6 +8,7 @@
 //! - [`evaluate`] checks one step "after applying it" and decides CONTINUE / WARN / STOP
 //!   (`evaluate.rs`). Content matches are masked in evidence (`mask.rs`).
 
+mod approval_terms;
 mod cel;
 mod compiled;
 mod evaluate;
@@ -23,24 +24,62 @@ use governance_entities::enums::{
 };
 use serde::Serialize;
 
+pub use approval_terms::{ApprovalTerms, DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS};
 pub use compiled::{CompiledPolicy, CompiledSnapshot, SnapshotCache};
 pub use evaluate::evaluate;
 pub use rules::rule_shape;
 
 use crate::error::{CoreError, CoreResult};
 
-/// Validate a policy rule for its kind when a policy is written. Returns the normalised rule
-/// (keys as the contract spells them, values as given). Errors are `BAD_USER_INPUT` with the field
-/// path, e.g. `input.rule.maxTokens` or `input.rule.patterns[2]`, and say how to fix it.
-pub fn validate_rule(kind: PolicyKind, rule: &serde_json::Value) -> CoreResult<serde_json::Value> {
-    let parsed = rules::parse_rule(kind, rule)?;
+/// Validate a policy rule for its kind and action when a policy is written. Returns the
+/// normalised rule (keys as the contract spells them, values as given; a REQUIRE_APPROVAL
+/// policy's `approval` with every key, defaults filled in). Errors are `BAD_USER_INPUT` with the
+/// field path, e.g. `input.rule.maxTokens` or `input.rule.patterns[2]`, and say how to fix it.
+pub fn validate_rule(
+    kind: PolicyKind,
+    action: PolicyAction,
+    rule: &serde_json::Value,
+) -> CoreResult<serde_json::Value> {
+    let (own, terms) = approval_terms::split(rule)?;
+    let parsed = rules::parse_rule(kind, &own)?;
     if let rules::Rule::Expression { expression } = &parsed {
         let program = cel::parse(expression)
             .map_err(|err| CoreError::bad_field("input.rule.expression", err))?;
         cel::check_sample(&program)
             .map_err(|err| CoreError::bad_field("input.rule.expression", err))?;
     }
-    Ok(parsed.to_json())
+    let mut normalised = parsed.to_json();
+    match (action, terms) {
+        (PolicyAction::RequireApproval, terms) => {
+            normalised[approval_terms::KEY] = terms.unwrap_or_default().to_json();
+        }
+        (other, Some(_)) => {
+            return Err(CoreError::bad_field(
+                "input.rule.approval",
+                format!(
+                    "only REQUIRE_APPROVAL policies take `approval`; this policy's action is {other}"
+                ),
+            ));
+        }
+        (_, None) => {}
+    }
+    Ok(normalised)
+}
+
+/// A stored rule as it stands under another action: `approval` dropped unless the action is
+/// REQUIRE_APPROVAL, and added (an hour, DENY) when it is and the rule has none.
+pub fn rule_for_action(
+    kind: PolicyKind,
+    action: PolicyAction,
+    rule: &serde_json::Value,
+) -> CoreResult<serde_json::Value> {
+    let mut rule = rule.clone();
+    if action != PolicyAction::RequireApproval
+        && let serde_json::Value::Object(map) = &mut rule
+    {
+        map.remove(approval_terms::KEY);
+    }
+    validate_rule(kind, action, &rule)
 }
 
 /// The run as it was BEFORE this step.
@@ -117,9 +156,10 @@ pub struct Finding {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Evaluation {
-    /// STOP if any BLOCK policy is violated, else WARN if any WARN policy is, else CONTINUE.
+    /// STOP if any BLOCK policy is violated, else HOLD if any REQUIRE_APPROVAL policy is, else
+    /// WARN if any WARN policy is, else CONTINUE.
     pub action: DecisionAction,
-    /// VIOLATION for STOP, WARNING for WARN, OK for CONTINUE.
+    /// VIOLATION for STOP, WARNING for HOLD and WARN, OK for CONTINUE.
     pub status: StepStatus,
     /// Why the run continued or stopped.
     pub reason: String,
@@ -130,6 +170,11 @@ pub struct Evaluation {
     /// Index in `findings` of the most severe BLOCK finding (ties: first in snapshot order);
     /// `None` unless the action is STOP.
     pub inflection: Option<usize>,
+    /// Index in `findings` of the REQUIRE_APPROVAL finding that holds the step (the most
+    /// severe; ties: first in snapshot order); `None` unless the action is HOLD.
+    pub hold: Option<usize>,
+    /// How the held step is decided when nobody decides it (its policy's terms); HOLD only.
+    pub approval: Option<ApprovalTerms>,
     /// Ids of the CONTENT_RULE policies whose patterns matched, in snapshot order (shadow ones
     /// too): recorded so replay can reproduce the decision without the text.
     pub content_matches: Vec<String>,
@@ -151,6 +196,11 @@ impl Evaluation {
         self.inflection.and_then(|i| self.findings.get(i))
     }
 
+    /// The finding that holds the step for approval, when it is held.
+    pub fn hold_finding(&self) -> Option<&Finding> {
+        self.hold.and_then(|i| self.findings.get(i))
+    }
+
     /// Whether two evaluations decide the same, finding for finding, ignoring only `evidence`
     /// (which, for content matches, only a live evaluation can fill). A replay from
     /// [`ContentInput::Recorded`] is `same_decision` as the live evaluation it replays.
@@ -160,6 +210,8 @@ impl Evaluation {
             && self.reason == other.reason
             && self.policies_checked == other.policies_checked
             && self.inflection == other.inflection
+            && self.hold == other.hold
+            && self.approval == other.approval
             && self.content_matches == other.content_matches
             && same_findings(&self.findings, &other.findings)
             && same_findings(&self.shadow_findings, &other.shadow_findings)

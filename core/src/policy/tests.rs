@@ -135,7 +135,7 @@ fn assert_stop(e: &Evaluation, reason: TerminationReason) -> &Finding {
 }
 
 fn bad(kind: PolicyKind, rule: Value) -> (String, String) {
-    match validate_rule(kind, &rule) {
+    match validate_rule(kind, PolicyAction::Block, &rule) {
         Err(CoreError::BadInput {
             message,
             field: Some(field),
@@ -192,7 +192,7 @@ fn token_budget_continue_boundary_warn_stop() {
 fn token_budget_validation() {
     let kind = PolicyKind::TokenBudget;
     assert_eq!(
-        validate_rule(kind, &json!({"maxTokens": 0})).ok(),
+        validate_rule(kind, PolicyAction::Block, &json!({"maxTokens": 0})).ok(),
         Some(json!({"maxTokens": 0}))
     );
     let (field, message) = bad(kind, json!({"maxTokens": -1}));
@@ -307,7 +307,14 @@ fn step_limit_validation() {
     let (field, message) = bad(PolicyKind::StepLimit, json!({"max_steps": 3}));
     assert_eq!(field, "input.rule.max_steps");
     assert!(message.contains("STEP_LIMIT takes maxSteps"), "{message}");
-    assert!(validate_rule(PolicyKind::StepLimit, &json!({"maxSteps": 0})).is_ok());
+    assert!(
+        validate_rule(
+            PolicyKind::StepLimit,
+            PolicyAction::Block,
+            &json!({"maxSteps": 0})
+        )
+        .is_ok()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -650,7 +657,14 @@ fn expression_sees_every_variable() {
         && step.index == 4 && step.tokens == 10 && step.costMicros == 100 \
         && step.toolName == 'search' && step.timestamp == '2026-03-01T12:00:02.500Z' \
         && run.metadata.limits.exists(x, x == 3)";
-    assert!(validate_rule(PolicyKind::Expression, &json!({ "expression": source })).is_ok());
+    assert!(
+        validate_rule(
+            PolicyKind::Expression,
+            PolicyAction::Block,
+            &json!({ "expression": source })
+        )
+        .is_ok()
+    );
     let e = eval(&[expression(PolicyAction::Block, source)], &before, &this);
     assert_eq!(e.action, DecisionAction::Stop, "{e:#?}");
     assert_eq!(e.findings[0].evaluated_value, "true");
@@ -675,7 +689,12 @@ fn run_and_step_behave_as_maps() {
         "step.toolName == null && run.isSynthetic == false",
     ] {
         assert!(
-            validate_rule(PolicyKind::Expression, &json!({ "expression": source })).is_ok(),
+            validate_rule(
+                PolicyKind::Expression,
+                PolicyAction::Block,
+                &json!({ "expression": source })
+            )
+            .is_ok(),
             "{source}"
         );
         let e = eval(&[expression(PolicyAction::Block, source)], &before, &step());
@@ -699,7 +718,14 @@ fn run_and_step_behave_as_maps() {
 fn an_expression_that_cannot_be_evaluated_fails_closed() {
     // Valid at write time (the sample run has an agent), but this run has none.
     let source = "run.agent.startsWith('batch-')";
-    assert!(validate_rule(PolicyKind::Expression, &json!({ "expression": source })).is_ok());
+    assert!(
+        validate_rule(
+            PolicyKind::Expression,
+            PolicyAction::Block,
+            &json!({ "expression": source })
+        )
+        .is_ok()
+    );
     let anonymous = RunState {
         agent: None,
         ..run()
@@ -756,9 +782,9 @@ fn expression_validation() {
         "step.toolName.matches('^rm_')",
     ] {
         assert!(
-            validate_rule(kind, &json!({ "expression": ok })).is_ok(),
+            validate_rule(kind, PolicyAction::Block, &json!({ "expression": ok })).is_ok(),
             "{ok}: {:?}",
-            validate_rule(kind, &json!({ "expression": ok }))
+            validate_rule(kind, PolicyAction::Block, &json!({ "expression": ok }))
         );
     }
 }
@@ -767,7 +793,12 @@ fn expression_validation() {
 fn expressions_whose_cost_run_data_could_make_unbounded_are_refused() {
     let kind = PolicyKind::Expression;
     let refused = |expression: &str| -> String {
-        let err = validate_rule(kind, &json!({ "expression": expression })).expect_err(expression);
+        let err = validate_rule(
+            kind,
+            PolicyAction::Block,
+            &json!({ "expression": expression }),
+        )
+        .expect_err(expression);
         err.to_string()
     };
     // The stall reported against the service: quadratic in a list the caller sends.
@@ -794,9 +825,9 @@ fn expressions_whose_cost_run_data_could_make_unbounded_are_refused() {
         "matches(step.toolName, '^rm_')",
     ] {
         assert!(
-            validate_rule(kind, &json!({ "expression": ok })).is_ok(),
+            validate_rule(kind, PolicyAction::Block, &json!({ "expression": ok })).is_ok(),
             "{ok}: {:?}",
-            validate_rule(kind, &json!({ "expression": ok }))
+            validate_rule(kind, PolicyAction::Block, &json!({ "expression": ok }))
         );
     }
 }
@@ -894,7 +925,10 @@ fn validation_returns_the_rule_as_given() {
             json!({"expression": "step.tokens > 5"}),
         ),
     ] {
-        assert_eq!(validate_rule(kind, &rule).ok(), Some(rule));
+        assert_eq!(
+            validate_rule(kind, PolicyAction::Block, &rule).ok(),
+            Some(rule)
+        );
     }
 }
 
@@ -1113,7 +1147,14 @@ fn hostile_expressions_are_refused_without_exhausting_the_stack() {
     assert!(message.contains("nested too deeply"), "{message}");
     // Long `&&` chains are balanced by the parser and stay fine.
     let conjunction = format!("run.tokensUsed > 0{}", " && step.tokens >= 0".repeat(60));
-    assert!(validate_rule(kind, &json!({ "expression": conjunction })).is_ok());
+    assert!(
+        validate_rule(
+            kind,
+            PolicyAction::Block,
+            &json!({ "expression": conjunction })
+        )
+        .is_ok()
+    );
     // The deepest accepted chain evaluates within half a worker thread's stack.
     let deepest = format!("run.tokensUsed{} > 0", " + 1".repeat(20));
     let program = cel::parse(&deepest).expect("accepted");
@@ -1182,5 +1223,117 @@ fn a_shadow_duration_limit_does_not_end_silent_runs() {
     assert_eq!(
         with_shadow(&policies, &["pol_d"]).min_duration_limit_seconds(),
         None
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// REQUIRE_APPROVAL
+
+fn approve(id: &'static str, kind: PolicyKind, rule: Value) -> P {
+    P {
+        action: PolicyAction::RequireApproval,
+        ..block(id, kind, rule)
+    }
+}
+
+#[test]
+fn a_require_approval_violation_holds_the_step_with_its_terms() {
+    let policies = [
+        approve(
+            "pol_a",
+            PolicyKind::TokenBudget,
+            json!({ "maxTokens": 5, "approval": { "timeoutSeconds": 90, "onTimeout": "ALLOW" } }),
+        ),
+        warn("pol_w", PolicyKind::TokenBudget, json!({ "maxTokens": 5 })),
+    ];
+    let e = eval(&policies, &run(), &step());
+    assert_eq!(e.action, DecisionAction::Hold, "{e:#?}");
+    assert_eq!(e.status, StepStatus::Warning);
+    assert_eq!(e.inflection, None);
+    assert_eq!(e.termination_reason(), None);
+    assert_eq!(
+        e.hold_finding().map(|f| f.policy_id.as_str()),
+        Some("pol_a")
+    );
+    assert_eq!(
+        e.approval,
+        Some(ApprovalTerms {
+            timeout_seconds: 90,
+            on_timeout: governance_entities::enums::ApprovalOnTimeout::Allow,
+        })
+    );
+    assert!(e.reason.starts_with("Held for approval"), "{}", e.reason);
+    assert!(e.reason.contains("name of pol_w"), "{}", e.reason);
+    // The record carries the hold; a replay from it decides the same.
+    let record = crate::decision_record::DecisionRecord::from(&e);
+    assert_eq!(record.hold.as_ref().map(|h| h.timeout_seconds), Some(90));
+    assert_eq!(
+        record.deciding_finding().map(|f| f.policy_id.as_str()),
+        Some("pol_a")
+    );
+}
+
+#[test]
+fn a_block_violation_outranks_a_hold() {
+    let policies = [
+        approve("pol_a", PolicyKind::TokenBudget, json!({ "maxTokens": 5 })),
+        block("pol_b", PolicyKind::TokenBudget, json!({ "maxTokens": 8 })).severity(Severity::Low),
+    ];
+    let e = eval(&policies, &run(), &step());
+    assert_eq!(e.action, DecisionAction::Stop, "{e:#?}");
+    assert_eq!(e.hold, None);
+    assert_eq!(e.approval, None);
+    assert_eq!(
+        e.inflection_finding().map(|f| f.policy_id.as_str()),
+        Some("pol_b")
+    );
+}
+
+#[test]
+fn approval_terms_are_validated_and_normalised() {
+    let rule = json!({ "maxTokens": 5 });
+    assert_eq!(
+        validate_rule(
+            PolicyKind::TokenBudget,
+            PolicyAction::RequireApproval,
+            &rule
+        )
+        .ok(),
+        Some(
+            json!({ "maxTokens": 5, "approval": { "timeoutSeconds": 3600, "onTimeout": "DENY" } })
+        )
+    );
+    for (action, rule, field) in [
+        (
+            PolicyAction::Warn,
+            json!({ "maxTokens": 5, "approval": {} }),
+            "input.rule.approval",
+        ),
+        (
+            PolicyAction::RequireApproval,
+            json!({ "maxTokens": 5, "approval": { "timeoutSeconds": MAX_TIMEOUT_SECONDS + 1 } }),
+            "input.rule.approval.timeoutSeconds",
+        ),
+        (
+            PolicyAction::RequireApproval,
+            json!({ "maxTokens": 5, "approval": { "onTimeout": "deny" } }),
+            "input.rule.approval.onTimeout",
+        ),
+        (
+            PolicyAction::RequireApproval,
+            json!({ "maxTokens": 5, "approval": { "after": 3 } }),
+            "input.rule.approval.after",
+        ),
+    ] {
+        match validate_rule(PolicyKind::TokenBudget, action, &rule) {
+            Err(CoreError::BadInput { field: Some(f), .. }) => assert_eq!(f, field, "{rule}"),
+            other => panic!("{rule}: {other:?}"),
+        }
+    }
+    // The terms follow the action when only the action changes.
+    let held = json!({ "maxTokens": 5, "approval": { "timeoutSeconds": 60, "onTimeout": "DENY" } });
+    assert_eq!(
+        rule_for_action(PolicyKind::TokenBudget, PolicyAction::Block, &held).ok(),
+        Some(json!({ "maxTokens": 5 }))
     );
 }

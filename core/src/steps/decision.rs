@@ -39,7 +39,8 @@ pub(crate) enum Report {
 }
 
 /// Classify a report against the run as it stands; a step that cannot be recorded (not the next
-/// index, or before the run started) is `BAD_USER_INPUT`.
+/// index, or before the run started) is `BAD_USER_INPUT`, and a new step of a run waiting for an
+/// approval is `CONFLICT`.
 pub(crate) fn classify(run: &run::Model, input: &RecordStep) -> CoreResult<Report> {
     if let Some(index) = input.step_index
         && index < run.step_count
@@ -48,6 +49,14 @@ pub(crate) fn classify(run: &run::Model, input: &RecordStep) -> CoreResult<Repor
     }
     if run.status.is_terminal() {
         return Ok(Report::AfterEnd);
+    }
+    if run.status == RunStatus::AwaitingApproval {
+        return Err(CoreError::Conflict(format!(
+            "run `{}` is waiting for approval of step {}; it takes no other step until that is decided: send step {} again to get its decision",
+            run.id,
+            run.step_count - 1,
+            run.step_count - 1
+        )));
     }
     let index = input.step_index.unwrap_or(run.step_count);
     if index != run.step_count {

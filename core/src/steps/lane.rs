@@ -194,7 +194,7 @@ async fn write_batch(store: &Store, batch: &[PendingStep]) -> CoreResult<Vec<Cor
         group.flush(&*txn).await?;
         let answer = record_in(
             &*txn,
-            &pending.tenant_id,
+            pending.reporter(),
             &pending.input,
             pending.decided.as_ref(),
         )
@@ -317,6 +317,7 @@ impl Group {
                 step,
                 violations: Vec::new(),
                 incident: None,
+                approval: None,
                 replayed: false,
             },
             events: Vec::new(),

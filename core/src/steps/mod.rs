@@ -247,8 +247,53 @@ pub struct StepRecord {
     pub step: trace_step::Model,
     pub violations: Vec<violation::Model>,
     pub incident: Option<incident::Model>,
+    /// A held step's approval, as it stands (pending, or decided).
+    pub approval: Option<crate::approvals::ApprovalState>,
     /// True when this answer repeats a decision recorded earlier (an idempotent retry).
     pub replayed: bool,
+}
+
+impl StepRecord {
+    /// What the reporter is to do now: the recorded decision, or for a held step, HOLD until
+    /// its approval is decided and then the final decision (CONTINUE or STOP).
+    pub fn action(&self) -> DecisionAction {
+        match (&self.step.decision, &self.approval) {
+            (DecisionAction::Hold, Some(approval)) => {
+                approval.final_decision().unwrap_or(DecisionAction::Hold)
+            }
+            (decision, _) => *decision,
+        }
+    }
+
+    /// Why, in words: the step's recorded reason, and for a decided approval what was decided.
+    pub fn reason(&self) -> String {
+        let Some(decided) = self.approval.as_ref().and_then(|a| a.decision.as_ref()) else {
+            return self.step.reason.clone();
+        };
+        let by = decided
+            .decided_by_key
+            .as_deref()
+            .map(|k| format!(" by {k}"))
+            .unwrap_or_default();
+        let note = decided
+            .note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
+        format!(
+            "Approval {}{by}{note} ({}). {}",
+            decided.status, decided.decision, self.step.reason
+        )
+    }
+
+    /// Why the run ended, when the answer is STOP because of this step.
+    pub fn termination_reason(&self) -> Option<TerminationReason> {
+        let stopped_here = self.action() == DecisionAction::Stop
+            && self.run.stopped_at_step == Some(self.step.step_index);
+        stopped_here
+            .then_some(self.run.termination_reason)
+            .flatten()
+    }
 }
 
 /// The answer to a step report.

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use governance_entities::{
-    enums::{EnforcementAction, IncidentStatus, PolicyAction, RunStatus},
+    enums::{DecisionAction, EnforcementAction, PolicyAction, RunStatus},
     evidence, incident, policy_enforcement, run, shadow_finding, trace_step, violation,
 };
 use sea_orm::{
@@ -24,13 +24,14 @@ use super::{
     decision::{Decided, Report, classify, same_step, step_row},
 };
 use crate::{
+    approvals,
     error::{CoreError, CoreResult},
-    events::{self, EventKind},
     hashing::sha256_hex,
     ids::{new_id, prefix},
-    outcome::{Committed, FollowUp, StepNotice},
+    outcome::{Committed, StepNotice},
     policy::{Evaluation, Finding},
     runs,
+    stops::{self, Stop},
     store::Store,
     tenancy,
     time::now,
@@ -64,7 +65,7 @@ pub(crate) async fn record_committed(
     {
         return Err(tenancy::key_refused());
     }
-    match record_in(&*txn, reporter.tenant_id, input, decided).await {
+    match record_in(&*txn, reporter, input, decided).await {
         Ok(Written::Done(committed)) => {
             // Only a committed decision is answered.
             txn.commit().await?;
@@ -87,11 +88,11 @@ pub(crate) async fn record_committed(
 /// written.
 pub(crate) async fn record_in<C: ConnectionTrait>(
     txn: &C,
-    tenant_id: &str,
+    reporter: Reporter<'_>,
     input: &RecordStep,
     decided: Option<&Decided>,
 ) -> CoreResult<Written> {
-    let run = runs::get_for_update(txn, tenant_id, &input.run_id).await?;
+    let run = runs::get_for_update(txn, reporter.tenant_id, &input.run_id).await?;
     match classify(&run, input)? {
         Report::Resent(index) => answer_resent(txn, run, index, input).await,
         Report::AfterEnd => Err(refuse_after_end(txn, &run, input).await?),
@@ -104,6 +105,7 @@ pub(crate) async fn record_in<C: ConnectionTrait>(
                     input,
                     decided.timestamp,
                     decided.evaluation.clone(),
+                    reporter.key_id,
                 )
                 .await?,
             )),
@@ -133,11 +135,17 @@ async fn answer_resent<C: ConnectionTrait>(
         )));
     }
     let (violations, incident) = step_extras(txn, &recorded).await?;
+    // A held step's answer is its approval as it stands: pending, or decided.
+    let approval = match recorded.decision {
+        DecisionAction::Hold => approvals::of_step(txn, &run.tenant_id, &run.id, index).await?,
+        _ => None,
+    };
     Ok(Written::Done(Committed::new(StepRecord {
         run,
         step: recorded,
         violations,
         incident,
+        approval,
         replayed: true,
     })))
 }
@@ -186,6 +194,7 @@ pub(crate) async fn apply<C: ConnectionTrait>(
     input: &RecordStep,
     timestamp: DateTime<Utc>,
     evaluation: Evaluation,
+    reported_by: Option<&str>,
 ) -> CoreResult<Committed<StepRecord>> {
     let tenant_id = run.tenant_id.clone();
     let step = step_row(&run, index, input, timestamp, &evaluation);
@@ -218,7 +227,6 @@ pub(crate) async fn apply<C: ConnectionTrait>(
     }
     let mut violations = Vec::with_capacity(evaluation.findings.len());
     let mut inflection: Option<(violation::Model, evidence::Model, &Finding)> = None;
-    let mut events_out = Vec::new();
     for (i, finding) in evaluation.findings.iter().enumerate() {
         let violation = violation::ActiveModel {
             id: Set(new_id(prefix::VIOLATION)),
@@ -275,65 +283,38 @@ pub(crate) async fn apply<C: ConnectionTrait>(
     active_run.step_count = Set(run.step_count + 1);
     active_run.trace_head_hash = Set(stored_step.entry_hash.clone());
     active_run.updated_at = Set(at);
-    let mut incident_out = None;
-    let mut follow_ups = Vec::new();
+    let mut stop_incident = None;
     if let Some((violation, evidence, finding)) = inflection {
-        let termination = finding.termination_reason;
-        active_run.status = Set(RunStatus::FailedPolicy);
-        active_run.termination_reason = Set(Some(termination));
-        active_run.completed_at = Set(Some(timestamp.max(run.started_at)));
-        active_run.stopped_at_step = Set(Some(index));
-        active_run.violation_policy_id = Set(Some(finding.policy_id.clone()));
-        active_run.violation_step_index = Set(Some(index));
-        active_run.violation_timestamp = Set(Some(timestamp));
-        active_run.violation_reason = Set(Some(finding.reason.clone()));
-        enforcement(txn, &run, index, finding, EnforcementAction::Stopped).await?;
-        let incident = incident::ActiveModel {
-            id: Set(new_id(prefix::INCIDENT)),
-            tenant_id: Set(tenant_id.clone()),
-            run_id: Set(run.id.clone()),
-            violation_id: Set(violation.id.clone()),
-            evidence_id: Set(Some(evidence.id.clone())),
-            severity: Set(finding.severity),
-            severity_rank: Set(finding.severity.rank()),
-            title: Set(format!(
-                "{} stopped run {} at step {index}",
-                finding.policy_name, run.id
-            )),
-            status: Set(IncidentStatus::Open),
-            note: Set(None),
-            created_at: Set(at),
-            detected_at: Set(at),
-            acknowledged_at: Set(None),
-            resolved_at: Set(None),
-            updated_at: Set(at),
-        }
-        .insert(txn)
-        .await?;
-        follow_ups.push(FollowUp::RecordEvaluation {
-            tenant_id: tenant_id.clone(),
-            run_id: run.id.clone(),
-        });
-        incident_out = Some(incident);
+        let stop = Stop {
+            step_index: index,
+            at: timestamp,
+            policy_id: &finding.policy_id,
+            policy_name: &finding.policy_name,
+            severity: finding.severity,
+            termination_reason: finding.termination_reason,
+            reason: finding.reason.clone(),
+            violation_id: &violation.id,
+            evidence_id: Some(&evidence.id),
+            details: enforcement_details(finding),
+        };
+        stop_incident = Some(stops::stop_in(txn, &run, &mut active_run, &stop).await?);
+    }
+    let held = evaluation.hold_finding();
+    if held.is_some() {
+        active_run.status = Set(RunStatus::AwaitingApproval);
     }
     let updated_run = active_run.update(txn).await?;
-    if let Some(incident) = &incident_out {
-        events_out.push(
-            events::append(
-                txn,
-                &tenant_id,
-                runs::run_event(EventKind::RunStopped, &updated_run),
-            )
-            .await?,
-        );
-        events_out.push(
-            events::append(
-                txn,
-                &tenant_id,
-                crate::incidents::incident_event(EventKind::IncidentCreated, incident),
-            )
-            .await?,
-        );
+    let mut committed = Committed::new(());
+    let mut approval_out = None;
+    if let Some(finding) = held {
+        let terms = evaluation.approval.unwrap_or_default();
+        let (state, event) =
+            approvals::open(txn, &updated_run, index, finding, terms, reported_by, at).await?;
+        committed.events.push(event);
+        approval_out = Some(state);
+    }
+    if let Some(incident) = &stop_incident {
+        stops::announce(txn, &updated_run, incident, &mut committed).await?;
     }
     let notice = StepNotice {
         tenant_id: tenant_id.clone(),
@@ -345,12 +326,23 @@ pub(crate) async fn apply<C: ConnectionTrait>(
             run: updated_run,
             step: stored_step,
             violations,
-            incident: incident_out,
+            incident: stop_incident,
+            approval: approval_out,
             replayed: false,
         },
-        events: events_out,
-        follow_ups,
+        events: committed.events,
+        follow_ups: committed.follow_ups,
         steps: vec![notice],
+    })
+}
+
+/// What an enforcement because of `finding` records.
+fn enforcement_details(finding: &Finding) -> serde_json::Value {
+    json!({
+        "policyVersion": finding.policy_version,
+        "reason": finding.reason,
+        "thresholdCondition": finding.threshold_condition,
+        "evaluatedValue": finding.evaluated_value,
     })
 }
 
@@ -368,12 +360,7 @@ async fn enforcement<C: ConnectionTrait>(
         run_id: Set(run.id.clone()),
         step_index: Set(Some(index)),
         action_taken: Set(action),
-        details: Set(json!({
-            "policyVersion": finding.policy_version,
-            "reason": finding.reason,
-            "thresholdCondition": finding.threshold_condition,
-            "evaluatedValue": finding.evaluated_value,
-        })),
+        details: Set(enforcement_details(finding)),
         created_at: Set(now()),
     }
     .insert(conn)

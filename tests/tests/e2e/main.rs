@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod approvals;
 mod at_rest;
 mod audits;
 mod auth;

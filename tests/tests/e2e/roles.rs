@@ -102,8 +102,35 @@ async fn call_for(app: &TestApp, name: &str, tag: &str) -> (&'static str, Value)
             "mutation($h: ID!) { resumeRuns(id: $h) { active } }",
             json!({ "h": halt(app, tag).await }),
         ),
+        "approveStep" => (
+            "mutation($a: ID!) { approveStep(id: $a) { status } }",
+            json!({ "a": held(app).await }),
+        ),
+        "denyStep" => (
+            "mutation($a: ID!) { denyStep(id: $a, note: \"no\") { status } }",
+            json!({ "a": held(app).await }),
+        ),
         other => panic!("no call for {other}"),
     }
+}
+
+/// A step held for approval (reported with the admin key); returns the approval's id.
+async fn held(app: &TestApp) -> String {
+    let run = app.start_run("wf-approve").await;
+    let hold = app
+        .step_ok(&run, json!({ "type": "LLM_CALL", "tokens": 10 }))
+        .await;
+    assert_eq!(hold["action"], "HOLD", "{hold}");
+    let approval = app
+        .gql_ok(
+            "query($r: ID!) { approvals(filter: { runId: $r }) { nodes { id } } }",
+            json!({ "r": run }),
+        )
+        .await;
+    approval["approvals"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 async fn policy(app: &TestApp, tag: &str) -> String {
@@ -156,6 +183,8 @@ const MUTATIONS: &[(&str, &str)] = &[
     ("rotateWebhookSecret", "ADMIN"),
     ("haltRuns", "ADMIN"),
     ("resumeRuns", "ADMIN"),
+    ("approveStep", "APPROVER"),
+    ("denyStep", "APPROVER"),
 ];
 
 fn grants(role: &str, needed: &str) -> bool {
@@ -169,6 +198,12 @@ async fn every_role_against_every_mutation() {
     app.create_policy(json!({
         "name": "Tools", "kind": "TOOL_ALLOWLIST", "rule": { "tools": ["search"] },
         "action": "BLOCK", "severity": "HIGH",
+    }))
+    .await;
+    // Steps of `wf-approve` over 5 tokens wait for a person.
+    app.create_policy(json!({
+        "name": "Approve big steps", "kind": "TOKEN_BUDGET", "rule": { "maxTokens": 5 },
+        "action": "REQUIRE_APPROVAL", "severity": "MEDIUM", "workflowId": "wf-approve",
     }))
     .await;
 

@@ -494,7 +494,7 @@ fn hex_hashes(value: &Value) -> Vec<governance_core::merkle::Hash> {
 
 /// `governance verify FILE [--key KEY]…` run as a user would: the binary alone, no
 /// configuration, database or network. Returns (exit code, stdout).
-async fn verify_cli(file: &std::path::Path, keys: &[&str]) -> (i32, String) {
+pub(crate) async fn verify_cli(file: &std::path::Path, keys: &[&str]) -> (i32, String) {
     let mut args = vec!["verify".to_string(), file.display().to_string()];
     for key in keys {
         args.push("--key".into());
@@ -515,7 +515,7 @@ async fn verify_cli(file: &std::path::Path, keys: &[&str]) -> (i32, String) {
 
 /// An incident's evidence bundle (JSON, as downloaded) and the published keys (JSON, as
 /// served), each written to a file.
-async fn exported_bundle(
+pub(crate) async fn exported_bundle(
     app: &crate::helpers::TestApp,
     incident: &str,
     dir: &std::path::Path,

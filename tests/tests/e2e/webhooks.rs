@@ -567,3 +567,66 @@ async fn endpoints_are_matched_as_of_the_event_not_the_fan_out() {
     )
     .await;
 }
+
+/// A chat integration subscribes to approval requests and decisions: it gets the request (with
+/// what to post: the approval, the run, the step, when it expires), then the decision.
+#[tokio::test]
+async fn approval_requests_and_decisions_reach_a_subscribed_endpoint() {
+    let app = spawn_app().await;
+    app.create_policy(json!({
+        "name": "Approve payments", "kind": "TOOL_ALLOWLIST",
+        "rule": { "tools": ["search"] }, "action": "REQUIRE_APPROVAL", "severity": "HIGH",
+    }))
+    .await;
+    let (url, mut rx) = endpoint(vec![]).await;
+    let (_, secret) = create(
+        &app,
+        &url,
+        json!(["APPROVAL_REQUESTED", "APPROVAL_GRANTED"]),
+        Value::Null,
+    )
+    .await;
+    let run = app.start_run("wf-chat").await;
+    let hold = app
+        .step_ok(
+            &run,
+            json!({ "type": "TOOL_CALL", "tokens": 1, "toolName": "pay" }),
+        )
+        .await;
+    assert_eq!(hold["action"], "HOLD", "{hold}");
+
+    let requested = next(&mut rx).await;
+    assert!(signature_valid(&secret, &requested), "{requested:?}");
+    let body: Value = serde_json::from_str(&requested.body).unwrap();
+    assert_eq!(body["type"], "APPROVAL_REQUESTED", "{body}");
+    assert_eq!(body["data"]["runId"], run.as_str());
+    assert_eq!(body["data"]["stepIndex"], 0);
+    assert_eq!(body["data"]["status"], "PENDING");
+    assert!(body["data"]["expiresAt"].is_string(), "{body}");
+    let approval = body["data"]["approvalId"].as_str().unwrap().to_string();
+
+    let (ok, out, err) = crate::helpers::run_cli(
+        &app.env,
+        &["key", "create", "--tenant", "default", "--name", "chat", "--role", "APPROVER"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let approver = format!("Bearer {}", crate::helpers::key_in(&out).unwrap());
+    let granted = app
+        .gql_auth(
+            Some(&approver),
+            "mutation($id: ID!) { approveStep(id: $id, note: \"ok from chat\") { status } }",
+            json!({ "id": approval }),
+        )
+        .await;
+    assert_eq!(
+        granted.data()["approveStep"]["status"],
+        "GRANTED",
+        "{}",
+        granted.body
+    );
+    let decided: Value = serde_json::from_str(&next(&mut rx).await.body).unwrap();
+    assert_eq!(decided["type"], "APPROVAL_GRANTED", "{decided}");
+    assert_eq!(decided["data"]["approvalId"], approval.as_str());
+    assert_eq!(decided["data"]["note"], "ok from chat");
+}
