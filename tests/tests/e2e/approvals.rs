@@ -477,6 +477,19 @@ async fn a_denied_step_stops_the_run_with_an_incident() {
         crate::verifying::verify_cli(&altered_file, &[keys_file.to_str().unwrap()]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("approvals[0].status"), "{out}");
+
+    // The PDF shows the decision beside the trace.
+    use crate::exports::{download, pdf_text, ready, request_pdf};
+    let pdf = ready(&app, &request_pdf(&app, incident, "EVIDENCE").await).await;
+    let bytes = download(&app, pdf["downloadUrl"].as_str().unwrap(), None)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let text = pdf_text(&bytes).await;
+    assert!(text.contains("Approvals"), "{text}");
+    assert!(text.contains(&id), "{text}");
+    assert!(text.contains("unknown payee"), "{text}");
 }
 
 #[tokio::test]

@@ -312,7 +312,7 @@ async fn export_updates_follow_an_export_from_pending_to_ready() {
 }
 
 /// The text of a PDF, through poppler's `pdftotext`.
-async fn pdf_text(bytes: &[u8]) -> String {
+pub(crate) async fn pdf_text(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("export.pdf");
     std::fs::write(&path, bytes).unwrap();
@@ -329,7 +329,7 @@ async fn pdf_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-async fn request_pdf(app: &TestApp, incident: &str, kind: &str) -> String {
+pub(crate) async fn request_pdf(app: &TestApp, incident: &str, kind: &str) -> String {
     let data = app
         .gql_ok(
             REQUEST,
