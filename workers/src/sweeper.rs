@@ -78,6 +78,18 @@ pub async fn stop_overdue(deps: &WorkerDeps) -> anyhow::Result<usize> {
     Ok(count)
 }
 
+/// Apply `onTimeout` to approvals nobody decided in time and publish/enqueue what each
+/// committed. Returns how many expired.
+pub async fn expire_approvals(deps: &WorkerDeps) -> anyhow::Result<usize> {
+    let expired = governance_core::approvals::expire_due(deps.recorder.store()).await?;
+    let count = expired.len();
+    let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
+    for committed in expired {
+        dispatcher.dispatch(committed).await;
+    }
+    Ok(count)
+}
+
 /// Sweep every [`INTERVAL`] until `shutdown`.
 pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(INTERVAL);
@@ -98,6 +110,13 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) {
             ),
             Err(err) => {
                 tracing::warn!(error = %err, "timeout sweep failed; retrying next interval")
+            }
+        }
+        match expire_approvals(&deps).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "sweeper applied onTimeout to approvals"),
+            Err(err) => {
+                tracing::warn!(error = %err, "approval sweep failed; retrying next interval")
             }
         }
         if let Err(err) = crate::sequencer::sequence_once(&deps).await {

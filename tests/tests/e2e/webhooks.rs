@@ -607,7 +607,9 @@ async fn approval_requests_and_decisions_reach_a_subscribed_endpoint() {
 
     let (ok, out, err) = crate::helpers::run_cli(
         &app.env,
-        &["key", "create", "--tenant", "default", "--name", "chat", "--role", "APPROVER"],
+        &[
+            "key", "create", "--tenant", "default", "--name", "chat", "--role", "APPROVER",
+        ],
     )
     .await;
     assert!(ok, "{out}{err}");
