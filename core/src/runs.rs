@@ -279,9 +279,19 @@ async fn finish<C: ConnectionTrait>(
             run.step_count - 1
         )));
     }
+    // A step waiting for approval will not run: its approval is closed, on the record.
+    let closed_head = match run.status {
+        RunStatus::AwaitingApproval => {
+            crate::approvals::close_for_ending_run(conn, &run, status, reason).await?
+        }
+        _ => None,
+    };
     let at = now();
     let tenant_id = run.tenant_id.clone();
     let mut active: run::ActiveModel = run.into();
+    if let Some(head) = closed_head {
+        active.trace_head_hash = Set(head);
+    }
     active.status = Set(status);
     active.termination_reason = Set(Some(reason));
     active.error = Set(error);

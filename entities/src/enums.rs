@@ -220,6 +220,8 @@ string_enum! {
         Granted = "GRANTED",
         Denied = "DENIED",
         Expired = "EXPIRED",
+        /// The run ended (cancelled, halted, failed) while the step waited.
+        Cancelled = "CANCELLED",
     }
 }
 string_enum! {

@@ -194,6 +194,9 @@ mirror!(
         Denied,
         /// Nobody decided in time: the policy's `onTimeout` applied.
         Expired,
+        /// The run ended (cancelled, halted, or reported FAILED) while the step waited: the
+        /// step did not proceed, and there is nothing left to decide.
+        Cancelled,
     }
 );
 

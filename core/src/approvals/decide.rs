@@ -142,6 +142,61 @@ pub async fn expire_due(store: &Store) -> CoreResult<Vec<Committed<ApprovalState
     Ok(expired)
 }
 
+/// Close the pending approval of `run` (locked, `AWAITING_APPROVAL`), which is ending as
+/// `status` for `reason` without anyone deciding: a CANCELLED decision (the step did not
+/// proceed), chained like any other, so the record says why the held step never ran. Returns
+/// the run's new head. The caller ends the run in the same transaction.
+pub(crate) async fn close_for_ending_run<C: ConnectionTrait>(
+    txn: &C,
+    run: &run::Model,
+    status: RunStatus,
+    reason: TerminationReason,
+) -> CoreResult<Option<String>> {
+    let Some(state) = read::of_step(txn, &run.tenant_id, &run.id, run.step_count - 1).await? else {
+        return Ok(None);
+    };
+    if state.decision.is_some() {
+        return Ok(None);
+    }
+    let row = decision_entry(
+        run,
+        &state.approval,
+        Outcome {
+            status: ApprovalStatus::Cancelled,
+            decision: DecisionAction::Stop,
+            decided_by: None,
+            note: Some(format!(
+                "the run ended ({status}, {reason}) before anyone decided"
+            )),
+        },
+    );
+    let stored = row.into_active_model().reset_all().insert(txn).await?;
+    Ok(Some(stored.entry_hash))
+}
+
+/// The decision's row, chained after the run's head.
+fn decision_entry(
+    run: &run::Model,
+    approval: &approval::Model,
+    outcome: Outcome<'_>,
+) -> approval_decision::Model {
+    let mut row = approval_decision::Model {
+        approval_id: approval.id.clone(),
+        tenant_id: approval.tenant_id.clone(),
+        run_id: run.id.clone(),
+        step_index: approval.step_index,
+        status: outcome.status,
+        decision: outcome.decision,
+        decided_by_key: outcome.decided_by.map(str::to_string),
+        note: outcome.note,
+        decided_at: now(),
+        prev_hash: run.trace_head_hash.clone(),
+        entry_hash: String::new(),
+    };
+    row.entry_hash = chain::entry_hash(&row.prev_hash, &chain::approval_document(run, &row));
+    row
+}
+
 /// A decided approval cannot be decided again.
 fn refuse_decided(state: &ApprovalState) -> CoreResult<()> {
     match &state.decision {
@@ -181,22 +236,12 @@ async fn record<C: ConnectionTrait>(
     approval: approval::Model,
     outcome: Outcome<'_>,
 ) -> CoreResult<Committed<ApprovalState>> {
-    let at = now();
-    let mut row = approval_decision::Model {
-        approval_id: approval.id.clone(),
-        tenant_id: approval.tenant_id.clone(),
-        run_id: run.id.clone(),
-        step_index: approval.step_index,
-        status: outcome.status,
-        decision: outcome.decision,
-        decided_by_key: outcome.decided_by.map(str::to_string),
-        note: outcome.note,
-        decided_at: at,
-        prev_hash: run.trace_head_hash.clone(),
-        entry_hash: String::new(),
-    };
-    row.entry_hash = chain::entry_hash(&row.prev_hash, &chain::approval_document(&run, &row));
-    let stored = row.into_active_model().reset_all().insert(txn).await?;
+    let stored = decision_entry(&run, &approval, outcome)
+        .into_active_model()
+        .reset_all()
+        .insert(txn)
+        .await?;
+    let at = stored.decided_at;
 
     let mut active: run::ActiveModel = run.clone().into();
     active.trace_head_hash = Set(stored.entry_hash.clone());

@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::events::{EventKind, NewEvent};
 
+pub(crate) use decide::close_for_ending_run;
 pub use decide::{Verdict, decide, expire_due};
 pub(crate) use open::open;
 pub use read::{ApprovalFilter, decisions_of_run, get, list, of_step};

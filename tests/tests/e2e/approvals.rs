@@ -667,3 +667,73 @@ async fn a_pending_approval_survives_a_restart_and_any_replica_decides_it() {
         resumed.body
     );
 }
+
+#[tokio::test]
+async fn an_approval_whose_run_ends_first_is_closed_on_the_record() {
+    let app = spawn_app().await;
+    approval_policy(&app, "wf-halted", json!({ "timeoutSeconds": 600 })).await;
+    let approver = key_with(&app, "approver", &["APPROVER"]).await;
+    let (halted, halted_approval) = held(&app, "wf-halted").await;
+    let (cancelled, cancelled_approval) = held(&app, "wf-halted").await;
+    let cancel = app
+        .gql_ok(
+            "mutation($id: ID!) { cancelRun(id: $id, reason: \"operator\") { status } }",
+            json!({ "id": cancelled }),
+        )
+        .await;
+    assert_eq!(cancel["cancelRun"]["status"], "CANCELLED");
+    // The kill switch stops runs that wait for an approval too.
+    let halt = app
+        .gql_ok(
+            "mutation { haltRuns(scope: { workflowId: \"wf-halted\" }, reason: \"incident\") { runsStopped } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(halt["haltRuns"]["runsStopped"], 1, "{halt}");
+    for (run, id) in [
+        (&halted, &halted_approval),
+        (&cancelled, &cancelled_approval),
+    ] {
+        let read = app.gql_ok(APPROVAL, json!({ "id": id })).await["approval"].clone();
+        assert_eq!(read["status"], "CANCELLED", "{read}");
+        assert_eq!(read["decision"], "STOP");
+        assert!(read["decidedBy"].is_null());
+        assert!(
+            read["note"].as_str().unwrap().contains("USER_ABORT"),
+            "{read}"
+        );
+        assert_eq!(read["run"]["status"], "CANCELLED");
+        let late = app
+            .gql_auth(Some(&approver), DECIDE, json!({ "id": id }))
+            .await;
+        assert_eq!(
+            late.error_code().as_deref(),
+            Some("CONFLICT"),
+            "{}",
+            late.body
+        );
+        let verified = app
+            .gql_ok(
+                "query($id: ID!) { verifyRun(id: $id) { intact reproduced headHash } }",
+                json!({ "id": run }),
+            )
+            .await["verifyRun"]
+            .clone();
+        assert_eq!(verified["intact"], true, "{verified}");
+        assert_eq!(verified["reproduced"], true, "{verified}");
+        assert_eq!(
+            verified["headHash"], read["entryHash"],
+            "the closing is the last entry"
+        );
+    }
+    let pending = app
+        .gql_ok(
+            "{ approvals(filter: { status: PENDING }) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        pending["approvals"]["totalCount"], 0,
+        "nothing left waiting for a person"
+    );
+}
