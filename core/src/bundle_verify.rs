@@ -348,6 +348,22 @@ const APPROVAL_FIELDS: [&str; 7] = [
     "decidedAt",
 ];
 
+/// Why a step entry at position `i` cannot follow the entries before it, if it cannot: the last
+/// step was held and no approval decided it, or its approval stopped the run.
+fn after_held(documents: &[Value], approvals: &[(usize, Value)], i: usize) -> Option<&'static str> {
+    let held = documents
+        .last()
+        .is_some_and(|d| text(d.get("decision")) == Some("HOLD"));
+    if !held {
+        return None;
+    }
+    match approvals.last() {
+        Some((at, decided)) if *at + 1 == i => (text(decided.get("decision")) == Some("STOP"))
+            .then_some("a step was recorded after an approval stopped the run"),
+        _ => Some("the run went on past a held step that no approval decided"),
+    }
+}
+
 /// The record as recomputed from the entries.
 struct Record {
     format: RecordFormat,
@@ -491,6 +507,19 @@ fn check_record(check: &mut Checker, verification: &Map<String, Value>) -> Optio
                         .last()
                         .is_none_or(|(at, _): &(usize, Value)| *at + 1 != i)
             });
+            let on_timeout = documents
+                .last()
+                .and_then(|d| d.pointer("/detail/hold/onTimeout"))
+                .and_then(Value::as_str);
+            if let Some(problem) = crate::approvals::decision_problem(
+                text(document.get("status")).unwrap_or_default(),
+                text(document.get("decision")).unwrap_or_default(),
+                text(document.get("decidedBy")),
+                on_timeout,
+                false,
+            ) {
+                check.fail("APPROVAL_ENTRY", format!("{path}.document"), problem);
+            }
             if !held || document.get("stepIndex").and_then(Value::as_i64) != Some(steps_so_far - 1)
             {
                 check.fail(
@@ -502,6 +531,8 @@ fn check_record(check: &mut Checker, verification: &Map<String, Value>) -> Optio
                     ),
                 );
             }
+        } else if let Some(problem) = after_held(&documents, &approvals, i) {
+            check.fail("APPROVAL_ENTRY", format!("{path}.document"), problem);
         } else if document.get("stepIndex").and_then(Value::as_i64) != Some(steps_so_far) {
             check.fail(
                 "STEP_INDEX",

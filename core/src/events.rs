@@ -36,6 +36,8 @@ pub enum EventKind {
     ApprovalDenied,
     /// Nobody decided a held step in time: its policy's `onTimeout` applied.
     ApprovalExpired,
+    /// A held step's run ended before anyone decided it.
+    ApprovalCancelled,
 }
 
 impl EventKind {
@@ -56,6 +58,7 @@ impl EventKind {
             EventKind::ApprovalGranted => "APPROVAL_GRANTED",
             EventKind::ApprovalDenied => "APPROVAL_DENIED",
             EventKind::ApprovalExpired => "APPROVAL_EXPIRED",
+            EventKind::ApprovalCancelled => "APPROVAL_CANCELLED",
         }
     }
 }

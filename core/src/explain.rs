@@ -141,10 +141,12 @@ pub fn with_approval(
         return explanation;
     };
     decision.chain_position += decided_before;
-    let Some(approval) = approval else {
+    let Some(mut approval) = approval else {
         return explanation;
     };
-    match approval.decision.as_ref().filter(|d| d.decided_at <= at) {
+    // What was decided later than `at` was not in force then: it is not shown.
+    approval.decision = approval.decision.filter(|d| d.decided_at <= at);
+    match &approval.decision {
         Some(decided) => decision.action = decided.decision,
         None if explanation.phase == Phase::Running => {
             explanation.status = Some(RunStatus::AwaitingApproval);
@@ -152,6 +154,13 @@ pub fn with_approval(
         None => {}
     }
     decision.approval = Some(approval);
+    explanation.note = note_for(
+        &explanation.run,
+        &explanation.snapshot,
+        explanation.phase,
+        explanation.decision.as_ref(),
+        at,
+    );
     explanation
 }
 
@@ -291,6 +300,11 @@ fn note_for(
             snapshot.snapshot_id
         ),
         Phase::Running => match decision {
+            Some(d) if d.action == DecisionAction::Hold => sentence(format!(
+                "the run was waiting for a person to approve step {}; the decision in force was {}",
+                d.step_index,
+                summary(d)
+            )),
             Some(d) => sentence(format!(
                 "the run was running; the decision in force was {}",
                 summary(d)

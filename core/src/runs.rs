@@ -280,18 +280,14 @@ async fn finish<C: ConnectionTrait>(
         )));
     }
     // A step waiting for approval will not run: its approval is closed, on the record.
-    let closed_head = match run.status {
-        RunStatus::AwaitingApproval => {
-            crate::approvals::close_for_ending_run(conn, &run, status, reason).await?
-        }
-        _ => None,
-    };
+    let closed = crate::approvals::close_for_ending_run(conn, &run, status, reason).await?;
     let at = now();
     let tenant_id = run.tenant_id.clone();
     let mut active: run::ActiveModel = run.into();
-    if let Some(head) = closed_head {
+    let closing_event = closed.map(|(head, event)| {
         active.trace_head_hash = Set(head);
-    }
+        event
+    });
     active.status = Set(status);
     active.termination_reason = Set(Some(reason));
     active.error = Set(error);
@@ -309,6 +305,7 @@ async fn finish<C: ConnectionTrait>(
         tenant_id,
         run_id: committed.value.id.clone(),
     });
+    committed.events.extend(closing_event);
     committed.events.push(event);
     Ok(committed)
 }

@@ -190,39 +190,67 @@ async fn verify_rows<C: ConnectionTrait>(
         }
         prev = step.entry_hash.clone();
         heads.push(vec![entry.clone()]);
-        if let Some(decided) = decisions.iter().find(|d| d.step_index == index) {
-            if step.decision != governance_entities::enums::DecisionAction::Hold {
-                mismatches.push(mismatch(
-                    Some(index),
-                    "APPROVAL_ENTRY",
-                    "no approval decision (the step was not held)",
-                    &decided.approval_id,
-                ));
+        let held = step.decision == governance_entities::enums::DecisionAction::Hold;
+        match decisions.iter().find(|d| d.step_index == index) {
+            Some(decided) => {
+                if !held {
+                    mismatches.push(mismatch(
+                        Some(index),
+                        "APPROVAL_ENTRY",
+                        "no approval decision (the step was not held)",
+                        &decided.approval_id,
+                    ));
+                }
+                let on_timeout = DecisionRecord::from_json(&step.decision_json)
+                    .ok()
+                    .and_then(|r| r.hold)
+                    .map(|h| h.on_timeout.as_str());
+                if let Some(problem) = crate::approvals::decision_problem(
+                    decided.status.as_str(),
+                    decided.decision.as_str(),
+                    decided.decided_by_key.as_deref(),
+                    on_timeout,
+                    position + 1 < steps.len(),
+                ) {
+                    mismatches.push(mismatch(
+                        Some(index),
+                        "APPROVAL_ENTRY",
+                        "a consistent approval decision",
+                        problem,
+                    ));
+                }
+                if decided.prev_hash != prev {
+                    mismatches.push(mismatch(
+                        Some(index),
+                        "PREV_HASH",
+                        &prev,
+                        &decided.prev_hash,
+                    ));
+                }
+                let entry =
+                    chain::entry_hash(&decided.prev_hash, &chain::approval_document(&run, decided));
+                if entry != decided.entry_hash {
+                    mismatches.push(mismatch(
+                        Some(index),
+                        "APPROVAL_ENTRY",
+                        &entry,
+                        &decided.entry_hash,
+                    ));
+                }
+                prev = decided.entry_hash.clone();
+                if let Some(after) = heads.last_mut() {
+                    after.push(entry);
+                }
             }
-            if decided.prev_hash != prev {
-                mismatches.push(mismatch(
-                    Some(index),
-                    "PREV_HASH",
-                    &prev,
-                    &decided.prev_hash,
-                ));
-            }
-            let entry =
-                chain::entry_hash(&decided.prev_hash, &chain::approval_document(&run, decided));
-            if entry != decided.entry_hash {
-                mismatches.push(mismatch(
-                    Some(index),
-                    "APPROVAL_ENTRY",
-                    &entry,
-                    &decided.entry_hash,
-                ));
-            }
-            prev = decided.entry_hash.clone();
-            if let Some(after) = heads.last_mut() {
-                after.push(entry);
-            }
+            // A held step is the run's last until its approval is decided.
+            None if held && position + 1 < steps.len() => mismatches.push(mismatch(
+                Some(index),
+                "APPROVAL_ENTRY",
+                "an approval decision before the next step",
+                "none: the run went on past a held step",
+            )),
+            None => {}
         }
-
         let record = DecisionRecord::from_json(&step.decision_json);
         if let Err(err) = &record {
             mismatches.push(mismatch(
@@ -268,6 +296,22 @@ async fn verify_rows<C: ConnectionTrait>(
                     "DECISION",
                     evaluation.action,
                     step.decision,
+                ));
+            }
+            let replayed_hold = evaluation.hold_finding().map(|f| {
+                let terms = evaluation.approval.unwrap_or_default();
+                (f.policy_id.clone(), terms.timeout_seconds, terms.on_timeout)
+            });
+            let recorded_hold = record
+                .as_ref()
+                .and_then(|r| r.hold.as_ref())
+                .map(|h| (h.policy_id.clone(), h.timeout_seconds, h.on_timeout));
+            if replayed_hold != recorded_hold {
+                mismatches.push(mismatch(
+                    Some(index),
+                    "HOLD",
+                    format!("{replayed_hold:?}"),
+                    format!("{recorded_hold:?}"),
                 ));
             }
             if evaluation.status != step.status {
@@ -335,6 +379,20 @@ async fn verify_rows<C: ConnectionTrait>(
         tokens += step.tokens;
         cost += step.cost_micros;
         timestamps.push(step.timestamp);
+    }
+    for stray in decisions
+        .iter()
+        .filter(|d| !steps.iter().any(|s| s.step_index == d.step_index))
+    {
+        mismatches.push(mismatch(
+            Some(stray.step_index),
+            "APPROVAL_ENTRY",
+            "a held step for the approval decision",
+            format!(
+                "{} decides a step the record does not have",
+                stray.approval_id
+            ),
+        ));
     }
     if let Err(err) = &compiled {
         mismatches.push(mismatch(

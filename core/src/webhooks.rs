@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// The event kinds an endpoint can subscribe to.
-pub const EVENT_KINDS: [&str; 13] = [
+pub const EVENT_KINDS: [&str; 14] = [
     "INCIDENT_CREATED",
     "INCIDENT_ACKNOWLEDGED",
     "INCIDENT_RESOLVED",
@@ -50,6 +50,7 @@ pub const EVENT_KINDS: [&str; 13] = [
     "APPROVAL_GRANTED",
     "APPROVAL_DENIED",
     "APPROVAL_EXPIRED",
+    "APPROVAL_CANCELLED",
 ];
 
 const MAX_URL: usize = 2000;

@@ -104,12 +104,24 @@ impl MigrationTrait for Migration {
             }
             manager.create_index(index.take()).await?;
         }
+        // The runs waiting for a person: few at any time, found by the sweeper every second.
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX idx_runs_awaiting_approval ON runs (id) \
+                 WHERE status = 'AWAITING_APPROVAL'",
+            )
+            .await?;
         crate::append_only::guard(manager, "approvals", "id").await?;
         crate::append_only::guard(manager, "approval_decisions", "approval_id").await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("DROP INDEX IF EXISTS idx_runs_awaiting_approval")
+            .await?;
         for table in ["approval_decisions", "approvals"] {
             manager
                 .drop_table(Table::drop().table(table).if_exists().take())

@@ -225,7 +225,8 @@ impl ApprovalEvent {
     async fn cursor(&self) -> String {
         self.event.seq.to_string()
     }
-    /// `APPROVAL_REQUESTED`, `APPROVAL_GRANTED`, `APPROVAL_DENIED` or `APPROVAL_EXPIRED`.
+    /// `APPROVAL_REQUESTED`, `APPROVAL_GRANTED`, `APPROVAL_DENIED`, `APPROVAL_EXPIRED` or
+    /// `APPROVAL_CANCELLED`.
     async fn kind(&self) -> &str {
         &self.event.kind
     }
@@ -240,11 +241,12 @@ impl ApprovalEvent {
 }
 
 /// The approval event kinds.
-pub const APPROVAL_EVENT_KINDS: [&str; 4] = [
+pub const APPROVAL_EVENT_KINDS: [&str; 5] = [
     "APPROVAL_REQUESTED",
     "APPROVAL_GRANTED",
     "APPROVAL_DENIED",
     "APPROVAL_EXPIRED",
+    "APPROVAL_CANCELLED",
 ];
 
 #[derive(Default)]

@@ -535,6 +535,8 @@ pub enum RunEventKind {
     ApprovalDenied,
     /// Nobody decided the held step in time: its policy's `onTimeout` applied.
     ApprovalExpired,
+    /// The run ended before anyone decided the held step (a COMPLETED event follows).
+    ApprovalCancelled,
 }
 
 /// An event of one run, as it happens.
@@ -584,6 +586,7 @@ impl RunEvent {
                     "APPROVAL_GRANTED" => RunEventKind::ApprovalGranted,
                     "APPROVAL_DENIED" => RunEventKind::ApprovalDenied,
                     "APPROVAL_EXPIRED" => RunEventKind::ApprovalExpired,
+                    "APPROVAL_CANCELLED" => RunEventKind::ApprovalCancelled,
                     _ => return None,
                 };
                 let payload_text = |key: &str| event.payload.get(key).and_then(Value::as_str);

@@ -138,7 +138,8 @@ pub struct Trace(pub run::Model);
 /// A run's trace: its steps in order and the head of its hash chain.
 #[Object]
 impl Trace {
-    /// `entryHash` of the last step (the genesis hash before the first step).
+    /// `entryHash` of the last entry: the last step, or the approval decision that follows it
+    /// (the genesis hash before the first step).
     async fn head_hash(&self) -> &str {
         &self.0.trace_head_hash
     }
@@ -221,7 +222,8 @@ pub struct StepDecision {
 /// The answer to `recordStep`: what to do now, and why.
 #[Object]
 impl StepDecision {
-    /// CONTINUE, WARN, or STOP (stop executing the run now).
+    /// CONTINUE, WARN, STOP (stop executing the run now), or HOLD (wait: a person must approve
+    /// the step; send it again to get the final decision).
     async fn action(&self) -> DecisionAction {
         self.action
     }
@@ -371,7 +373,8 @@ pub struct StepMutation;
 
 #[Object]
 impl StepMutation {
-    /// Report a step of a running run and get the decision: CONTINUE, WARN, or STOP. The step is
+    /// Report a step of a running run and get the decision: CONTINUE, WARN, STOP, or HOLD (see
+    /// `approveStep`). The step is
     /// checked against the run's snapshot; the answer comes only after the decision is committed.
     /// A step reported after the run ended is refused with `RUN_TERMINATED`.
     async fn record_step(

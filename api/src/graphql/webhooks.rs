@@ -46,6 +46,8 @@ pub enum WebhookEventKind {
     ApprovalDenied,
     /// Nobody decided a held step in time.
     ApprovalExpired,
+    /// A held step's run ended (cancelled, halted, failed) before anyone decided it.
+    ApprovalCancelled,
 }
 
 impl WebhookEventKind {
@@ -64,6 +66,7 @@ impl WebhookEventKind {
             Self::ApprovalGranted => "APPROVAL_GRANTED",
             Self::ApprovalDenied => "APPROVAL_DENIED",
             Self::ApprovalExpired => "APPROVAL_EXPIRED",
+            Self::ApprovalCancelled => "APPROVAL_CANCELLED",
         }
     }
 
@@ -82,6 +85,7 @@ impl WebhookEventKind {
             Self::ApprovalGranted,
             Self::ApprovalDenied,
             Self::ApprovalExpired,
+            Self::ApprovalCancelled,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)

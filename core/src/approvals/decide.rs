@@ -8,8 +8,8 @@ use governance_entities::{
     evidence, policy_version, run, violation,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel,
+    QueryFilter, Set, Statement,
 };
 use serde_json::json;
 
@@ -67,9 +67,9 @@ pub async fn decide(
         other => other,
     };
     let txn = store.begin().await?;
-    let state = read::get(&*txn, &principal.tenant_id, id).await?;
-    refuse_decided(&state)?;
-    if state.approval.requested_by_key.as_deref() == Some(principal.key_id.as_str()) {
+    let found = read::get(&*txn, &principal.tenant_id, id).await?;
+    refuse_decided(&found)?;
+    if found.approval.requested_by_key.as_deref() == Some(principal.key_id.as_str()) {
         return Err(CoreError::Forbidden {
             required_role: "APPROVER",
             message: format!(
@@ -77,7 +77,14 @@ pub async fn decide(
             ),
         });
     }
-    let run = waiting_run(&*txn, &state.approval).await?;
+    let run = waiting_run(&*txn, &found.approval).await?;
+    if now() >= found.approval.expires_at {
+        return Err(CoreError::Conflict(format!(
+            "approval `{id}` expired at {}: its policy's onTimeout ({}) applies, and it can no longer be decided",
+            crate::time::rfc3339(found.approval.expires_at),
+            found.approval.on_timeout
+        )));
+    }
     let (status, decision) = match verdict {
         Verdict::Grant => (ApprovalStatus::Granted, DecisionAction::Continue),
         Verdict::Deny => (ApprovalStatus::Denied, DecisionAction::Stop),
@@ -88,7 +95,7 @@ pub async fn decide(
         decided_by: Some(&principal.key_id),
         note,
     };
-    let committed = record(&*txn, run, state.approval, outcome).await?;
+    let committed = record(&*txn, run, found.approval, outcome).await?;
     txn.commit().await?;
     Ok(committed)
 }
@@ -96,63 +103,86 @@ pub async fn decide(
 /// Apply `onTimeout` to every approval whose time is up and that nobody decided (EXPIRED, and
 /// CONTINUE or STOP). Returns what each expiry committed.
 pub async fn expire_due(store: &Store) -> CoreResult<Vec<Committed<ApprovalState>>> {
-    let at = now();
-    let waiting: Vec<(String, String, i64)> = run::Entity::find()
-        .select_only()
-        .column(run::Column::TenantId)
-        .column(run::Column::Id)
-        .column(run::Column::StepCount)
-        .filter(run::Column::Status.eq(RunStatus::AwaitingApproval))
-        .limit(SWEEP_BATCH)
-        .into_tuple()
-        .all(store.db())
-        .await?;
     let mut expired = Vec::new();
-    for (tenant_id, run_id, step_count) in waiting {
-        let due = approval::Entity::find()
-            .filter(approval::Column::RunId.eq(run_id.as_str()))
-            .filter(approval::Column::StepIndex.eq(step_count - 1))
-            .filter(approval::Column::ExpiresAt.lte(at))
-            .one(store.db())
-            .await?;
-        let Some(due) = due else { continue };
-        let txn = store.begin().await?;
-        let state = read::get(&*txn, &tenant_id, &due.id).await?;
-        // Decided, or its run moved on, since it was read: nothing to do.
-        if state.decision.is_some() {
-            continue;
+    for due in due_approvals(store.db()).await? {
+        match expire(store, due).await {
+            Ok(Some(committed)) => expired.push(committed),
+            Ok(None) => {}
+            // One approval that cannot be expired now does not hold up the others.
+            Err(err) => {
+                tracing::warn!(error = %err, "could not expire an approval; retrying next sweep")
+            }
         }
-        let Ok(run) = waiting_run(&*txn, &state.approval).await else {
-            continue;
-        };
-        let decision = match state.approval.on_timeout {
-            ApprovalOnTimeout::Allow => DecisionAction::Continue,
-            ApprovalOnTimeout::Deny => DecisionAction::Stop,
-        };
-        let outcome = Outcome {
-            status: ApprovalStatus::Expired,
-            decision,
-            decided_by: None,
-            note: None,
-        };
-        let committed = record(&*txn, run, state.approval, outcome).await?;
-        txn.commit().await?;
-        expired.push(committed);
     }
     Ok(expired)
+}
+
+/// The approvals whose time is up while their run still waits for them, earliest first.
+async fn due_approvals<C: ConnectionTrait>(conn: &C) -> CoreResult<Vec<approval::Model>> {
+    let backend = conn.get_database_backend();
+    let (at, limit) = match backend {
+        DbBackend::Postgres => ("$1", "$2"),
+        _ => ("?", "?"),
+    };
+    let sql = format!(
+        "SELECT approvals.* FROM runs JOIN approvals ON approvals.run_id = runs.id \
+         AND approvals.step_index = runs.step_count - 1 \
+         WHERE runs.status = 'AWAITING_APPROVAL' AND approvals.expires_at <= {at} \
+         ORDER BY approvals.expires_at LIMIT {limit}"
+    );
+    Ok(approval::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [now().into(), (SWEEP_BATCH as i64).into()],
+        ))
+        .all(conn)
+        .await?)
+}
+
+/// Apply `onTimeout` to `due`, unless it was decided or its run moved on meanwhile.
+async fn expire(
+    store: &Store,
+    due: approval::Model,
+) -> CoreResult<Option<Committed<ApprovalState>>> {
+    let txn = store.begin().await?;
+    let Ok(run) = waiting_run(&*txn, &due).await else {
+        return Ok(None);
+    };
+    let state = read::get(&*txn, &due.tenant_id, &due.id).await?;
+    if state.decision.is_some() {
+        return Ok(None);
+    }
+    let decision = match state.approval.on_timeout {
+        ApprovalOnTimeout::Allow => DecisionAction::Continue,
+        ApprovalOnTimeout::Deny => DecisionAction::Stop,
+    };
+    let outcome = Outcome {
+        status: ApprovalStatus::Expired,
+        decision,
+        decided_by: None,
+        note: None,
+    };
+    let committed = record(&*txn, run, state.approval, outcome).await?;
+    txn.commit().await?;
+    Ok(Some(committed))
 }
 
 /// Close the pending approval of `run` (locked, `AWAITING_APPROVAL`), which is ending as
 /// `status` for `reason` without anyone deciding: a CANCELLED decision (the step did not
 /// proceed), chained like any other, so the record says why the held step never ran. Returns
-/// the run's new head. The caller ends the run in the same transaction.
+/// the run's new head and the `APPROVAL_CANCELLED` event. The caller ends the run in the same
+/// transaction.
 pub(crate) async fn close_for_ending_run<C: ConnectionTrait>(
     txn: &C,
     run: &run::Model,
     status: RunStatus,
     reason: TerminationReason,
-) -> CoreResult<Option<String>> {
-    let Some(state) = read::of_step(txn, &run.tenant_id, &run.id, run.step_count - 1).await? else {
+) -> CoreResult<Option<(String, governance_entities::event::Model)>> {
+    let Some(held) = super::held_step(run) else {
+        return Ok(None);
+    };
+    let Some(state) = read::of_step(txn, &run.tenant_id, &run.id, held).await? else {
         return Ok(None);
     };
     if state.decision.is_some() {
@@ -171,7 +201,18 @@ pub(crate) async fn close_for_ending_run<C: ConnectionTrait>(
         },
     );
     let stored = row.into_active_model().reset_all().insert(txn).await?;
-    Ok(Some(stored.entry_hash))
+    let head = stored.entry_hash.clone();
+    let state = ApprovalState {
+        approval: state.approval,
+        decision: Some(stored),
+    };
+    let event = events::append(
+        txn,
+        &run.tenant_id,
+        approval_event(EventKind::ApprovalCancelled, &state),
+    )
+    .await?;
+    Ok(Some((head, event)))
 }
 
 /// The decision's row, chained after the run's head.
@@ -220,7 +261,9 @@ async fn waiting_run<C: ConnectionTrait>(
     approval: &approval::Model,
 ) -> CoreResult<run::Model> {
     let run = runs::get_for_update(txn, &approval.tenant_id, &approval.run_id).await?;
-    if run.status != RunStatus::AwaitingApproval || run.step_count != approval.step_index + 1 {
+    // Under the run's lock: another decision may have landed since the approval was read.
+    refuse_decided(&read::get(txn, &approval.tenant_id, &approval.id).await?)?;
+    if super::held_step(&run) != Some(approval.step_index) {
         return Err(CoreError::Conflict(format!(
             "run `{}` no longer waits for approval `{}` (it is {}): there is nothing to decide",
             run.id, approval.id, run.status
@@ -257,7 +300,11 @@ async fn record<C: ConnectionTrait>(
     let kind = match stored.status {
         ApprovalStatus::Granted => EventKind::ApprovalGranted,
         ApprovalStatus::Denied => EventKind::ApprovalDenied,
-        _ => EventKind::ApprovalExpired,
+        ApprovalStatus::Expired => EventKind::ApprovalExpired,
+        ApprovalStatus::Cancelled => EventKind::ApprovalCancelled,
+        ApprovalStatus::Pending => {
+            return Err(anyhow::anyhow!("a decision cannot be PENDING").into());
+        }
     };
     let state = ApprovalState {
         approval,

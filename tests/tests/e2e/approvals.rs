@@ -737,3 +737,64 @@ async fn an_approval_whose_run_ends_first_is_closed_on_the_record() {
         "nothing left waiting for a person"
     );
 }
+
+/// A decision forged behind the service's back, as whoever administers the database could:
+/// a GRANTED approval that names no approver, chained consistently and the run set going again.
+/// `verifyRun` names it.
+#[tokio::test]
+async fn a_forged_approval_decision_is_caught_by_verify_run() {
+    use governance_core::chain;
+    use governance_entities::{approval_decision, enums, run as run_entity};
+    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
+    let app = spawn_app().await;
+    approval_policy(&app, "wf-forged", json!({})).await;
+    let (run, id) = held(&app, "wf-forged").await;
+    let stored = run_entity::Entity::find_by_id(run.clone())
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut forged = approval_decision::Model {
+        approval_id: id.clone(),
+        tenant_id: stored.tenant_id.clone(),
+        run_id: run.clone(),
+        step_index: 1,
+        status: enums::ApprovalStatus::Granted,
+        decision: enums::DecisionAction::Continue,
+        decided_by_key: None,
+        note: None,
+        decided_at: chrono::Utc::now(),
+        prev_hash: stored.trace_head_hash.clone(),
+        entry_hash: String::new(),
+    };
+    forged.entry_hash = chain::entry_hash(
+        &forged.prev_hash,
+        &chain::approval_document(&stored, &forged),
+    );
+    forged
+        .clone()
+        .into_active_model()
+        .reset_all()
+        .insert(&app.db)
+        .await
+        .unwrap();
+    let mut going: run_entity::ActiveModel = stored.into();
+    going.status = Set(enums::RunStatus::Running);
+    going.trace_head_hash = Set(forged.entry_hash.clone());
+    going.update(&app.db).await.unwrap();
+
+    let verified = app
+        .gql_ok(
+            "query($id: ID!) { verifyRun(id: $id) { intact mismatches { kind stepIndex found } } }",
+            json!({ "id": run }),
+        )
+        .await["verifyRun"]
+        .clone();
+    assert_eq!(verified["intact"], false, "{verified}");
+    let named = verified["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["kind"] == "APPROVAL_ENTRY" && m["stepIndex"] == 1);
+    assert!(named, "{verified}");
+}
