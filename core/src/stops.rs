@@ -29,7 +29,8 @@ pub(crate) struct Stop<'a> {
     /// When it stopped (the step's time, or when the approval was decided).
     pub at: DateTime<Utc>,
     pub policy_id: &'a str,
-    pub policy_name: &'a str,
+    /// The incident's title.
+    pub title: String,
     pub severity: Severity,
     pub termination_reason: TerminationReason,
     pub reason: String,
@@ -78,10 +79,7 @@ pub(crate) async fn stop_in<C: ConnectionTrait>(
         evidence_id: Set(stop.evidence_id.map(str::to_string)),
         severity: Set(stop.severity),
         severity_rank: Set(stop.severity.rank()),
-        title: Set(format!(
-            "{} stopped run {} at step {}",
-            stop.policy_name, run.id, stop.step_index
-        )),
+        title: Set(stop.title.clone()),
         status: Set(IncidentStatus::Open),
         note: Set(None),
         created_at: Set(at),

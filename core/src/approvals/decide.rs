@@ -382,7 +382,18 @@ async fn stop<C: ConnectionTrait>(
         step_index: approval.step_index,
         at: decided.decided_at,
         policy_id: &approval.policy_id,
-        policy_name: &policy_name,
+        title: match decided.status {
+            ApprovalStatus::Expired => format!(
+                "{policy_name}: approval of step {} expired unanswered, stopping run {}",
+                approval.step_index, run.id
+            ),
+            _ => format!(
+                "{policy_name}: {} denied step {}, stopping run {}",
+                decided.decided_by_key.as_deref().unwrap_or("an approver"),
+                approval.step_index,
+                run.id
+            ),
+        },
         severity: held.severity,
         termination_reason,
         reason: format!(

@@ -107,7 +107,7 @@ struct StoredFacts {
     evaluated: i64,
 }
 
-/// The run, its snapshot's policy count, its WARN violations and whether it is already
+/// The run, its snapshot's policy count, its WARN (and REQUIRE_APPROVAL) violations and whether it is already
 /// evaluated, in one statement; `None` when the tenant has no such run.
 async fn stored_facts<C: ConnectionTrait>(
     conn: &C,
@@ -115,15 +115,15 @@ async fn stored_facts<C: ConnectionTrait>(
     run_id: &str,
 ) -> CoreResult<Option<StoredFacts>> {
     let backend = conn.get_database_backend();
-    let (tenant, run, warn) = match backend {
-        DbBackend::Postgres => ("$1", "$2", "$3"),
-        _ => ("?1", "?2", "?3"),
+    let (tenant, run, warn, approve) = match backend {
+        DbBackend::Postgres => ("$1", "$2", "$3", "$4"),
+        _ => ("?1", "?2", "?3", "?4"),
     };
     let sql = format!(
         "SELECT r.status, r.is_synthetic, r.synthetic_scenario_id, r.stopped_at_step, \
                 r.violation_policy_id, r.policy_snapshot_id, s.policy_count, \
                 (SELECT COUNT(*) FROM violations v \
-                  WHERE v.tenant_id = r.tenant_id AND v.run_id = r.id AND v.action = {warn}) AS warnings, \
+                  WHERE v.tenant_id = r.tenant_id AND v.run_id = r.id AND v.action IN ({warn}, {approve})) AS warnings, \
                 (SELECT COUNT(*) FROM policy_evaluations e \
                   WHERE e.tenant_id = r.tenant_id AND e.run_id = r.id) AS evaluated \
            FROM runs r \
@@ -139,6 +139,8 @@ async fn stored_facts<C: ConnectionTrait>(
                 tenant_id.into(),
                 run_id.into(),
                 PolicyAction::Warn.as_str().into(),
+                // A step held for approval and let through is advice too, not a clean run.
+                PolicyAction::RequireApproval.as_str().into(),
             ],
         ))
         .one(conn)

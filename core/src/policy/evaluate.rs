@@ -8,7 +8,8 @@
 use crate::time::rfc3339;
 use chrono::{DateTime, Utc};
 use governance_entities::enums::{
-    DecisionAction, PolicyAction, PolicyKind, PolicyMode, StepStatus, StepType, TerminationReason,
+    ApprovalOnTimeout, DecisionAction, PolicyAction, PolicyKind, PolicyMode, StepStatus, StepType,
+    TerminationReason,
 };
 use regex::Regex;
 use serde_json::{Value, json};
@@ -151,13 +152,25 @@ pub fn evaluate(
         }
     }
     let mut evaluation = decide(snapshot.policies.len(), findings, content_matches);
-    evaluation.approval = evaluation.hold_finding().and_then(|held| {
-        snapshot
-            .policies
+    // When several REQUIRE_APPROVAL policies hold the step, the strictest terms apply: the
+    // shortest wait, and DENY if any of them says so.
+    if evaluation.hold.is_some() {
+        evaluation.approval = evaluation
+            .findings
             .iter()
-            .find(|p| p.id == held.policy_id)
-            .and_then(|p| p.approval)
-    });
+            .filter(|f| f.action == PolicyAction::RequireApproval)
+            .filter_map(|f| snapshot.policies.iter().find(|p| p.id == f.policy_id))
+            .filter_map(|p| p.approval)
+            .reduce(|a, b| super::ApprovalTerms {
+                timeout_seconds: a.timeout_seconds.min(b.timeout_seconds),
+                on_timeout: match (a.on_timeout, b.on_timeout) {
+                    (ApprovalOnTimeout::Allow, ApprovalOnTimeout::Allow) => {
+                        ApprovalOnTimeout::Allow
+                    }
+                    _ => ApprovalOnTimeout::Deny,
+                },
+            });
+    }
     evaluation.shadow_findings = shadow_findings;
     evaluation
 }

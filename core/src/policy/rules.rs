@@ -354,7 +354,12 @@ fn expression(map: &Map<String, Value>, kind: PolicyKind) -> CoreResult<String> 
 /// The rule's shape: its keys, sorted. A change of shape is a MAJOR policy-set change.
 pub fn rule_shape(rule: &Value) -> Vec<String> {
     let mut keys: Vec<String> = match rule {
-        Value::Object(map) => map.keys().cloned().collect(),
+        // A REQUIRE_APPROVAL policy's terms are not part of what it checks.
+        Value::Object(map) => map
+            .keys()
+            .filter(|k| k.as_str() != super::approval_terms::KEY)
+            .cloned()
+            .collect(),
         _ => Vec::new(),
     };
     keys.sort();

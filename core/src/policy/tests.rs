@@ -1337,3 +1337,33 @@ fn approval_terms_are_validated_and_normalised() {
         Some(json!({ "maxTokens": 5 }))
     );
 }
+
+#[test]
+fn several_holds_take_the_strictest_terms() {
+    let policies = [
+        approve(
+            "pol_a",
+            PolicyKind::TokenBudget,
+            json!({ "maxTokens": 5, "approval": { "timeoutSeconds": 600, "onTimeout": "ALLOW" } }),
+        ),
+        approve(
+            "pol_b",
+            PolicyKind::CostBudget,
+            json!({ "maxCostMicros": 5, "approval": { "timeoutSeconds": 900, "onTimeout": "DENY" } }),
+        )
+        .severity(Severity::Low),
+    ];
+    let e = eval(&policies, &run(), &step());
+    assert_eq!(e.action, DecisionAction::Hold, "{e:#?}");
+    assert_eq!(
+        e.hold_finding().map(|f| f.policy_id.as_str()),
+        Some("pol_a")
+    );
+    assert_eq!(
+        e.approval,
+        Some(ApprovalTerms {
+            timeout_seconds: 600,
+            on_timeout: governance_entities::enums::ApprovalOnTimeout::Deny,
+        })
+    );
+}

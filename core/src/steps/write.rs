@@ -289,7 +289,10 @@ pub(crate) async fn apply<C: ConnectionTrait>(
             step_index: index,
             at: timestamp,
             policy_id: &finding.policy_id,
-            policy_name: &finding.policy_name,
+            title: format!(
+                "{} stopped run {} at step {index}",
+                finding.policy_name, run.id
+            ),
             severity: finding.severity,
             termination_reason: finding.termination_reason,
             reason: finding.reason.clone(),

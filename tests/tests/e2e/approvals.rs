@@ -381,7 +381,7 @@ async fn a_denied_step_stops_the_run_with_an_incident() {
         r["incident"]["title"]
             .as_str()
             .unwrap()
-            .contains("at step 1"),
+            .contains("denied step 1"),
         "{r}"
     );
     assert_eq!(r["evaluation"]["outcome"], "VIOLATION");
