@@ -335,9 +335,26 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
         let stop = shutdown.clone();
         let generation = ulid::Ulid::new().to_string().to_lowercase();
         let started = std::time::Instant::now();
+        // One worker failing (its storage did not answer in time, say) stops them all, to be
+        // started again together below: apalis would otherwise leave it dead while the others
+        // keep the monitor running, and its queue would never be served again.
+        let failed = CancellationToken::new();
+        let on_failure = failed.clone();
         let result = monitor(&deps, &generation)?
+            .should_restart(move |worker, error| {
+                tracing::warn!(
+                    worker = worker.name(),
+                    ?error,
+                    "a worker failed; restarting the workers"
+                );
+                on_failure.cancel();
+                false
+            })
             .run_with_signal(async move {
-                stop.cancelled().await;
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = failed.cancelled() => {}
+                }
                 Ok(())
             })
             .await;
@@ -345,10 +362,19 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
             break;
         }
         // The stopped workers' jobs go back to the queue now, not when apalis notices them.
-        match deps.jobs.release_jobs_of(&generation).await {
-            Ok(0) => {}
-            Ok(released) => tracing::info!(released, "released the stopped workers' jobs"),
-            Err(err) => tracing::warn!(error = %err, "could not release the stopped workers' jobs"),
+        // (The storage may still be busy: a few tries, a second apart.)
+        for attempt in 1..=3 {
+            match deps.jobs.release_jobs_of(&generation).await {
+                Ok(0) => break,
+                Ok(released) => {
+                    tracing::info!(released, "released the stopped workers' jobs");
+                    break;
+                }
+                Err(err) if attempt == 3 => {
+                    tracing::warn!(error = %err, "could not release the stopped workers' jobs")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
         }
         // Workers that ran a good while before stopping start again promptly.
         if started.elapsed() > MAX_RESTART_PAUSE * 2 {
