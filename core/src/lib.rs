@@ -28,6 +28,7 @@ pub mod policies;
 pub mod policy;
 pub mod rate_limit;
 pub mod records;
+pub mod replay;
 pub mod roles;
 pub mod runs;
 pub mod sealing;

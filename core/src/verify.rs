@@ -18,7 +18,8 @@ use crate::{
     error::CoreResult,
     hashing::sha256_hex,
     merkle,
-    policy::{CompiledSnapshot, ContentInput, RunState, StepInput, evaluate},
+    policy::CompiledSnapshot,
+    replay::{Replay, Totals},
     runs, signing,
     snapshot::snapshot_id_of,
     transparency::{self, CheckpointBody},
@@ -164,8 +165,7 @@ async fn verify_rows<C: ConnectionTrait>(
     // The heads the chain has after each number of steps, as recomputed: heads[k] after k
     // steps (the step's entry, then its approval decision's when it was held and decided).
     let mut heads = vec![vec![prev.clone()]];
-    let (mut tokens, mut cost) = (0i64, 0i64);
-    let mut timestamps = Vec::with_capacity(steps.len());
+    let mut replay = Replay::new(&run);
     for (position, step) in steps.iter().enumerate() {
         let index = step.step_index;
         if index != position as i64 {
@@ -266,30 +266,7 @@ async fn verify_rows<C: ConnectionTrait>(
                 .as_ref()
                 .map(|r| r.content_matches.clone())
                 .unwrap_or_default();
-            let evaluation = evaluate(
-                compiled,
-                &RunState {
-                    run_id: &run.id,
-                    workflow_id: &run.workflow_id,
-                    agent: run.agent.as_deref(),
-                    started_at: run.started_at,
-                    tokens_used: tokens,
-                    cost_micros: cost,
-                    step_count: position as i64,
-                    is_synthetic: run.is_synthetic,
-                    metadata: run.metadata.as_ref(),
-                    recent_step_timestamps: &timestamps,
-                },
-                &StepInput {
-                    index,
-                    step_type: step.step_type,
-                    tokens: step.tokens,
-                    cost_micros: step.cost_micros,
-                    tool_name: step.tool_name.as_deref(),
-                    content: ContentInput::Recorded(&content_matches),
-                    timestamp: step.timestamp,
-                },
-            );
+            let evaluation = replay.evaluate(compiled, step, &content_matches);
             if evaluation.action != step.decision {
                 mismatches.push(mismatch(
                     Some(index),
@@ -376,9 +353,7 @@ async fn verify_rows<C: ConnectionTrait>(
                 ));
             }
         }
-        tokens += step.tokens;
-        cost += step.cost_micros;
-        timestamps.push(step.timestamp);
+        replay.advance(step);
     }
     for stray in decisions
         .iter()
@@ -402,6 +377,11 @@ async fn verify_rows<C: ConnectionTrait>(
             err,
         ));
     }
+    let Totals {
+        tokens,
+        cost_micros: cost,
+        ..
+    } = replay.totals();
     if run.trace_head_hash != prev {
         mismatches.push(mismatch(None, "HEAD_HASH", &prev, &run.trace_head_hash));
     }

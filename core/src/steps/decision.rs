@@ -20,7 +20,8 @@ use crate::{
     decision_record::DecisionRecord,
     error::{CoreError, CoreResult},
     hashing::sha256_hex,
-    policy::{CompiledSnapshot, ContentInput, Evaluation, RunState, StepInput, evaluate},
+    policy::{CompiledSnapshot, ContentInput, Evaluation, StepInput, evaluate},
+    replay::{Totals, run_state},
     time::{now, to_millis},
 };
 
@@ -136,18 +137,7 @@ pub(crate) fn check(
 ) -> Evaluation {
     evaluate(
         snapshot,
-        &RunState {
-            run_id: &run.id,
-            workflow_id: &run.workflow_id,
-            agent: run.agent.as_deref(),
-            started_at: run.started_at,
-            tokens_used: run.tokens_used,
-            cost_micros: run.cost_micros,
-            step_count: run.step_count,
-            is_synthetic: run.is_synthetic,
-            metadata: run.metadata.as_ref(),
-            recent_step_timestamps: recent,
-        },
+        &run_state(run, Totals::of(run), recent),
         &StepInput {
             index,
             step_type: input.step_type,
