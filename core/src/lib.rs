@@ -30,6 +30,7 @@ pub mod rate_limit;
 pub mod records;
 pub mod replay;
 pub mod roles;
+pub mod run_filter;
 pub mod runs;
 pub mod sealing;
 pub mod shadow;

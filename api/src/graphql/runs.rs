@@ -8,8 +8,7 @@ use governance_core::{
     CoreError,
     runs::{self, Completion, StartRun},
 };
-use governance_entities::{enums as db, incident, policy_evaluation, run};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
+use governance_entities::{enums as db, policy_evaluation, run};
 use serde_json::Value;
 
 use super::{
@@ -332,51 +331,23 @@ pub struct RunFilter {
     pub is_synthetic: Option<bool>,
 }
 
-impl RunFilter {
-    /// The filter as a SQL condition, within `tenant_id`.
-    pub fn condition(self, tenant_id: &str) -> Condition {
-        let mut cond = Condition::all().add(run::Column::TenantId.eq(tenant_id));
-        if let Some(statuses) = self.status {
-            cond =
-                cond.add(run::Column::Status.is_in(statuses.into_iter().map(db::RunStatus::from)));
+impl From<RunFilter> for governance_core::run_filter::RunFilter {
+    fn from(f: RunFilter) -> Self {
+        Self {
+            status: f
+                .status
+                .map(|s| s.into_iter().map(db::RunStatus::from).collect()),
+            termination_reason: f
+                .termination_reason
+                .map(|r| r.into_iter().map(db::TerminationReason::from).collect()),
+            workflow_id: f.workflow_id,
+            agent: f.agent,
+            from: f.from.map(|t| t.0),
+            to: f.to.map(|t| t.0),
+            policy_snapshot_id: f.policy_snapshot_id,
+            has_incident: f.has_incident,
+            is_synthetic: f.is_synthetic,
         }
-        if let Some(reasons) = self.termination_reason {
-            cond = cond.add(
-                run::Column::TerminationReason
-                    .is_in(reasons.into_iter().map(db::TerminationReason::from)),
-            );
-        }
-        if let Some(workflow) = self.workflow_id {
-            cond = cond.add(run::Column::WorkflowId.eq(workflow));
-        }
-        if let Some(agent) = self.agent {
-            cond = cond.add(run::Column::Agent.eq(agent));
-        }
-        if let Some(from) = self.from {
-            cond = cond.add(run::Column::StartedAt.gte(from.0));
-        }
-        if let Some(to) = self.to {
-            cond = cond.add(run::Column::StartedAt.lt(to.0));
-        }
-        if let Some(snapshot) = self.policy_snapshot_id {
-            cond = cond.add(run::Column::PolicySnapshotId.eq(snapshot));
-        }
-        if let Some(has) = self.has_incident {
-            let with_incident = incident::Entity::find()
-                .select_only()
-                .column(incident::Column::RunId)
-                .filter(incident::Column::TenantId.eq(tenant_id))
-                .into_query();
-            cond = cond.add(if has {
-                run::Column::Id.in_subquery(with_incident)
-            } else {
-                run::Column::Id.not_in_subquery(with_incident)
-            });
-        }
-        if let Some(synthetic) = self.is_synthetic {
-            cond = cond.add(run::Column::IsSynthetic.eq(synthetic));
-        }
-        cond
     }
 }
 
@@ -425,10 +396,10 @@ impl RunQuery {
         before: Option<String>,
     ) -> async_graphql::Result<Conn<Run>> {
         let principal = principal(ctx)?;
-        let cond = filter.unwrap_or_default().condition(&principal.tenant_id);
+        let filter = governance_core::run_filter::RunFilter::from(filter.unwrap_or_default());
         pagination::keyset(
             ctx,
-            run::Entity::find().filter(cond),
+            filter.query(&principal.tenant_id),
             run::Column::Id,
             KeyKind::Text,
             Order::Desc,
