@@ -151,6 +151,7 @@ pub async fn create_tenant(
         id: Set(new_id(prefix::TENANT)),
         name: Set(name.to_string()),
         created_at: Set(now()),
+        require_simulation: Set(false),
     }
     .insert(&*txn)
     .await?;

@@ -292,6 +292,15 @@ string_enum! {
 }
 
 string_enum! {
+    SimulationStatus {
+        Pending = "PENDING",
+        Running = "RUNNING",
+        Completed = "COMPLETED",
+        Failed = "FAILED",
+    }
+}
+
+string_enum! {
     AuditVerdict {
         Pass = "PASS",
         Fail = "FAIL",

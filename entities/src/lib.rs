@@ -34,6 +34,7 @@ pub mod policy_version;
 pub mod run;
 pub mod service_key;
 pub mod shadow_finding;
+pub mod simulation;
 pub mod tenant;
 pub mod trace_step;
 pub mod violation;

@@ -12,6 +12,9 @@ pub struct Model {
     /// Unique.
     pub name: String,
     pub created_at: DateTimeUtc,
+    /// Enabling or tightening a BLOCK policy must cite a completed simulation of the set the
+    /// change leaves (`governance_core::simulation::gate`).
+    pub require_simulation: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

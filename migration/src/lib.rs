@@ -12,6 +12,7 @@ pub mod m20261130_000003_verifiable_records;
 pub mod m20261130_000004_key_roles;
 pub mod m20261130_000005_halts;
 pub mod m20261130_000006_shadow_policies;
+pub mod m20261130_000007_simulations;
 pub mod m20261130_000008_approvals;
 pub mod roles;
 
@@ -19,6 +20,7 @@ pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
 pub use m20261130_000003_verifiable_records::LOG_TABLES;
 pub use m20261130_000005_halts::HALT_TABLES;
 pub use m20261130_000006_shadow_policies::SHADOW_TABLES;
+pub use m20261130_000007_simulations::SIMULATION_TABLES;
 pub use m20261130_000008_approvals::APPROVAL_TABLES;
 
 pub struct Migrator;
@@ -33,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_key_roles::Migration),
             Box::new(m20261130_000005_halts::Migration),
             Box::new(m20261130_000006_shadow_policies::Migration),
+            Box::new(m20261130_000007_simulations::Migration),
             Box::new(m20261130_000008_approvals::Migration),
         ]
     }

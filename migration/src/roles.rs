@@ -26,6 +26,7 @@ pub const RUNTIME_UPDATES: &[&str] = &[
     "exports",
     "webhooks",
     "service_keys",
+    "simulations",
 ];
 
 /// Tables the service deletes rows from (an endpoint's deliveries go with it, by the foreign
