@@ -38,6 +38,8 @@ pub enum EventKind {
     ApprovalExpired,
     /// A held step's run ended before anyone decided it.
     ApprovalCancelled,
+    /// A simulation changed status or progress.
+    SimulationUpdated,
 }
 
 impl EventKind {
@@ -59,6 +61,7 @@ impl EventKind {
             EventKind::ApprovalDenied => "APPROVAL_DENIED",
             EventKind::ApprovalExpired => "APPROVAL_EXPIRED",
             EventKind::ApprovalCancelled => "APPROVAL_CANCELLED",
+            EventKind::SimulationUpdated => "SIMULATION_UPDATED",
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod prefix {
     pub const HALT: &str = "hlt";
     pub const SHADOW_FINDING: &str = "shf";
     pub const APPROVAL: &str = "apr";
+    pub const SIMULATION: &str = "sim";
     /// Trace steps are named by their place: `stp_<run ulid>_<step index>`.
     pub const STEP: &str = "stp";
     /// Snapshots are named by content, not randomly: `SNAP-<12 hex of the content hash>`.

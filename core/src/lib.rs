@@ -35,6 +35,7 @@ pub mod runs;
 pub mod sealing;
 pub mod shadow;
 pub mod signing;
+pub mod simulation;
 pub mod snapshot;
 pub mod status;
 pub mod steps;

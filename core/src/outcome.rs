@@ -11,6 +11,11 @@ pub enum FollowUp {
     RecordEvaluation { tenant_id: String, run_id: String },
     /// Run an audit's checks and store its verdict.
     RunAudit { tenant_id: String, audit_id: String },
+    /// Replay a simulation's runs against its proposal and store the result.
+    RunSimulation {
+        tenant_id: String,
+        simulation_id: String,
+    },
     /// Build, render and store an export.
     BuildExport {
         tenant_id: String,

@@ -18,6 +18,7 @@ use crate::{
     error::{CoreError, CoreResult},
     ids::{new_id, prefix},
     policy::{rule_for_action, rule_shape, validate_rule},
+    simulation::gate,
     snapshot::INITIAL_POLICY_SET_VERSION,
     store::Store,
     time::now,
@@ -213,8 +214,9 @@ fn version_row(p: &policy::Model, set_version: &str) -> policy_version::ActiveMo
     }
 }
 
-/// Create a policy (version 1). The rule is validated for its kind; nothing is written if not.
-pub async fn create(store: &Store, tenant_id: &str, input: NewPolicy) -> CoreResult<policy::Model> {
+/// The policy `input` describes, validated (version 1, new ids, not yet written): what
+/// [`create`] writes and what a simulation proposes. Nothing is read or written.
+pub fn prepare_new(tenant_id: &str, input: NewPolicy) -> CoreResult<policy::Model> {
     check_text("input.name", &input.name, MAX_NAME, true)?;
     if let Some(d) = &input.description {
         check_text("input.description", d, MAX_DESCRIPTION, false)?;
@@ -223,22 +225,8 @@ pub async fn create(store: &Store, tenant_id: &str, input: NewPolicy) -> CoreRes
         check_text("input.workflowId", w, MAX_NAME, true)?;
     }
     let rule = validate_rule(input.kind, input.action, &input.rule)?;
-    let txn = store.begin().await?;
-    let current = lock_policy_set(&*txn, tenant_id).await?;
-    let count = policy::Entity::find()
-        .filter(policy::Column::TenantId.eq(tenant_id))
-        .count(&*txn)
-        .await?;
-    if count >= MAX_POLICIES_PER_TENANT {
-        return Err(CoreError::limit(
-            "policies_per_tenant",
-            format!(
-                "the tenant has {count} policies, the most allowed is {MAX_POLICIES_PER_TENANT} (disabled ones count: their history is kept); change an existing policy with `updatePolicy` instead"
-            ),
-        ));
-    }
     let at = now();
-    let model = policy::Model {
+    Ok(policy::Model {
         id: new_id(prefix::POLICY),
         tenant_id: tenant_id.to_string(),
         name: input.name.trim().to_string(),
@@ -254,9 +242,36 @@ pub async fn create(store: &Store, tenant_id: &str, input: NewPolicy) -> CoreRes
         current_version_id: new_id(prefix::POLICY_VERSION),
         created_at: at,
         updated_at: at,
-    };
+    })
+}
+
+/// Create a policy (version 1). The rule is validated for its kind; nothing is written if not.
+/// When the tenant requires simulations, enabling a BLOCK policy must cite one
+/// ([`crate::simulation::gate`]).
+pub async fn create(
+    store: &Store,
+    tenant_id: &str,
+    input: NewPolicy,
+    simulation_id: Option<&str>,
+) -> CoreResult<policy::Model> {
+    let model = prepare_new(tenant_id, input)?;
+    let txn = store.begin().await?;
+    let current = lock_policy_set(&*txn, tenant_id).await?;
+    let count = policy::Entity::find()
+        .filter(policy::Column::TenantId.eq(tenant_id))
+        .count(&*txn)
+        .await?;
+    if count >= MAX_POLICIES_PER_TENANT {
+        return Err(CoreError::limit(
+            "policies_per_tenant",
+            format!(
+                "the tenant has {count} policies, the most allowed is {MAX_POLICIES_PER_TENANT} (disabled ones count: their history is kept); change an existing policy with `updatePolicy` instead"
+            ),
+        ));
+    }
+    gate::check(&*txn, tenant_id, None, &model, simulation_id).await?;
     // A disabled policy is not in the set, so creating one does not change the set.
-    let set_version = if input.enabled {
+    let set_version = if model.enabled {
         bump(&current, Bump::Minor)
     } else {
         current
@@ -282,13 +297,8 @@ pub async fn get<C: ConnectionTrait>(
         .ok_or_else(|| CoreError::not_found("Policy", id))
 }
 
-/// Apply a patch: a new version when anything changes; the old versions stay.
-pub async fn update(
-    store: &Store,
-    tenant_id: &str,
-    id: &str,
-    patch: PolicyPatch,
-) -> CoreResult<policy::Model> {
+/// Check a patch's texts before anything is read.
+fn check_patch(patch: &PolicyPatch) -> CoreResult<()> {
     if let Some(name) = &patch.name {
         check_text("input.name", name, MAX_NAME, true)?;
     }
@@ -298,9 +308,13 @@ pub async fn update(
     if let Some(Some(w)) = &patch.workflow_id {
         check_text("input.workflowId", w, MAX_NAME, true)?;
     }
-    let txn = store.begin().await?;
-    let current_set = lock_policy_set(&*txn, tenant_id).await?;
-    let old = get(&*txn, tenant_id, id).await?;
+    Ok(())
+}
+
+/// `old` with `patch` applied and validated (the version, ids and times are left as they
+/// were): what [`update`] writes and what a simulation proposes. Nothing is read or written.
+pub fn apply_patch(old: &policy::Model, patch: PolicyPatch) -> CoreResult<policy::Model> {
+    check_patch(&patch)?;
     let kind = patch.kind.unwrap_or(old.kind);
     let action = patch.action.unwrap_or(old.action);
     let rule = match (&patch.rule, patch.kind) {
@@ -338,11 +352,30 @@ pub async fn update(
     if let Some(mode) = patch.mode {
         new.mode = mode;
     }
+    Ok(new)
+}
+
+/// Apply a patch: a new version when anything changes; the old versions stay. When the tenant
+/// requires simulations, enabling or tightening a BLOCK policy must cite one
+/// ([`crate::simulation::gate`]).
+pub async fn update(
+    store: &Store,
+    tenant_id: &str,
+    id: &str,
+    patch: PolicyPatch,
+    simulation_id: Option<&str>,
+) -> CoreResult<policy::Model> {
+    check_patch(&patch)?;
+    let txn = store.begin().await?;
+    let current_set = lock_policy_set(&*txn, tenant_id).await?;
+    let old = get(&*txn, tenant_id, id).await?;
+    let mut new = apply_patch(&old, patch)?;
     let change = classify(&old, &new);
     let Some(change) = change else {
         // Nothing changed: no new version.
         return Ok(old);
     };
+    gate::check(&*txn, tenant_id, Some(&old), &new, simulation_id).await?;
     check_content_budget(&*txn, &new).await?;
     new.version = old.version + 1;
     new.current_version_id = new_id(prefix::POLICY_VERSION);
@@ -385,6 +418,7 @@ pub async fn set_enabled(
     tenant_id: &str,
     id: &str,
     enabled: bool,
+    simulation_id: Option<&str>,
 ) -> CoreResult<policy::Model> {
     update(
         store,
@@ -394,6 +428,7 @@ pub async fn set_enabled(
             enabled: Some(enabled),
             ..Default::default()
         },
+        simulation_id,
     )
     .await
 }

@@ -4,7 +4,7 @@
 use governance_core::{
     CoreError,
     audits::{self, Performed},
-    evaluation, exports,
+    evaluation, exports, simulation,
     store::Store,
     transparency,
     webhooks::{self, DeliveryFailure},
@@ -25,6 +25,13 @@ pub struct RecordEvaluation {
 pub struct RunAudit {
     pub tenant_id: String,
     pub audit_id: String,
+}
+
+/// Replay a simulation's runs against its proposal and store the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSimulation {
+    pub tenant_id: String,
+    pub simulation_id: String,
 }
 
 /// Find the endpoints that want an outbox event; enqueue a delivery to each.
@@ -64,6 +71,12 @@ impl JobKey for RecordEvaluation {
 impl JobKey for RunAudit {
     fn key(&self) -> String {
         self.audit_id.clone()
+    }
+}
+
+impl JobKey for RunSimulation {
+    fn key(&self) -> String {
+        self.simulation_id.clone()
     }
 }
 
@@ -156,6 +169,31 @@ pub async fn run_audit(
         }
     }
     Ok(committed)
+}
+
+/// Handler of [`RunSimulation`]: RUNNING, progress, then COMPLETED (or FAILED), each change
+/// published at once (subscribers of `simulationUpdates` follow along).
+pub async fn run_simulation(
+    job: &RunSimulation,
+    store: &Store,
+    dispatcher: &crate::Dispatcher,
+) -> Result<Outcome, JobError> {
+    let finished = simulation::lifecycle::perform(
+        store,
+        &job.tenant_id,
+        &job.simulation_id,
+        |committed| async move {
+            dispatcher.dispatch(committed).await;
+        },
+    )
+    .await?;
+    match finished {
+        Some(sim) => {
+            tracing::info!(simulation_id = %sim.id, status = %sim.status, result_hash = ?sim.result_hash, "simulation finished");
+            Ok(Outcome::Done)
+        }
+        None => Ok(Outcome::AlreadyDone),
+    }
 }
 
 /// Handler of [`FanOutWebhooks`]: the deliveries to enqueue.

@@ -15,7 +15,7 @@ use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::sync::Notify;
 
 use crate::jobs::{
-    BuildExport, DeliverWebhook, FanOutWebhooks, JobKey, RecordEvaluation, RunAudit,
+    BuildExport, DeliverWebhook, FanOutWebhooks, JobKey, RecordEvaluation, RunAudit, RunSimulation,
 };
 
 /// How to reach the queues.
@@ -59,6 +59,7 @@ impl<T> Queue<T> {
 pub struct JobQueue {
     pub evaluation: Queue<RecordEvaluation>,
     pub audit: Queue<RunAudit>,
+    pub simulation: Queue<RunSimulation>,
     pub export: Queue<BuildExport>,
     pub fan_out: Queue<FanOutWebhooks>,
     pub delivery: Queue<DeliverWebhook>,
@@ -76,9 +77,10 @@ pub const CONCURRENCY: usize = 4;
 pub const EVALUATION_CONCURRENCY: usize = 64;
 
 /// The job types, by queue name (under the namespace).
-pub(crate) const JOB_QUEUES: [&str; 5] = [
+pub(crate) const JOB_QUEUES: [&str; 6] = [
     "evaluation",
     "audit",
+    "simulation",
     "export",
     "webhook-fan-out",
     "webhook-delivery",
@@ -254,6 +256,7 @@ impl JobQueue {
         Ok(Self {
             evaluation: backend.queue(&namespace, "evaluation", EVALUATION_CONCURRENCY, retention),
             audit: backend.queue(&namespace, "audit", CONCURRENCY, retention),
+            simulation: backend.queue(&namespace, "simulation", CONCURRENCY, retention),
             export: backend.queue(&namespace, "export", CONCURRENCY, retention),
             fan_out: backend.queue(&namespace, "webhook-fan-out", CONCURRENCY, retention),
             delivery: backend.queue(&namespace, "webhook-delivery", CONCURRENCY, retention),
@@ -325,6 +328,16 @@ impl JobQueue {
                     audit_id: audit_id.clone(),
                 };
                 push_all(&self.audit, vec![job]).await
+            }
+            FollowUp::RunSimulation {
+                tenant_id,
+                simulation_id,
+            } => {
+                let job = RunSimulation {
+                    tenant_id: tenant_id.clone(),
+                    simulation_id: simulation_id.clone(),
+                };
+                push_all(&self.simulation, vec![job]).await
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::{
     Dispatcher, WorkerDeps,
     jobs::{
         self, BuildExport, DeliverWebhook, FanOutWebhooks, JobError, RecordEvaluation, RunAudit,
+        RunSimulation,
     },
     queue::{CONCURRENCY, EVALUATION_CONCURRENCY, JobQueue, Storage},
     sweeper,
@@ -115,6 +116,22 @@ async fn handle_audit(
         let committed = jobs::run_audit(&job, &store).await.map_err(to_apalis)?;
         dispatcher.dispatch(committed).await;
         Ok(())
+    })
+    .await
+}
+
+async fn handle_simulation(
+    job: RunSimulation,
+    store: Data<Store>,
+    dispatcher: Data<Dispatcher>,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    observed("simulation", &id, &attempt, async {
+        jobs::run_simulation(&job, &store, &dispatcher)
+            .await
+            .map(|_| ())
+            .map_err(to_apalis)
     })
     .await
 }
@@ -309,6 +326,20 @@ fn monitor(deps: &WorkerDeps, generation: &str) -> anyhow::Result<Monitor> {
             CONCURRENCY,
             backoff,
             handle_audit,
+            [store, dispatcher]
+        )
+    };
+    let monitor = {
+        let store = deps.store.clone();
+        let dispatcher = Dispatcher::new(deps.jobs.clone(), deps.bus.clone());
+        register!(
+            monitor,
+            generation,
+            deps.jobs.simulation,
+            "simulation",
+            CONCURRENCY,
+            backoff,
+            handle_simulation,
             [store, dispatcher]
         )
     };

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use governance_core::{audits, exports, outcome::FollowUp, runs, store::Store, timeouts, webhooks};
+use governance_core::{
+    audits, exports, outcome::FollowUp, runs, simulation, store::Store, timeouts, webhooks,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Dispatcher, WorkerDeps, queue::JobQueue};
@@ -36,6 +38,13 @@ pub async fn sweep_once(store: &Store, jobs: &JobQueue) -> anyhow::Result<usize>
             tenant_id,
             audit_id,
         });
+    let unsimulated = simulation::lifecycle::pending_before(store.db(), cutoff, BATCH)
+        .await?
+        .into_iter()
+        .map(|(tenant_id, simulation_id)| FollowUp::RunSimulation {
+            tenant_id,
+            simulation_id,
+        });
     let unexported = exports::pending_before(store.db(), cutoff, BATCH)
         .await?
         .into_iter()
@@ -58,6 +67,7 @@ pub async fn sweep_once(store: &Store, jobs: &JobQueue) -> anyhow::Result<usize>
     let mut enqueued = 0;
     for follow_up in unevaluated
         .chain(unaudited)
+        .chain(unsimulated)
         .chain(unexported)
         .chain(undelivered)
     {

@@ -17,6 +17,7 @@ pub mod policies;
 pub mod runs;
 pub mod scalars;
 pub mod signing;
+pub mod simulations;
 pub mod snapshots;
 pub mod status;
 pub mod steps;
@@ -49,6 +50,7 @@ pub struct Query(
     transparency::TransparencyQuery,
     halts::HaltQuery,
     approvals::ApprovalQuery,
+    simulations::SimulationQuery,
 );
 
 /// The root mutation.
@@ -63,6 +65,7 @@ pub struct Mutation(
     exports::ExportMutation,
     halts::HaltMutation,
     approvals::ApprovalMutation,
+    simulations::SimulationMutation,
 );
 
 /// The root subscription.
@@ -75,6 +78,7 @@ pub struct Subscription(
     transparency::TransparencySubscription,
     halts::HaltSubscription,
     approvals::ApprovalSubscription,
+    simulations::SimulationSubscription,
 );
 
 pub type GovernanceSchema = Schema<Query, Mutation, Subscription>;

@@ -401,6 +401,25 @@ pub struct CreatePolicyInput {
     pub mode: PolicyMode,
     /// What the policy is for.
     pub description: Option<String>,
+    /// A COMPLETED simulation of the policy set this creation leaves: required when the tenant
+    /// requires simulations and the policy is an enabled, enforcing BLOCK policy.
+    pub simulation_id: Option<ID>,
+}
+
+impl From<CreatePolicyInput> for NewPolicy {
+    fn from(input: CreatePolicyInput) -> Self {
+        NewPolicy {
+            name: input.name,
+            description: input.description,
+            kind: input.kind.into(),
+            rule: input.rule.0,
+            action: input.action.into(),
+            severity: input.severity.into(),
+            workflow_id: input.workflow_id,
+            enabled: input.enabled,
+            mode: input.mode.into(),
+        }
+    }
 }
 
 /// Input of `updatePolicy`: only the fields given change (null clears `workflowId`/`description`).
@@ -424,6 +443,25 @@ pub struct UpdatePolicyInput {
     pub mode: Option<PolicyMode>,
     /// A new description; null clears it.
     pub description: MaybeUndefined<String>,
+    /// A COMPLETED simulation of the policy set this change leaves: required when the tenant
+    /// requires simulations and the change enables or tightens an enforcing BLOCK policy.
+    pub simulation_id: Option<ID>,
+}
+
+impl From<UpdatePolicyInput> for PolicyPatch {
+    fn from(input: UpdatePolicyInput) -> Self {
+        PolicyPatch {
+            name: input.name,
+            description: maybe(input.description),
+            kind: input.kind.map(Into::into),
+            rule: input.rule.map(|r| r.0),
+            action: input.action.map(Into::into),
+            severity: input.severity.map(Into::into),
+            workflow_id: maybe(input.workflow_id),
+            enabled: input.enabled,
+            mode: input.mode.map(Into::into),
+        }
+    }
 }
 
 fn maybe(value: MaybeUndefined<String>) -> Option<Option<String>> {
@@ -506,27 +544,20 @@ pub struct PolicyMutation;
 #[Object]
 impl PolicyMutation {
     /// Create a policy. Its rule is validated for its kind; a bad rule is refused with
-    /// `BAD_USER_INPUT` naming the field, and nothing is written.
+    /// `BAD_USER_INPUT` naming the field, and nothing is written. When the tenant requires
+    /// simulations, an enabled, enforcing BLOCK policy needs `simulationId` (else `CONFLICT`).
     async fn create_policy(
         &self,
         ctx: &Context<'_>,
         input: CreatePolicyInput,
     ) -> async_graphql::Result<Policy> {
         let principal = super::authorized(ctx, Capability::Administer)?;
+        let simulation_id = input.simulation_id.clone();
         let created = policies::create(
             &state(ctx).store,
             &principal.tenant_id,
-            NewPolicy {
-                name: input.name,
-                description: input.description,
-                kind: input.kind.into(),
-                rule: input.rule.0,
-                action: input.action.into(),
-                severity: input.severity.into(),
-                workflow_id: input.workflow_id,
-                enabled: input.enabled,
-                mode: input.mode.into(),
-            },
+            input.into(),
+            simulation_id.as_ref().map(|id| id.as_str()),
         )
         .await
         .gql()?;
@@ -534,7 +565,9 @@ impl PolicyMutation {
     }
 
     /// Change a policy: writes a new version (the old ones stay). Runs already started keep
-    /// their snapshot; new runs get the new version.
+    /// their snapshot; new runs get the new version. When the tenant requires simulations, a
+    /// change that enables or tightens an enforcing BLOCK policy needs `simulationId` (else
+    /// `CONFLICT`).
     async fn update_policy(
         &self,
         ctx: &Context<'_>,
@@ -542,38 +575,39 @@ impl PolicyMutation {
         input: UpdatePolicyInput,
     ) -> async_graphql::Result<Policy> {
         let principal = super::authorized(ctx, Capability::Administer)?;
+        let simulation_id = input.simulation_id.clone();
         let updated = policies::update(
             &state(ctx).store,
             &principal.tenant_id,
             &id,
-            PolicyPatch {
-                name: input.name,
-                description: maybe(input.description),
-                kind: input.kind.map(Into::into),
-                rule: input.rule.map(|r| r.0),
-                action: input.action.map(Into::into),
-                severity: input.severity.map(Into::into),
-                workflow_id: maybe(input.workflow_id),
-                enabled: input.enabled,
-                mode: input.mode.map(Into::into),
-            },
+            input.into(),
+            simulation_id.as_ref().map(|id| id.as_str()),
         )
         .await
         .gql()?;
         Ok(Policy(updated))
     }
 
-    /// Enable or disable a policy (a new version).
+    /// Enable or disable a policy (a new version). When the tenant requires simulations,
+    /// enabling an enforcing BLOCK policy needs `simulationId` (else `CONFLICT`).
     async fn set_policy_enabled(
         &self,
         ctx: &Context<'_>,
         id: ID,
         enabled: bool,
+        #[graphql(desc = "A COMPLETED simulation of the policy set this change leaves.")]
+        simulation_id: Option<ID>,
     ) -> async_graphql::Result<Policy> {
         let principal = super::authorized(ctx, Capability::Administer)?;
-        let updated = policies::set_enabled(&state(ctx).store, &principal.tenant_id, &id, enabled)
-            .await
-            .gql()?;
+        let updated = policies::set_enabled(
+            &state(ctx).store,
+            &principal.tenant_id,
+            &id,
+            enabled,
+            simulation_id.as_ref().map(|id| id.as_str()),
+        )
+        .await
+        .gql()?;
         Ok(Policy(updated))
     }
 }

@@ -28,6 +28,11 @@ impl Tenant {
     async fn created_at(&self) -> DateTime {
         self.0.created_at.into()
     }
+    /// Whether enabling or tightening an enforcing BLOCK policy must cite a COMPLETED
+    /// simulation of the policy set it leaves (`setRequireSimulation`).
+    async fn require_simulation(&self) -> bool {
+        self.0.require_simulation
+    }
 }
 
 impl From<tenant::Model> for Tenant {

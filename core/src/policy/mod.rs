@@ -82,6 +82,41 @@ pub fn rule_for_action(
     validate_rule(kind, action, &rule)
 }
 
+/// Would a rule of `kind` changed from `old` to `new` stop a run that the old one let through?
+/// Numeric limits tighten when lowered (a rate window when widened), content rules when a
+/// pattern is added, allowlists when a tool is removed; a changed expression, or a rule that
+/// does not parse, counts as tightening (it cannot be told apart).
+pub fn rule_tightens(kind: PolicyKind, old: &serde_json::Value, new: &serde_json::Value) -> bool {
+    use rules::Rule;
+    let (Ok(old), Ok(new)) = (rules::parse_rule(kind, old), rules::parse_rule(kind, new)) else {
+        return true;
+    };
+    match (old, new) {
+        (Rule::TokenBudget { max_tokens: a }, Rule::TokenBudget { max_tokens: b }) => b < a,
+        (Rule::CostBudget { max_cost_micros: a }, Rule::CostBudget { max_cost_micros: b }) => b < a,
+        (Rule::StepLimit { max_steps: a }, Rule::StepLimit { max_steps: b }) => b < a,
+        (
+            Rule::RateLimit {
+                max_steps: a,
+                window_seconds: wa,
+            },
+            Rule::RateLimit {
+                max_steps: b,
+                window_seconds: wb,
+            },
+        ) => b < a || wb > wa,
+        (Rule::DurationLimit { max_seconds: a }, Rule::DurationLimit { max_seconds: b }) => b < a,
+        (Rule::Content { patterns: a }, Rule::Content { patterns: b }) => {
+            b.iter().any(|p| !a.contains(p))
+        }
+        (Rule::ToolAllowlist { tools: a }, Rule::ToolAllowlist { tools: b }) => {
+            a.iter().any(|t| !b.contains(t))
+        }
+        (Rule::Expression { expression: a }, Rule::Expression { expression: b }) => a != b,
+        _ => true,
+    }
+}
+
 /// The run as it was BEFORE this step.
 #[derive(Debug, Clone, Copy)]
 pub struct RunState<'a> {

@@ -249,6 +249,7 @@ async fn check_paths(
                 enabled: true,
                 mode: governance_entities::enums::PolicyMode::Enforce,
             },
+            None,
         )
         .await
         .expect("policy");

@@ -23,6 +23,7 @@ mod persistence;
 mod roles;
 mod schema;
 mod shadow;
+mod simulations;
 mod step_metrics;
 mod subscriptions;
 mod verifying;

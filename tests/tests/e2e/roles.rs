@@ -110,6 +110,14 @@ async fn call_for(app: &TestApp, name: &str, tag: &str) -> (&'static str, Value)
             "mutation($a: ID!) { denyStep(id: $a, note: \"no\") { status } }",
             json!({ "a": held(app).await }),
         ),
+        "simulatePolicies" => (
+            "mutation { simulatePolicies(input: { limit: 1 }) { id } }",
+            json!({}),
+        ),
+        "setRequireSimulation" => (
+            "mutation { setRequireSimulation(required: false) { requireSimulation } }",
+            json!({}),
+        ),
         other => panic!("no call for {other}"),
     }
 }
@@ -185,6 +193,8 @@ const MUTATIONS: &[(&str, &str)] = &[
     ("resumeRuns", "ADMIN"),
     ("approveStep", "APPROVER"),
     ("denyStep", "APPROVER"),
+    ("simulatePolicies", "ADMIN"),
+    ("setRequireSimulation", "ADMIN"),
 ];
 
 fn grants(role: &str, needed: &str) -> bool {
