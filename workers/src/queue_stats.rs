@@ -9,7 +9,8 @@ use crate::queue::{JOB_QUEUES, JobQueue, queue_name};
 /// One queue's state now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueStats {
-    /// The job type (`evaluation`, `audit`, `export`, `webhook-fan-out`, `webhook-delivery`).
+    /// The job type (`evaluation`, `audit`, `simulation`, `export`, `webhook-fan-out`,
+    /// `webhook-delivery`).
     pub queue: &'static str,
     /// Waiting to run, retries included.
     pub pending: u64,

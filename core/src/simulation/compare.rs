@@ -80,10 +80,11 @@ pub struct Totals {
     pub stop_moved: i64,
 }
 
-/// Follows the decisions of a run step by step into its [`Outcome`].
+/// Follows the decisions of a run step by step into its [`Outcome`]: the first step with the
+/// most severe action decides it.
 #[derive(Default)]
 struct Tally {
-    worst: Option<(DecisionAction, DecisionRecord, i64)>,
+    worst: Option<(i64, Outcome)>,
 }
 
 fn rank(action: DecisionAction) -> u8 {
@@ -96,31 +97,35 @@ fn rank(action: DecisionAction) -> u8 {
 }
 
 impl Tally {
-    fn add(&mut self, index: i64, record: DecisionRecord) {
+    /// Count step `index`, decided `action` (its record, when it has a readable one).
+    fn add(&mut self, index: i64, action: DecisionAction, record: Option<&DecisionRecord>) {
         let more = self
             .worst
             .as_ref()
-            .is_none_or(|(worst, _, _)| rank(record.action) > rank(*worst));
+            .is_none_or(|(_, worst)| rank(action) > rank(worst.action));
         if more {
-            self.worst = Some((record.action, record, index));
+            let outcome = Outcome {
+                action,
+                stop_step: (action == DecisionAction::Stop).then_some(index),
+                termination_reason: record.and_then(|r| r.termination_reason),
+                deciding_policy: record
+                    .and_then(|r| r.deciding_finding())
+                    .map(|f| f.policy_id.clone()),
+            };
+            self.worst = Some((index, outcome));
         }
     }
 
     fn outcome(self) -> Outcome {
-        match self.worst {
-            None => Outcome {
+        self.worst.map_or(
+            Outcome {
                 action: DecisionAction::Continue,
                 stop_step: None,
                 termination_reason: None,
                 deciding_policy: None,
             },
-            Some((action, record, index)) => Outcome {
-                action,
-                stop_step: (action == DecisionAction::Stop).then_some(index),
-                termination_reason: record.termination_reason,
-                deciding_policy: record.deciding_finding().map(|f| f.policy_id.clone()),
-            },
-        }
+            |(_, outcome)| outcome,
+        )
     }
 }
 
@@ -163,17 +168,8 @@ pub fn simulate_run(
         .map(|s| DecisionRecord::from_json(&s.decision_json).ok())
         .collect();
     for (step, record) in steps.iter().zip(&records) {
-        // A record that does not parse still says its action (verifyRun reports it).
-        let record = record.clone().unwrap_or(DecisionRecord {
-            action: step.decision,
-            findings: Vec::new(),
-            inflection_policy_id: None,
-            termination_reason: None,
-            content_matches: Vec::new(),
-            shadow_findings: Vec::new(),
-            hold: None,
-        });
-        recorded.add(step.step_index, record);
+        // A record that does not parse still has its action (verifyRun reports the record).
+        recorded.add(step.step_index, step.decision, record.as_ref());
     }
 
     let mut replay = Replay::new(run);
@@ -205,7 +201,7 @@ pub fn simulate_run(
         }
         steps_replayed += 1;
         let stopped = decided.action == DecisionAction::Stop;
-        simulated.add(step.step_index, decided);
+        simulated.add(step.step_index, decided.action, Some(&decided));
         replay.advance(step);
         if stopped {
             break;
@@ -436,7 +432,7 @@ mod tests {
             result_hash("h", &[again])
         );
         assert_ne!(
-            result_hash("h", &[first.clone()]),
+            result_hash("h", std::slice::from_ref(&first)),
             result_hash("other", &[first])
         );
     }
