@@ -20,8 +20,15 @@ use crate::{
 };
 
 /// Steps written per transaction by [`load_synthetic`] (whole runs; a run larger than this is
-/// written alone).
-const SYNTHETIC_STEPS_PER_COMMIT: u64 = 50_000;
+/// written alone): about a quarter of a second of holding SQLite's write lock.
+const SYNTHETIC_STEPS_PER_COMMIT: u64 = 10_000;
+
+/// The pause after each of [`load_synthetic`]'s commits, so that a live server on the same
+/// SQLite file gets the write lock in between. SQLite's busy handler polls a held lock at
+/// intervals growing to 100 ms; a loader that began its next transaction at once would win the
+/// lock again and again, and starve the server's writers past their busy timeout (its job
+/// workers then failed their polls and heartbeats).
+const PAUSE_BETWEEN_COMMITS: std::time::Duration = std::time::Duration::from_millis(120);
 
 /// Load `runs_count` synthetic runs of `steps_per_run` clean steps each into `tenant_id`, for
 /// benchmarks of a large store: each run is started as `startRun` starts it (against the
@@ -29,7 +36,8 @@ const SYNTHETIC_STEPS_PER_COMMIT: u64 = 50_000;
 /// same row, chained the same way, as a report would be. With `ended`, each run then ends as
 /// `completeRun(SUCCEEDED)` ends it, event included; its evaluation-record job is the caller's
 /// to enqueue (the runs are returned). Only the transactions are large: whole runs, up to
-/// about 50,000 steps per commit. Runs are marked synthetic.
+/// about 10,000 steps per commit, with a pause after each for a live server's writers. Runs are
+/// marked synthetic.
 /// Refuses a snapshot that would not continue every step (the rows would then differ from
 /// what the service writes). Returns the runs, in the order they were written.
 pub async fn load_synthetic(
@@ -57,6 +65,9 @@ pub async fn load_synthetic(
             loaded.push(run);
         }
         txn.commit().await?;
+        if (loaded.len() as u64) < runs_count {
+            tokio::time::sleep(PAUSE_BETWEEN_COMMITS).await;
+        }
     }
     Ok(loaded)
 }
