@@ -5,7 +5,8 @@
 use governance_entities::event;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set, Statement,
+    Statement,
+    sea_query::{Expr, Query},
 };
 use serde_json::Value;
 
@@ -86,37 +87,72 @@ pub async fn append<C: ConnectionTrait>(
     tenant_id: &str,
     new: NewEvent,
 ) -> CoreResult<event::Model> {
-    if conn.get_database_backend() == DbBackend::Postgres {
-        conn.execute_raw(Statement::from_sql_and_values(
+    let backend = conn.get_database_backend();
+    if let Some(lock) = lock_statement(backend, tenant_id) {
+        conn.execute_raw(lock).await?;
+    }
+    event::Entity::find()
+        .from_raw_sql(insert_statement(backend, tenant_id, new))
+        .one(conn)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("an event insert returned no row").into())
+}
+
+/// The statements that append an event, for a transaction that sends its statements together
+/// ([`crate::store::Store::commit_statements`]): on PostgreSQL the tenant's event lock, then
+/// the insert, which takes the next sequence number itself and returns the stored row.
+pub(crate) fn append_statements(
+    backend: DbBackend,
+    tenant_id: &str,
+    new: NewEvent,
+) -> Vec<Statement> {
+    let mut statements: Vec<Statement> = lock_statement(backend, tenant_id).into_iter().collect();
+    statements.push(insert_statement(backend, tenant_id, new));
+    statements
+}
+
+/// PostgreSQL: the tenant's event lock, held until commit.
+fn lock_statement(backend: DbBackend, tenant_id: &str) -> Option<Statement> {
+    (backend == DbBackend::Postgres).then(|| {
+        Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_advisory_xact_lock(hashtext($1))",
             [format!("events:{tenant_id}").into()],
-        ))
-        .await?;
-    }
-    let last: Option<i64> = event::Entity::find()
-        .select_only()
-        .column(event::Column::Seq)
-        .filter(event::Column::TenantId.eq(tenant_id))
-        .order_by_desc(event::Column::Seq)
-        .limit(1)
-        .into_tuple()
-        .one(conn)
-        .await?;
-    let model = event::ActiveModel {
-        tenant_id: Set(tenant_id.to_string()),
-        seq: Set(last.unwrap_or(0) + 1),
-        kind: Set(new.kind.as_str().to_string()),
-        subject_id: Set(new.subject_id),
-        run_id: Set(new.run_id),
-        severity_rank: Set(new.severity_rank),
-        payload: Set(new.payload),
-        created_at: Set(now()),
-        ..Default::default()
-    };
-    Ok(event::Entity::insert(model)
-        .exec_with_returning(conn)
-        .await?)
+        )
+    })
+}
+
+/// The insert of the event with the tenant's next sequence number, returning the stored row.
+fn insert_statement(backend: DbBackend, tenant_id: &str, new: NewEvent) -> Statement {
+    let next = Query::select()
+        .expr(Expr::val(tenant_id))
+        .expr(Expr::cust("COALESCE(MAX(seq), 0) + 1"))
+        .expr(Expr::val(new.kind.as_str()))
+        .expr(Expr::val(new.subject_id))
+        .expr(Expr::val(new.run_id))
+        .expr(Expr::val(new.severity_rank))
+        .expr(Expr::val(new.payload))
+        .expr(Expr::val(now()))
+        .from(event::Entity)
+        .and_where(event::Column::TenantId.eq(tenant_id))
+        .to_owned();
+    let insert = Query::insert()
+        .into_table(event::Entity)
+        .columns([
+            event::Column::TenantId,
+            event::Column::Seq,
+            event::Column::Kind,
+            event::Column::SubjectId,
+            event::Column::RunId,
+            event::Column::SeverityRank,
+            event::Column::Payload,
+            event::Column::CreatedAt,
+        ])
+        .select_from(next)
+        .expect("as many values as columns")
+        .returning_all()
+        .to_owned();
+    backend.build(&insert)
 }
 
 /// The stored events of one run, in sequence order.

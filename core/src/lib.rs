@@ -37,6 +37,7 @@ pub mod shadow;
 pub mod signing;
 pub mod simulation;
 pub mod snapshot;
+mod sqlite_request;
 pub mod status;
 pub mod steps;
 mod stops;

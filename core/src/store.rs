@@ -16,12 +16,15 @@ use std::{
 };
 
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel,
+    QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::error::{CoreError, CoreResult};
+use crate::{
+    error::{CoreError, CoreResult},
+    sqlite_request,
+};
 
 /// The next group commit's worth of a lane's queue: wait for one item, then take whatever else
 /// is already waiting, up to `max`. Nothing waits for a batch to fill. `None` once every sender
@@ -60,6 +63,8 @@ pub struct Store {
     /// Told of the statements run outside SeaORM (which counts its own), see
     /// [`Store::observe_statements`].
     statements: Arc<OnceLock<StatementObserver>>,
+    /// SQLite: the busy timeout (ms) the pool's connections are opened with, once read.
+    busy_timeout: Arc<OnceLock<i64>>,
     /// Keeps the WAL checkpointer (SQLite) running while any clone of this store lives.
     _checkpoints: Arc<()>,
     /// The key that seals secrets stored in the database (see [`crate::sealing`]).
@@ -81,6 +86,7 @@ impl Store {
             faults: Arc::new(AtomicU32::new(0)),
             evaluation_lane: None,
             statements: Arc::default(),
+            busy_timeout: Arc::default(),
             _checkpoints: Arc::new(()),
             secrets: None,
         };
@@ -133,6 +139,24 @@ impl Store {
             Some(lock) => Some(lock_reporting_waits(lock, "writer").await),
             None => None,
         }
+    }
+
+    /// SQLite: the busy timeout (ms) the pool's connections are opened with (read from `conn`,
+    /// once), for a writer that turns the busy handler off for a while to give it back.
+    pub(crate) async fn usual_busy_timeout(
+        &self,
+        conn: &mut sea_orm::sqlx::SqliteConnection,
+    ) -> Result<i64, sea_orm::sqlx::Error> {
+        use sea_orm::sqlx::Row;
+        if let Some(ms) = self.busy_timeout.get() {
+            return Ok(*ms);
+        }
+        let ms: i64 = sea_orm::sqlx::query("PRAGMA busy_timeout")
+            .fetch_one(conn)
+            .await?
+            .try_get(0)?;
+        let _ = self.busy_timeout.set(ms);
+        Ok(ms)
     }
 
     /// Whether the commit about to be made must fail instead (see
@@ -200,6 +224,62 @@ impl Store {
             _queued: None,
             faults: self.faults.clone(),
         })
+    }
+}
+
+impl Store {
+    /// Commit `statements` as one transaction and return the rows they returned (`RETURNING`),
+    /// in order. On SQLite the whole transaction (`BEGIN IMMEDIATE`, the statements, `COMMIT`)
+    /// is one request to a connection's thread (see [`crate::sqlite_request`]), so SQLite's
+    /// write lock is held for the statements' own work, not for a round trip per statement
+    /// through a busy runtime. For writes planned from reads made before it, whose staleness a
+    /// unique index or a guarded `UPDATE` catches: nothing here can read and then decide.
+    /// A failed statement rolls everything back.
+    pub(crate) async fn commit_statements(
+        &self,
+        statements: Vec<Statement>,
+    ) -> CoreResult<Vec<QueryResult>> {
+        if self.backend() != DbBackend::Sqlite {
+            let txn = self.begin().await?;
+            let mut rows = Vec::new();
+            for statement in statements {
+                rows.extend(txn.query_all_raw(statement).await?);
+            }
+            txn.commit().await?;
+            return Ok(rows);
+        }
+        let _queued = match &self.queue {
+            Some(lock) => Some(lock_reporting_waits(lock, "queue").await),
+            None => None,
+        };
+        let _turn = self.writer_turn().await;
+        let mut conn = self
+            .db
+            .get_sqlite_connection_pool()
+            .acquire()
+            .await
+            .map_err(|err| anyhow::anyhow!("no connection to write with: {err}"))?;
+        if take_fault(&self.faults) {
+            return Err(anyhow::anyhow!("injected commit failure (test hook)").into());
+        }
+        let mut all = vec![Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE")];
+        all.extend(statements);
+        all.push(Statement::from_string(DbBackend::Sqlite, "COMMIT"));
+        let request = sqlite_request::joined(all);
+        let result = sqlite_request::counted(
+            self,
+            &request,
+            sqlite_request::query(&request.0, false)
+                .fetch_all(&mut *conn)
+                .await,
+        );
+        match result {
+            Ok(rows) => Ok(rows.into_iter().map(QueryResult::from).collect()),
+            Err(err) => {
+                sqlite_request::rollback(self, &mut conn).await;
+                Err(err.into())
+            }
+        }
     }
 }
 
