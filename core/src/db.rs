@@ -229,15 +229,7 @@ pub(crate) async fn checkpoint_once(
             other => break other,
         }
     };
-    let restored = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "PRAGMA busy_timeout = {usual}"
-    )))
-    .execute(&mut *conn)
-    .await;
-    if restored.is_err() {
-        // A connection with the wrong timeout must not serve anyone else.
-        conn.close_on_drop();
-    }
+    crate::sqlite_request::restore_busy_timeout(&mut conn, usual).await;
     Ok((frames, reset? == 0))
 }
 

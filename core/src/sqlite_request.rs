@@ -60,6 +60,20 @@ pub(crate) fn query(
     sqlx::query_with(AssertSqlSafe(statement.sql.as_str()), SqlxValues(values)).persistent(cached)
 }
 
+/// Give `conn` its usual busy timeout (ms) back after a spell without SQLite's busy handler.
+/// A connection that cannot have it back is closed rather than returned to the pool: with the
+/// wrong timeout it must not serve anyone else. Whether it was restored.
+pub(crate) async fn restore_busy_timeout(conn: &mut PoolConnection<Sqlite>, usual: i64) -> bool {
+    let restored = sqlx::query(AssertSqlSafe(format!("PRAGMA busy_timeout = {usual}")))
+        .execute(&mut **conn)
+        .await;
+    if let Err(err) = &restored {
+        tracing::warn!(error = %err, "cannot restore a connection's busy timeout; closing it");
+        conn.close_on_drop();
+    }
+    restored.is_ok()
+}
+
 /// End the transaction without writing. A connection that cannot roll back is not reused.
 pub(crate) async fn rollback(store: &Store, conn: &mut PoolConnection<Sqlite>) {
     let rolled_back = sqlx::query("ROLLBACK").execute(&mut **conn).await;

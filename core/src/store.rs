@@ -159,6 +159,15 @@ impl Store {
         Ok(ms)
     }
 
+    /// SQLite: an ordinary writer's place in the queue (see [`Store`]), taken before
+    /// [`Store::writer_turn`]. `None` on PostgreSQL.
+    async fn queue_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.queue {
+            Some(lock) => Some(lock_reporting_waits(lock, "queue").await),
+            None => None,
+        }
+    }
+
     /// Whether the commit about to be made must fail instead (see
     /// [`Store::fail_next_commits`]); each `true` uses up one injected failure.
     pub(crate) fn commit_fault(&self) -> bool {
@@ -189,10 +198,7 @@ impl Store {
 
     /// Begin a write transaction. Commit it with [`WriteTxn::commit`]; dropping it rolls back.
     pub async fn begin(&self) -> CoreResult<WriteTxn> {
-        let queued = match &self.queue {
-            Some(lock) => Some(lock_reporting_waits(lock, "queue").await),
-            None => None,
-        };
+        let queued = self.queue_turn().await;
         let mut txn = self.begin_first().await?;
         txn._queued = queued;
         Ok(txn)
@@ -248,10 +254,7 @@ impl Store {
             txn.commit().await?;
             return Ok(rows);
         }
-        let _queued = match &self.queue {
-            Some(lock) => Some(lock_reporting_waits(lock, "queue").await),
-            None => None,
-        };
+        let _queued = self.queue_turn().await;
         let _turn = self.writer_turn().await;
         let mut conn = self
             .db

@@ -461,6 +461,7 @@ async fn append_statements<C: ConnectionTrait>(
     .ok_or_else(|| anyhow::anyhow!("log of {tenant_id}: a node of the new head is missing"))?;
     let body = checkpoint_text(&origin(&settings.origin_prefix, tenant_id), new_size, &root);
     let note = keys.active.sign_note(&body);
+    let key_id = keys.active.verifier().key_id();
 
     let mut statements = Vec::new();
     if backend == DbBackend::Postgres {
@@ -527,7 +528,7 @@ async fn append_statements<C: ConnectionTrait>(
         tree_size: Set(new_size as i64),
         root_hash: Set(hex::encode(root)),
         note: Set(note.clone()),
-        key_id: Set(keys.active.verifier().key_id()),
+        key_id: Set(key_id.clone()),
         created_at: Set(at),
         ..Default::default()
     };
@@ -545,7 +546,7 @@ async fn append_statements<C: ConnectionTrait>(
             payload: json!({
                 "treeSize": new_size,
                 "rootHash": hex::encode(root),
-                "keyId": keys.active.verifier().key_id(),
+                "keyId": key_id,
                 "checkpoint": note,
             }),
         },

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     error::CoreResult,
-    sqlite_request::{counted, joined, rollback},
+    sqlite_request::{counted, joined, restore_busy_timeout, rollback},
     store::Store,
 };
 
@@ -52,8 +52,8 @@ const ACTIVE_KEY: &str = "active_key";
 /// The column of the row `PRAGMA busy_timeout = 0` answers with.
 const BUSY_TIMEOUT: &str = "timeout";
 
-/// How long a batch keeps trying for SQLite's write lock while another connection holds it (the
-/// job queue's pollers write on connections of their own) before it takes the ordinary way.
+/// How long a batch keeps trying for SQLite's write lock while another connection holds it
+/// before it takes the ordinary way.
 const LOCK_PATIENCE: Duration = Duration::from_millis(200);
 
 /// How soon a batch tries again for the write lock another connection holds.
@@ -63,9 +63,9 @@ const LOCK_RETRY: Duration = Duration::from_millis(1);
 ///
 /// The batch's connection runs without SQLite's busy handler (`busy_timeout = 0`) from its
 /// `BEGIN IMMEDIATE` to its `COMMIT`: when another connection holds the write lock, the
-/// handler sleeps 1, 2, 5, 10, 15, 20… ms between looks, so a batch that met a job poller's
-/// commit of about a millisecond waited up to 18 ms, and that was the step path's p99 under
-/// load. Here it looks again every [`LOCK_RETRY`] instead.
+/// handler sleeps 1, 2, 5, 10, 15, 20… ms between looks, so a batch that met another
+/// connection's commit of about a millisecond could wait 18 ms for it. Here it looks again every
+/// [`LOCK_RETRY`] instead.
 pub(super) async fn write_batch(store: &Store, batch: &[PendingStep]) -> Outcome {
     // This process's writers take turns; the lane's turn comes ahead of ordinary writers.
     let _turn = store.writer_turn().await;
@@ -96,7 +96,8 @@ pub(super) async fn write_batch(store: &Store, batch: &[PendingStep]) -> Outcome
         }
     };
     if !outcome.restored {
-        restore_busy_timeout(store, &mut conn, usual).await;
+        let restored = restore_busy_timeout(&mut conn, usual).await;
+        store.ran_statements(1, !restored);
     }
     outcome.outcome
 }
@@ -105,20 +106,6 @@ pub(super) async fn write_batch(store: &Store, batch: &[PendingStep]) -> Outcome
 struct Staged {
     outcome: Outcome,
     restored: bool,
-}
-
-/// Give the connection its usual busy timeout back; one that cannot have it is not reused.
-async fn restore_busy_timeout(store: &Store, conn: &mut PoolConnection<Sqlite>, usual: i64) {
-    let restored = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "PRAGMA busy_timeout = {usual}"
-    )))
-    .execute(&mut **conn)
-    .await;
-    store.ran_statements(1, restored.is_err());
-    if let Err(err) = restored {
-        tracing::warn!(error = %err, "cannot restore a connection's busy timeout; closing it");
-        conn.close_on_drop();
-    }
 }
 
 /// Whether SQLite refused for a lock another connection holds.
