@@ -6,7 +6,7 @@ use governance_entities::event;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Statement,
-    sea_query::{Expr, Query},
+    sea_query::{Expr, Query, SimpleExpr},
 };
 use serde_json::Value;
 
@@ -92,7 +92,7 @@ pub async fn append<C: ConnectionTrait>(
         conn.execute_raw(lock).await?;
     }
     event::Entity::find()
-        .from_raw_sql(insert_statement(backend, tenant_id, new))
+        .from_raw_sql(insert_statement(backend, tenant_id, new, None))
         .one(conn)
         .await?
         .ok_or_else(|| anyhow::anyhow!("an event insert returned no row").into())
@@ -107,7 +107,19 @@ pub(crate) fn append_statements(
     new: NewEvent,
 ) -> Vec<Statement> {
     let mut statements: Vec<Statement> = lock_statement(backend, tenant_id).into_iter().collect();
-    statements.push(insert_statement(backend, tenant_id, new));
+    statements.push(insert_statement(backend, tenant_id, new, None));
+    statements
+}
+
+/// [`append_statements`], inserting the event only if `condition` holds when it runs.
+pub(crate) fn append_statements_if(
+    backend: DbBackend,
+    tenant_id: &str,
+    new: NewEvent,
+    condition: SimpleExpr,
+) -> Vec<Statement> {
+    let mut statements: Vec<Statement> = lock_statement(backend, tenant_id).into_iter().collect();
+    statements.push(insert_statement(backend, tenant_id, new, Some(condition)));
     statements
 }
 
@@ -122,20 +134,32 @@ fn lock_statement(backend: DbBackend, tenant_id: &str) -> Option<Statement> {
     })
 }
 
-/// The insert of the event with the tenant's next sequence number, returning the stored row.
-fn insert_statement(backend: DbBackend, tenant_id: &str, new: NewEvent) -> Statement {
-    let next = Query::select()
-        .expr(Expr::val(tenant_id))
+/// The insert of the event with the tenant's next sequence number, returning the stored row;
+/// with a `condition`, only if it holds.
+fn insert_statement(
+    backend: DbBackend,
+    tenant_id: &str,
+    new: NewEvent,
+    condition: Option<SimpleExpr>,
+) -> Statement {
+    let next_seq = Query::select()
         .expr(Expr::cust("COALESCE(MAX(seq), 0) + 1"))
+        .from(event::Entity)
+        .and_where(event::Column::TenantId.eq(tenant_id))
+        .to_owned();
+    let mut next = Query::select()
+        .expr(Expr::val(tenant_id))
+        .expr(SimpleExpr::SubQuery(None, Box::new(next_seq.into())))
         .expr(Expr::val(new.kind.as_str()))
         .expr(Expr::val(new.subject_id))
         .expr(Expr::val(new.run_id))
         .expr(Expr::val(new.severity_rank))
         .expr(Expr::val(new.payload))
         .expr(Expr::val(now()))
-        .from(event::Entity)
-        .and_where(event::Column::TenantId.eq(tenant_id))
         .to_owned();
+    if let Some(condition) = condition {
+        next.and_where(condition);
+    }
     let insert = Query::insert()
         .into_table(event::Entity)
         .columns([

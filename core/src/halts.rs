@@ -15,7 +15,8 @@ use governance_entities::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    QueryOrder, QuerySelect, QueryTrait, Select, Set, Statement,
+    sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use serde_json::json;
 
@@ -122,8 +123,20 @@ pub(crate) async fn lock_tenant<C: ConnectionTrait>(
     tenant_id: &str,
     exclusive: bool,
 ) -> CoreResult<()> {
-    if conn.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
+    if let Some(lock) = lock_tenant_statement(conn.get_database_backend(), tenant_id, exclusive) {
+        conn.query_all_raw(lock).await?;
+    }
+    Ok(())
+}
+
+/// [`lock_tenant`] as a statement, for a transaction sent as statements; `None` on SQLite.
+pub(crate) fn lock_tenant_statement(
+    backend: DbBackend,
+    tenant_id: &str,
+    exclusive: bool,
+) -> Option<Statement> {
+    if backend != DbBackend::Postgres {
+        return None;
     }
     let query = tenant::Entity::find_by_id(tenant_id.to_string());
     let query = if exclusive {
@@ -131,8 +144,7 @@ pub(crate) async fn lock_tenant<C: ConnectionTrait>(
     } else {
         query.lock_shared()
     };
-    query.one(conn).await?;
-    Ok(())
+    Some(query.build(backend))
 }
 
 /// Stop every running run in `scope` now and refuse new ones until the halt is resumed: one
@@ -328,13 +340,47 @@ pub async fn refuse_start_if_halted<C: ConnectionTrait>(
     agent: Option<&str>,
 ) -> CoreResult<()> {
     lock_tenant(conn, tenant_id, false).await?;
+    refuse_start_under(standing_halt(conn, tenant_id, workflow_id, agent).await?)
+}
+
+/// The earliest halt standing over a run of `workflow_id` by `agent`, if any.
+pub(crate) async fn standing_halt<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    workflow_id: &str,
+    agent: Option<&str>,
+) -> CoreResult<Option<halt::Model>> {
+    Ok(standing_halts(tenant_id, workflow_id, agent)
+        .order_by_asc(halt::Column::CreatedAt)
+        .one(conn)
+        .await?)
+}
+
+/// `NOT EXISTS` a halt standing over a run of `workflow_id` by `agent`: the guard of a start
+/// planned before its transaction, so a halt committed meanwhile still refuses it.
+pub(crate) fn no_standing_halt(
+    tenant_id: &str,
+    workflow_id: &str,
+    agent: Option<&str>,
+) -> SimpleExpr {
+    Expr::exists(
+        standing_halts(tenant_id, workflow_id, agent)
+            .select_only()
+            .expr(Expr::val(1))
+            .into_query(),
+    )
+    .not()
+}
+
+/// The halts not resumed whose scope covers runs of `workflow_id` by `agent`.
+fn standing_halts(tenant_id: &str, workflow_id: &str, agent: Option<&str>) -> Select<halt::Entity> {
     let agent_matches = match agent {
         Some(agent) => Condition::any()
             .add(halt::Column::Agent.is_null())
             .add(halt::Column::Agent.eq(agent)),
         None => Condition::all().add(halt::Column::Agent.is_null()),
     };
-    let standing = halt::Entity::find()
+    halt::Entity::find()
         .filter(halt::Column::TenantId.eq(tenant_id))
         .filter(
             Condition::any()
@@ -351,9 +397,10 @@ pub async fn refuse_start_if_halted<C: ConnectionTrait>(
                     .to_owned(),
             ),
         )
-        .order_by_asc(halt::Column::CreatedAt)
-        .one(conn)
-        .await?;
+}
+
+/// `CONFLICT` naming `standing` and how to lift it; nothing when no halt stands.
+pub(crate) fn refuse_start_under(standing: Option<halt::Model>) -> CoreResult<()> {
     match standing {
         None => Ok(()),
         Some(halt) => {

@@ -7,7 +7,9 @@
 
 use governance_entities::{enums::PolicyMode, policy, policy_snapshot, policy_version};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set, sea_query::OnConflict,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Select, Set, Statement,
+    sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr},
 };
 use serde_json::{Map, Value, json};
 
@@ -84,15 +86,24 @@ pub async fn current_policy_set_version<C: ConnectionTrait>(
     conn: &C,
     tenant_id: &str,
 ) -> CoreResult<String> {
-    let newest = policy_version::Entity::find()
+    Ok(set_version_of(
+        newest_version(tenant_id).one(conn).await?.as_ref(),
+    ))
+}
+
+/// The tenant's policy versions, newest first.
+fn newest_version(tenant_id: &str) -> Select<policy_version::Entity> {
+    policy_version::Entity::find()
         .filter(policy_version::Column::TenantId.eq(tenant_id))
         .order_by_desc(policy_version::Column::CreatedAt)
         .order_by_desc(policy_version::Column::Id)
-        .one(conn)
-        .await?;
-    Ok(newest
-        .map(|v| v.policy_set_version)
-        .unwrap_or_else(|| INITIAL_POLICY_SET_VERSION.to_string()))
+}
+
+/// The policy-set version after `newest`, the newest policy version written (if any).
+fn set_version_of(newest: Option<&policy_version::Model>) -> String {
+    newest
+        .map(|v| v.policy_set_version.clone())
+        .unwrap_or_else(|| INITIAL_POLICY_SET_VERSION.to_string())
 }
 
 /// Take the snapshot for a run of `workflow_id` now: the tenant's enabled, applicable policies.
@@ -102,18 +113,125 @@ pub async fn take<C: ConnectionTrait>(
     tenant_id: &str,
     workflow_id: &str,
 ) -> CoreResult<(policy_snapshot::Model, String)> {
-    let policies: Vec<policy::Model> = policy::Entity::find()
+    let content = compose(&applicable(conn, tenant_id, workflow_id).await?);
+    let version = current_policy_set_version(conn, tenant_id).await?;
+    let stored = store(conn, tenant_id, &content, &version).await?;
+    Ok((stored, version))
+}
+
+/// The snapshot a run of `workflow_id` would take now, read without writing, for a start
+/// written in one request after it (see `runs::start`).
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotPlan {
+    pub content: SnapshotContent,
+    /// The policy-set version it belongs to.
+    pub version: String,
+    /// The tenant's newest policy version when read: `None` if no policy was ever written.
+    newest_version_id: Option<String>,
+    /// Whether the snapshot is stored already.
+    stored: bool,
+}
+
+/// Read what [`take`] would take, without storing it.
+pub(crate) async fn plan<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    workflow_id: &str,
+) -> CoreResult<SnapshotPlan> {
+    let content = compose(&applicable(conn, tenant_id, workflow_id).await?);
+    let newest = newest_version(tenant_id).one(conn).await?;
+    let stored = stored_with_hash(tenant_id, &content.content_hash)
+        .one(conn)
+        .await?
+        .is_some();
+    Ok(SnapshotPlan {
+        content,
+        version: set_version_of(newest.as_ref()),
+        newest_version_id: newest.map(|v| v.id),
+        stored,
+    })
+}
+
+impl SnapshotPlan {
+    /// True while no policy of the tenant has changed since the plan was read: every change
+    /// writes a policy version (they are append-only), so the newest is still the one read.
+    pub(crate) fn still_current(&self, tenant_id: &str) -> SimpleExpr {
+        let newest = newest_version(tenant_id)
+            .select_only()
+            .column(policy_version::Column::Id)
+            .limit(1)
+            .into_query();
+        match &self.newest_version_id {
+            Some(id) => SimpleExpr::SubQuery(None, Box::new(newest.into())).eq(id.as_str()),
+            None => Expr::exists(newest).not(),
+        }
+    }
+
+    /// The statement storing the snapshot, when it is not stored yet, if `guard` holds.
+    pub(crate) fn store_statement(
+        &self,
+        backend: DbBackend,
+        tenant_id: &str,
+        guard: SimpleExpr,
+    ) -> CoreResult<Option<Statement>> {
+        if self.stored {
+            return Ok(None);
+        }
+        use policy_snapshot::Column as C;
+        let c = &self.content;
+        let values = Query::select()
+            .expr(Expr::val(tenant_id))
+            .expr(Expr::val(c.snapshot_id.as_str()))
+            .expr(Expr::val(c.content_hash.as_str()))
+            .expr(Expr::val(c.policies_json.as_str()))
+            .expr(Expr::val(c.thresholds_json.as_str()))
+            .expr(Expr::val(c.policy_count))
+            .expr(Expr::val(self.version.as_str()))
+            .expr(Expr::val(now()))
+            .and_where(guard)
+            .to_owned();
+        let insert = Query::insert()
+            .into_table(policy_snapshot::Entity)
+            .columns([
+                C::TenantId,
+                C::SnapshotId,
+                C::ContentHash,
+                C::PoliciesJson,
+                C::ThresholdsJson,
+                C::PolicyCount,
+                C::Version,
+                C::CreatedAt,
+            ])
+            .select_from(values)
+            .map_err(|err| anyhow::anyhow!("snapshot insert: {err}"))?
+            // As in `store`: both unique indexes must be arbiters.
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .to_owned();
+        Ok(Some(backend.build(&insert)))
+    }
+}
+
+/// The tenant's enabled policies that apply to runs of `workflow_id`.
+async fn applicable<C: ConnectionTrait>(
+    conn: &C,
+    tenant_id: &str,
+    workflow_id: &str,
+) -> CoreResult<Vec<policy::Model>> {
+    Ok(policy::Entity::find()
         .filter(policy::Column::TenantId.eq(tenant_id))
         .filter(policy::Column::Enabled.eq(true))
         .all(conn)
         .await?
         .into_iter()
         .filter(|p| applies_to(p, workflow_id))
-        .collect();
-    let content = compose(&policies);
-    let version = current_policy_set_version(conn, tenant_id).await?;
-    let stored = store(conn, tenant_id, &content, &version).await?;
-    Ok((stored, version))
+        .collect())
+}
+
+/// The stored snapshot of the tenant with `content_hash`.
+fn stored_with_hash(tenant_id: &str, content_hash: &str) -> Select<policy_snapshot::Entity> {
+    policy_snapshot::Entity::find()
+        .filter(policy_snapshot::Column::TenantId.eq(tenant_id))
+        .filter(policy_snapshot::Column::ContentHash.eq(content_hash))
 }
 
 async fn store<C: ConnectionTrait>(
@@ -122,11 +240,7 @@ async fn store<C: ConnectionTrait>(
     content: &SnapshotContent,
     version: &str,
 ) -> CoreResult<policy_snapshot::Model> {
-    let find = || {
-        policy_snapshot::Entity::find()
-            .filter(policy_snapshot::Column::TenantId.eq(tenant_id))
-            .filter(policy_snapshot::Column::ContentHash.eq(content.content_hash.as_str()))
-    };
+    let find = || stored_with_hash(tenant_id, &content.content_hash);
     if let Some(existing) = find().one(conn).await? {
         return Ok(existing);
     }
