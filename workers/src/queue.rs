@@ -420,6 +420,61 @@ impl JobQueue {
         Ok(released)
     }
 
+    /// Whether the queues are kept in the SQLite database.
+    pub fn is_sqlite(&self) -> bool {
+        self.redis.is_none() && self.db.get_database_backend() == DbBackend::Sqlite
+    }
+
+    /// SQLite: the queues (by name) holding a job their worker's fetch would claim now:
+    /// pending and not locked, or failed with attempts left, and due. One read, which takes no
+    /// lock: a fetch is an `UPDATE`, and on SQLite every one, even one that finds nothing,
+    /// takes the database's one write lock, which every step's commit needs too. Empty on the
+    /// other backends.
+    pub async fn claimable_queues(&self) -> anyhow::Result<Vec<String>> {
+        use sea_orm::sqlx;
+        if !self.is_sqlite() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = JOB_QUEUES
+            .iter()
+            .map(|job| queue_name(&self.namespace, job))
+            .collect();
+        // The conditions of apalis-sqlite's `fetch_next.sql`, which claims due jobs by
+        // `run_at` in whole seconds.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        sqlx::query_scalar(
+            "SELECT q.value FROM json_each(?) AS q WHERE EXISTS (SELECT 1 FROM Jobs \
+             WHERE Jobs.job_type = q.value \
+             AND ((Jobs.status = 'Pending' AND Jobs.lock_by IS NULL) \
+                  OR (Jobs.status = 'Failed' AND Jobs.attempts < Jobs.max_attempts)) \
+             AND (Jobs.run_at IS NULL OR Jobs.run_at <= ?))",
+        )
+        .bind(serde_json::to_string(&names)?)
+        .bind(now)
+        .fetch_all(self.db.get_sqlite_connection_pool())
+        .await
+        .context("cannot read which job queues hold due jobs (SQLite)")
+    }
+
+    /// Wake this process's worker of the queue named `name` (see [`crate::wakeup`]).
+    pub fn wake(&self, name: &str) {
+        let queues = [
+            &self.evaluation.pushed,
+            &self.audit.pushed,
+            &self.simulation.pushed,
+            &self.export.pushed,
+            &self.fan_out.pushed,
+            &self.delivery.pushed,
+        ];
+        for (job, pushed) in JOB_QUEUES.iter().zip(queues) {
+            if queue_name(&self.namespace, job) == name {
+                pushed.notify_waiters();
+            }
+        }
+    }
+
     /// Is the queue's storage answering? (`/readyz`.)
     pub async fn ping(&self) -> anyhow::Result<()> {
         match &self.redis {

@@ -21,7 +21,7 @@ use crate::{
     },
     queue::{CONCURRENCY, EVALUATION_CONCURRENCY, JobQueue, Storage},
     sweeper,
-    wakeup::{POLL_INTERVAL, Wakeup},
+    wakeup::{POLL_INTERVAL, SQLITE_BACKSTOP, Wakeup, watch_sqlite_queues},
     webhook_client::WebhookClient,
 };
 
@@ -215,7 +215,7 @@ fn worker_name(job: &str, generation: &str) -> String {
 }
 
 /// Register one worker for `$queue` on `$monitor`: polled (SQLite, Redis; woken at once by
-/// this process's pushes) or notified (PostgreSQL), with retries and backoff, `$concurrency`
+/// this process's pushes, and on SQLite by [`watch_sqlite_queues`]) or notified (PostgreSQL), with retries and backoff, `$concurrency`
 /// jobs at once, and the handler's data.
 macro_rules! register {
     ($monitor:expr, $generation:expr, $queue:expr, $job:literal, $concurrency:expr, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
@@ -225,7 +225,7 @@ macro_rules! register {
         match $queue.storage.clone() {
             Storage::Sqlite(storage) => $monitor.register(move |run| {
                 WorkerBuilder::new(format!("{name}-{run}"))
-                    .backend(storage.clone().poll_with_strategy(Wakeup::new(pushed.clone(), POLL_INTERVAL)))
+                    .backend(storage.clone().poll_with_strategy(Wakeup::new(pushed.clone(), SQLITE_BACKSTOP)))
                     .concurrency($concurrency)
                     .retry(RetryPolicy::retries(RETRIES).with_backoff(backoff.clone()))
                     $(.data($data.clone()))*
@@ -354,6 +354,10 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
     // server, when embedded).
     let shutdown = shutdown.child_token();
     let sweeper = tokio::spawn(sweeper::run(deps.clone(), shutdown.clone()));
+    let watcher = deps
+        .jobs
+        .is_sqlite()
+        .then(|| tokio::spawn(watch_sqlite_queues(deps.jobs.clone(), shutdown.clone())));
     const FIRST_PAUSE: Duration = Duration::from_millis(500);
     let mut pause = FIRST_PAUSE;
     loop {
@@ -424,5 +428,8 @@ pub async fn run(deps: WorkerDeps, shutdown: CancellationToken) -> anyhow::Resul
         pause = (pause * 2).min(MAX_RESTART_PAUSE);
     }
     let _ = sweeper.await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     Ok(())
 }

@@ -1,6 +1,12 @@
 //! When a polled worker (SQLite, Redis) looks for jobs: at once when this process enqueues one
 //! for its queue, and on a tokio interval for jobs enqueued by other processes.
 //!
+//! On SQLite a worker's look is an `UPDATE`, which takes the database's one write lock even
+//! when it finds nothing, and every step's commit needs that lock: six idle queues looking five
+//! times a second made the step batches find the lock taken a dozen times a second. There,
+//! [`watch_sqlite_queues`] reads which queues hold due jobs every [`POLL_INTERVAL`] (a read
+//! takes no lock) and wakes only their workers; a worker's own interval is a backstop.
+//!
 //! apalis's own `IntervalStrategy` re-arms its timer without polling it, so a wake-up can be
 //! lost: a fetch that completes on its first poll leaves no timer armed, and the worker sleeps
 //! until its next heartbeat (30 s). That is why idle queues used to take up to 30 s to start a
@@ -19,9 +25,40 @@ use tokio::{
     sync::Notify,
     time::{Interval, MissedTickBehavior},
 };
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::JobQueue;
 
 /// Look for jobs at most this long after another process enqueued them.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// SQLite: how often a worker looks for jobs by itself, should [`watch_sqlite_queues`]' read
+/// fail.
+pub const SQLITE_BACKSTOP: Duration = Duration::from_secs(10);
+
+/// SQLite: every [`POLL_INTERVAL`], wake this process's workers of the queues holding due jobs
+/// (enqueued by another process, due for a retry, or put back after a worker stopped), until
+/// `shutdown`. A job this process enqueues wakes its worker at once without it.
+pub async fn watch_sqlite_queues(jobs: JobQueue, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match jobs.claimable_queues().await {
+            Ok(queues) => {
+                for queue in queues {
+                    jobs.wake(&queue);
+                }
+            }
+            // Busy or briefly unreachable: the next tick reads again, and the workers' own
+            // backstop interval still runs.
+            Err(err) => tracing::debug!(error = %err, "cannot read which job queues hold due jobs"),
+        }
+    }
+}
 
 type Notified = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
