@@ -106,9 +106,7 @@ pub(crate) fn append_statements(
     tenant_id: &str,
     new: NewEvent,
 ) -> Vec<Statement> {
-    let mut statements: Vec<Statement> = lock_statement(backend, tenant_id).into_iter().collect();
-    statements.push(insert_statement(backend, tenant_id, new, None));
-    statements
+    statements_of(backend, tenant_id, new, None)
 }
 
 /// [`append_statements`], inserting the event only if `condition` holds when it runs.
@@ -118,8 +116,18 @@ pub(crate) fn append_statements_if(
     new: NewEvent,
     condition: SimpleExpr,
 ) -> Vec<Statement> {
+    statements_of(backend, tenant_id, new, Some(condition))
+}
+
+/// The tenant's event lock (PostgreSQL) and the insert, under `condition` if any.
+fn statements_of(
+    backend: DbBackend,
+    tenant_id: &str,
+    new: NewEvent,
+    condition: Option<SimpleExpr>,
+) -> Vec<Statement> {
     let mut statements: Vec<Statement> = lock_statement(backend, tenant_id).into_iter().collect();
-    statements.push(insert_statement(backend, tenant_id, new, Some(condition)));
+    statements.push(insert_statement(backend, tenant_id, new, condition));
     statements
 }
 

@@ -8,7 +8,7 @@
 use governance_entities::{enums::PolicyMode, policy, policy_snapshot, policy_version};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Select, Set, Statement,
+    QueryTrait, Select, Statement,
     sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr},
 };
 use serde_json::{Map, Value, json};
@@ -177,38 +177,52 @@ impl SnapshotPlan {
         if self.stored {
             return Ok(None);
         }
-        use policy_snapshot::Column as C;
-        let c = &self.content;
-        let values = Query::select()
-            .expr(Expr::val(tenant_id))
-            .expr(Expr::val(c.snapshot_id.as_str()))
-            .expr(Expr::val(c.content_hash.as_str()))
-            .expr(Expr::val(c.policies_json.as_str()))
-            .expr(Expr::val(c.thresholds_json.as_str()))
-            .expr(Expr::val(c.policy_count))
-            .expr(Expr::val(self.version.as_str()))
-            .expr(Expr::val(now()))
-            .and_where(guard)
-            .to_owned();
-        let insert = Query::insert()
-            .into_table(policy_snapshot::Entity)
-            .columns([
-                C::TenantId,
-                C::SnapshotId,
-                C::ContentHash,
-                C::PoliciesJson,
-                C::ThresholdsJson,
-                C::PolicyCount,
-                C::Version,
-                C::CreatedAt,
-            ])
-            .select_from(values)
-            .map_err(|err| anyhow::anyhow!("snapshot insert: {err}"))?
-            // As in `store`: both unique indexes must be arbiters.
-            .on_conflict(OnConflict::new().do_nothing().to_owned())
-            .to_owned();
-        Ok(Some(backend.build(&insert)))
+        insert_statement(backend, tenant_id, &self.content, &self.version, guard).map(Some)
     }
+}
+
+/// The insert of a snapshot, if `guard` holds when it runs. ON CONFLICT DO NOTHING: a
+/// concurrent run may store the same snapshot first; that is fine, and must not abort the
+/// transaction (it would on PostgreSQL with a plain INSERT). No conflict target: both unique
+/// indexes (tenant + content hash, tenant + snapshot id) must be arbiters, or PostgreSQL raises
+/// the race on the other one as a unique violation. (The `WHERE` also keeps SQLite from reading
+/// `ON CONFLICT` as a join's `ON`.)
+fn insert_statement(
+    backend: DbBackend,
+    tenant_id: &str,
+    content: &SnapshotContent,
+    version: &str,
+    guard: SimpleExpr,
+) -> CoreResult<Statement> {
+    use policy_snapshot::Column as C;
+    let values = Query::select()
+        .expr(Expr::val(tenant_id))
+        .expr(Expr::val(content.snapshot_id.as_str()))
+        .expr(Expr::val(content.content_hash.as_str()))
+        .expr(Expr::val(content.policies_json.as_str()))
+        .expr(Expr::val(content.thresholds_json.as_str()))
+        .expr(Expr::val(content.policy_count))
+        .expr(Expr::val(version))
+        .expr(Expr::val(now()))
+        .and_where(guard)
+        .to_owned();
+    let insert = Query::insert()
+        .into_table(policy_snapshot::Entity)
+        .columns([
+            C::TenantId,
+            C::SnapshotId,
+            C::ContentHash,
+            C::PoliciesJson,
+            C::ThresholdsJson,
+            C::PolicyCount,
+            C::Version,
+            C::CreatedAt,
+        ])
+        .select_from(values)
+        .map_err(|err| anyhow::anyhow!("snapshot insert: {err}"))?
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
+        .to_owned();
+    Ok(backend.build(&insert))
 }
 
 /// The tenant's enabled policies that apply to runs of `workflow_id`.
@@ -244,23 +258,13 @@ async fn store<C: ConnectionTrait>(
     if let Some(existing) = find().one(conn).await? {
         return Ok(existing);
     }
-    // ON CONFLICT DO NOTHING: a concurrent run may store the same snapshot first; that is fine,
-    // and must not abort this transaction (it would on PostgreSQL with a plain INSERT). No
-    // conflict target: both unique indexes (tenant + content hash, tenant + snapshot id) must be
-    // arbiters, or PostgreSQL raises the race on the other one as a unique violation.
-    policy_snapshot::Entity::insert(policy_snapshot::ActiveModel {
-        tenant_id: Set(tenant_id.to_string()),
-        snapshot_id: Set(content.snapshot_id.clone()),
-        content_hash: Set(content.content_hash.clone()),
-        policies_json: Set(content.policies_json.clone()),
-        thresholds_json: Set(content.thresholds_json.clone()),
-        policy_count: Set(content.policy_count),
-        version: Set(version.to_string()),
-        created_at: Set(now()),
-        ..Default::default()
-    })
-    .on_conflict(OnConflict::new().do_nothing().to_owned())
-    .exec_without_returning(conn)
+    conn.execute_raw(insert_statement(
+        conn.get_database_backend(),
+        tenant_id,
+        content,
+        version,
+        Expr::value(true),
+    )?)
     .await?;
     find().one(conn).await?.ok_or_else(|| {
         anyhow::anyhow!("snapshot {} vanished after insert", content.snapshot_id).into()

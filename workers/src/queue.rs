@@ -425,27 +425,27 @@ impl JobQueue {
         self.redis.is_none() && self.db.get_database_backend() == DbBackend::Sqlite
     }
 
-    /// SQLite: the queues (by name) holding a job their worker's fetch would claim now:
-    /// pending and not locked, or failed with attempts left, and due. One read, which takes no
-    /// lock: a fetch is an `UPDATE`, and on SQLite every one, even one that finds nothing,
-    /// takes the database's one write lock, which every step's commit needs too. Empty on the
-    /// other backends.
-    pub async fn claimable_queues(&self) -> anyhow::Result<Vec<String>> {
+    /// SQLite: wake this process's worker of every queue holding a job its fetch would claim
+    /// now (pending and not locked, or failed with attempts left, and due); returns how many
+    /// were woken. One read, which takes no lock: a fetch is an `UPDATE`, and on SQLite every
+    /// one, even one that finds nothing, takes the database's one write lock, which every
+    /// step's commit needs too. Nothing on the other backends.
+    pub async fn wake_claimable(&self) -> anyhow::Result<usize> {
         use sea_orm::sqlx;
         if !self.is_sqlite() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let names: Vec<String> = JOB_QUEUES
             .iter()
             .map(|job| queue_name(&self.namespace, job))
             .collect();
         // The conditions of apalis-sqlite's `fetch_next.sql`, which claims due jobs by
-        // `run_at` in whole seconds.
+        // `run_at` in whole seconds. The answer is each such queue's place in `names`.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs() as i64;
-        sqlx::query_scalar(
-            "SELECT q.value FROM json_each(?) AS q WHERE EXISTS (SELECT 1 FROM Jobs \
+        let claimable: Vec<i64> = sqlx::query_scalar(
+            "SELECT q.key FROM json_each(?) AS q WHERE EXISTS (SELECT 1 FROM Jobs \
              WHERE Jobs.job_type = q.value \
              AND ((Jobs.status = 'Pending' AND Jobs.lock_by IS NULL) \
                   OR (Jobs.status = 'Failed' AND Jobs.attempts < Jobs.max_attempts)) \
@@ -455,12 +455,9 @@ impl JobQueue {
         .bind(now)
         .fetch_all(self.db.get_sqlite_connection_pool())
         .await
-        .context("cannot read which job queues hold due jobs (SQLite)")
-    }
-
-    /// Wake this process's worker of the queue named `name` (see [`crate::wakeup`]).
-    pub fn wake(&self, name: &str) {
-        let queues = [
+        .context("cannot read which job queues hold due jobs (SQLite)")?;
+        // In `JOB_QUEUES` order.
+        let signals = [
             &self.evaluation.pushed,
             &self.audit.pushed,
             &self.simulation.pushed,
@@ -468,11 +465,12 @@ impl JobQueue {
             &self.fan_out.pushed,
             &self.delivery.pushed,
         ];
-        for (job, pushed) in JOB_QUEUES.iter().zip(queues) {
-            if queue_name(&self.namespace, job) == name {
+        for index in &claimable {
+            if let Some(pushed) = usize::try_from(*index).ok().and_then(|i| signals.get(i)) {
                 pushed.notify_waiters();
             }
         }
+        Ok(claimable.len())
     }
 
     /// Is the queue's storage answering? (`/readyz`.)

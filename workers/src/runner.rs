@@ -215,8 +215,8 @@ fn worker_name(job: &str, generation: &str) -> String {
 }
 
 /// Register one worker for `$queue` on `$monitor`: polled (SQLite, Redis; woken at once by
-/// this process's pushes, and on SQLite by [`watch_sqlite_queues`]) or notified (PostgreSQL), with retries and backoff, `$concurrency`
-/// jobs at once, and the handler's data.
+/// this process's pushes, and on SQLite by [`watch_sqlite_queues`]) or notified (PostgreSQL),
+/// with retries and backoff, `$concurrency` jobs at once, and the handler's data.
 macro_rules! register {
     ($monitor:expr, $generation:expr, $queue:expr, $job:literal, $concurrency:expr, $backoff:expr, $handler:expr, [$($data:expr),*]) => {{
         let name = worker_name($job, $generation);

@@ -47,22 +47,17 @@ pub async fn watch_sqlite_queues(jobs: JobQueue, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match jobs.claimable_queues().await {
-            Ok(queues) => {
-                for queue in queues {
-                    jobs.wake(&queue);
-                }
-            }
-            // Busy or briefly unreachable: the next tick reads again, and the workers' own
-            // backstop interval still runs.
-            Err(err) => tracing::debug!(error = %err, "cannot read which job queues hold due jobs"),
+        // Busy or briefly unreachable: the next tick reads again, and the workers' own
+        // backstop interval still runs.
+        if let Err(err) = jobs.wake_claimable().await {
+            tracing::debug!(error = %err, "cannot read which job queues hold due jobs");
         }
     }
 }
 
 type Notified = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
-/// Wakes one worker when its queue is pushed to in this process, and every [`POLL_INTERVAL`].
+/// Wakes one worker when its queue is pushed to in this process, and every `period`.
 pub struct Wakeup {
     pushed: Arc<Notify>,
     notified: Notified,
