@@ -66,8 +66,13 @@ impl StepTimes {
         self.complete_since = Some(since);
     }
 
+    /// A step was written at `at`. Kept only while the times are tracked (since the history
+    /// was first read for a rate limit): a run whose snapshot looks back on none keeps nothing,
+    /// however many steps it takes.
     fn push(&mut self, at: DateTime<Utc>) {
-        self.times.push(at);
+        if self.complete_since.is_some() {
+            self.times.push(at);
+        }
     }
 }
 
@@ -138,6 +143,11 @@ mod tests {
         let at = |s: i64| start + chrono::Duration::seconds(s);
         let mut times = StepTimes::default();
         assert_eq!(times.after(at(0)), None);
+        // Not tracked yet (no rate limit has asked): nothing is kept.
+        for s in 0..1_000 {
+            times.push(at(s));
+        }
+        assert!(times.times.is_empty());
         times.remember(at(10), &[at(11), at(12)]);
         times.push(at(13));
         assert_eq!(times.after(at(11)), Some(vec![at(12), at(13)]));
