@@ -9,6 +9,7 @@ use anyhow::Context;
 use governance_core::{
     db::{self, DbSettings},
     policy::SnapshotCache,
+    steps::LaneEvent,
     store::Store,
     tenancy::{self, IssuedKey},
 };
@@ -280,7 +281,11 @@ impl Application {
             config.limits.evaluation_budget(),
         );
         let batch_sizes = metrics.step_batch_size.clone();
-        recorder.observe_batches(Arc::new(move |size| batch_sizes.observe(size as f64)));
+        let lock_waits = metrics.step_batch_lock_wait.clone();
+        recorder.observe_batches(Arc::new(move |event| match event {
+            LaneEvent::Committed(size) => batch_sizes.observe(size as f64),
+            LaneEvent::WaitedForLock(waited) => lock_waits.observe(waited.as_secs_f64()),
+        }));
         let state = AppState {
             db,
             store,

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub steps: IntCounterVec,
     /// Steps per group commit (SQLite); its `_count` is the number of commits.
     pub step_batch_size: Histogram,
+    /// SQLite: how long step batches waited for the write lock another connection held (the
+    /// job queue's own writes, or another process); its `_count` is how many batches waited.
+    pub step_batch_lock_wait: Histogram,
 }
 
 impl Metrics {
@@ -110,7 +113,15 @@ impl Metrics {
         )?;
         registry.register(Box::new(step_seconds.clone()))?;
         registry.register(Box::new(steps.clone()))?;
+        let step_batch_lock_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "step_batch_lock_wait_seconds",
+                "time a step batch waited for SQLite's write lock held by another connection",
+            )
+            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
+        )?;
         registry.register(Box::new(step_batch_size.clone()))?;
+        registry.register(Box::new(step_batch_lock_wait.clone()))?;
         registry.register(Box::new(db_statements.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
@@ -135,6 +146,7 @@ impl Metrics {
             step_seconds,
             steps,
             step_batch_size,
+            step_batch_lock_wait,
         })
     }
 

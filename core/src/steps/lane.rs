@@ -20,6 +20,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 use governance_entities::{run, trace_step};
@@ -45,8 +46,19 @@ use crate::{
 /// Largest number of step reports written in one group commit.
 const MAX_BATCH: usize = 256;
 
-/// Told the size of every commit the lane makes (for metrics); set once, after the lane started.
-pub type BatchObserver = Arc<dyn Fn(usize) + Send + Sync>;
+/// What the lane tells its observer (for metrics); set once, after the lane started.
+pub type BatchObserver = Arc<dyn Fn(LaneEvent) + Send + Sync>;
+
+/// Something the lane did that an operator may want to count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LaneEvent {
+    /// A commit of this many steps.
+    Committed(usize),
+    /// SQLite: a batch found the write lock held by another connection (this process's other
+    /// writers take turns with the lane, so another process, or the job queue's own writes) and
+    /// waited this long for it, or gave up after that long and took the ordinary way.
+    WaitedForLock(Duration),
+}
 
 /// A step report waiting for the lane.
 pub(super) struct PendingStep {
@@ -75,7 +87,8 @@ impl StepLane {
         Self { queue, observer }
     }
 
-    /// Report every commit's size to `observer` (the first observer set stays).
+    /// Report every commit's size, and every wait for another connection's lock, to `observer`
+    /// (the first observer set stays).
     pub(crate) fn observe(&self, observer: BatchObserver) {
         let _ = self.observer.set(observer);
     }
@@ -118,13 +131,14 @@ async fn run_lane(
 }
 
 async fn commit_batch(store: &Store, batch: Vec<PendingStep>, observer: &OnceLock<BatchObserver>) {
-    let observe = |size: usize| {
+    let tell = |event: LaneEvent| {
         if let Some(observer) = observer.get() {
-            observer(size);
+            observer(event);
         }
     };
+    let observe = |size: usize| tell(LaneEvent::Committed(size));
     if store.backend() == DbBackend::Sqlite {
-        match sqlite_batch::write_batch(store, &batch).await {
+        match sqlite_batch::write_batch(store, &batch, &tell).await {
             sqlite_batch::Outcome::Answered { answers, written } => {
                 if written > 0 {
                     observe(written);

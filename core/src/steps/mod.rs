@@ -84,7 +84,8 @@ impl Recorder {
         &self.store
     }
 
-    /// Tell `observer` the number of steps in every group commit.
+    /// Tell `observer` the number of steps in every group commit, and every wait of a batch for
+    /// SQLite's write lock held by another connection.
     pub fn observe_batches(&self, observer: BatchObserver) {
         if let Some(lane) = &self.lane {
             lane.observe(observer);
@@ -221,8 +222,8 @@ mod tests;
 mod turns;
 mod write;
 
-pub use lane::BatchObserver;
 use lane::StepLane;
+pub use lane::{BatchObserver, LaneEvent};
 pub use synthetic::load_synthetic;
 
 /// A step as an integrator reports it.

@@ -26,7 +26,7 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 
 use super::{
-    lane::{Group, PendingStep, run_ids},
+    lane::{Group, LaneEvent, PendingStep, run_ids},
     write::{Written, insert_steps_statements, run_totals_statement},
 };
 use crate::{
@@ -66,7 +66,12 @@ const LOCK_RETRY: Duration = Duration::from_millis(1);
 /// handler sleeps 1, 2, 5, 10, 15, 20… ms between looks, so a batch that met another
 /// connection's commit of about a millisecond could wait 18 ms for it. Here it looks again every
 /// [`LOCK_RETRY`] instead.
-pub(super) async fn write_batch(store: &Store, batch: &[PendingStep]) -> Outcome {
+/// A wait for another connection's lock is told to `tell`.
+pub(super) async fn write_batch(
+    store: &Store,
+    batch: &[PendingStep],
+    tell: &(dyn Fn(LaneEvent) + Sync),
+) -> Outcome {
     // This process's writers take turns; the lane's turn comes ahead of ordinary writers.
     let _turn = store.writer_turn().await;
     let mut conn = match store.db().get_sqlite_connection_pool().acquire().await {
@@ -83,7 +88,7 @@ pub(super) async fn write_batch(store: &Store, batch: &[PendingStep]) -> Outcome
             return Outcome::Ordinary;
         }
     };
-    let outcome = match stage_and_write(store, &mut conn, batch, usual).await {
+    let outcome = match stage_and_write(store, &mut conn, batch, usual, tell).await {
         Ok(outcome) => outcome,
         Err(err) => {
             // The transaction may be open (a failed write) or not (a failed BEGIN).
@@ -123,20 +128,30 @@ async fn stage_and_write(
     conn: &mut PoolConnection<Sqlite>,
     batch: &[PendingStep],
     usual_busy_timeout: i64,
+    tell: &(dyn Fn(LaneEvent) + Sync),
 ) -> CoreResult<Staged> {
     // Round trip 1: the transaction, the keys still active, the runs as they stand.
     let reads = reads(batch);
-    let patience = tokio::time::Instant::now() + LOCK_PATIENCE;
+    let started = tokio::time::Instant::now();
+    let patience = started + LOCK_PATIENCE;
+    let mut waited = false;
     let rows = loop {
-        match counted(
+        let result = counted(
             store,
             &reads,
             query(&reads.0, batch.len()).fetch_all(&mut **conn).await,
-        ) {
+        );
+        match result {
             Err(err) if is_busy(&err) && tokio::time::Instant::now() < patience => {
+                waited = true;
                 tokio::time::sleep(LOCK_RETRY).await;
             }
-            other => break other?,
+            other => {
+                if waited {
+                    tell(LaneEvent::WaitedForLock(started.elapsed()));
+                }
+                break other?;
+            }
         }
     };
     let mut active = HashSet::new();
@@ -284,7 +299,8 @@ mod tests {
             f.pending(&f.active_key, step(&run_ids[2], None)).await,
         ];
 
-        let Outcome::Answered { answers, written } = write_batch(&f.store, &batch).await else {
+        let Outcome::Answered { answers, written } = write_batch(&f.store, &batch, &|_| {}).await
+        else {
             panic!("a batch of clean steps is written the fast way");
         };
         assert_eq!(written, 2);
@@ -318,7 +334,7 @@ mod tests {
             f.pending(&f.active_key, step(&run_ids[1], Some(0))).await,
         ];
         assert!(matches!(
-            write_batch(&f.store, &batch).await,
+            write_batch(&f.store, &batch, &|_| {}).await,
             Outcome::Ordinary
         ));
         assert_eq!(
@@ -329,7 +345,7 @@ mod tests {
         // And the connection it used is usable again: the next batch commits.
         let batch = vec![f.pending(&f.active_key, step(&run_ids[0], None)).await];
         assert!(matches!(
-            write_batch(&f.store, &batch).await,
+            write_batch(&f.store, &batch, &|_| {}).await,
             Outcome::Answered { written: 1, .. }
         ));
         assert_eq!(f.totals(&run_ids[..1]).await, vec![(1, 5, 1)]);

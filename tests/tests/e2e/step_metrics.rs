@@ -54,3 +54,88 @@ async fn recorded_steps_show_up_by_decision_with_their_latency_and_commits() {
         assert!((3.0..=4.0).contains(&written), "{written}");
     }
 }
+
+/// SQLite: while another connection holds the write lock (another process, or the job queue's
+/// own writes), a step waits for it; the wait shows in
+/// `governance_step_batch_lock_wait_seconds`, and the step is answered once it is committed.
+#[tokio::test]
+async fn a_step_batch_waiting_for_another_connections_lock_is_counted() {
+    let app = spawn_app().await;
+    if app.env.database_url.is_some() {
+        return; // SQLite's one write lock; PostgreSQL locks rows.
+    }
+    let run = app.start_run("lock-wait").await;
+    app.step_ok(&run, json!({ "type": "LLM_CALL", "tokens": 1 }))
+        .await;
+    assert_eq!(
+        app.metric("governance_step_batch_lock_wait_seconds_count")
+            .await,
+        0.0
+    );
+
+    // Another connection takes SQLite's write lock and keeps it.
+    let mut holder = app
+        .db
+        .get_sqlite_connection_pool()
+        .acquire()
+        .await
+        .expect("a connection");
+    sea_orm::sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .expect("the write lock");
+    let stepping = {
+        let port = app.port;
+        let key = app.key.clone();
+        let run = run.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{port}/graphql"))
+                .bearer_auth(key)
+                .json(&json!({
+                    "query": "mutation($input: RecordStepInput!) { recordStep(input: $input) { action step { stepIndex } } }",
+                    "variables": { "input": { "runId": run, "type": "TOOL_CALL", "toolName": "search", "tokens": 1 } },
+                }))
+                .send()
+                .await
+                .expect("recordStep")
+                .json::<serde_json::Value>()
+                .await
+                .expect("a JSON answer")
+        })
+    };
+    // The batch gives up on the fast way after its patience and says how long it waited, while
+    // the lock is still held: the step is not answered yet.
+    app.poll_metric_until("governance_step_batch_lock_wait_seconds_count", |n| {
+        n >= 1.0
+    })
+    .await;
+    assert!(
+        !stepping.is_finished(),
+        "answered while another connection held the lock"
+    );
+    let waited = app
+        .metric("governance_step_batch_lock_wait_seconds_sum")
+        .await;
+    assert!(waited >= 0.1, "{waited}");
+
+    sea_orm::sqlx::query("ROLLBACK")
+        .execute(&mut *holder)
+        .await
+        .expect("release the lock");
+    drop(holder);
+    let answer = stepping.await.expect("the step's request");
+    assert_eq!(
+        answer["data"]["recordStep"]["action"], "CONTINUE",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["data"]["recordStep"]["step"]["stepIndex"], 1,
+        "{answer}"
+    );
+    assert_eq!(
+        app.metric("governance_steps_total{decision=\"CONTINUE\"}")
+            .await,
+        2.0
+    );
+}
