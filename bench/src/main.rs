@@ -577,15 +577,38 @@ fn histogram_percentile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> 
 
 /// Resident memory of process `pid`, in KiB (Linux).
 fn rss_kib(pid: u32) -> Option<u64> {
+    Some(memory_kib(pid)?.total)
+}
+
+/// The server's resident memory (KiB), whole and by kind: anonymous (the heaps: ours and
+/// SQLite's page caches), file-backed (the binary, libraries) and shared (SQLite's WAL index,
+/// the mapped `-shm` file).
+#[derive(Debug, Clone, Copy)]
+struct Resident {
+    total: u64,
+    anon: u64,
+    file: u64,
+    shmem: u64,
+}
+
+fn memory_kib(pid: u32) -> Option<Resident> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(Resident {
+        total: field("VmRSS:")?,
+        anon: field("RssAnon:").unwrap_or(0),
+        file: field("RssFile:").unwrap_or(0),
+        shmem: field("RssShmem:").unwrap_or(0),
+    })
 }
 
 /// Phase 9: the soak. `recordStep` at `rate` for `duration` with the failures counted, the
@@ -598,7 +621,7 @@ async fn soak(
 ) -> anyhow::Result<serde_json::Value> {
     // The server's memory every 10 s: growth is counted from the end of the first minute (when
     // its caches are warm) to the end, and the peak is reported.
-    let samples = Arc::new(std::sync::Mutex::new(Vec::<(Duration, u64)>::new()));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(Duration, Resident)>::new()));
     let started = Instant::now();
     let sampling = pid.map(|pid| {
         let samples = samples.clone();
@@ -606,7 +629,7 @@ async fn soak(
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                if let Some(kib) = rss_kib(pid) {
+                if let Some(kib) = memory_kib(pid) {
                     samples
                         .lock()
                         .expect("samples")
@@ -630,13 +653,29 @@ async fn soak(
     let p99s: Vec<f64> = per_minute.iter_mut().map(|l| l.percentile(99.0)).collect();
     let mut all = measured.latencies();
     let samples = samples.lock().expect("samples").clone();
-    let rss_peak = samples.iter().map(|(_, kib)| *kib).max();
+    let rss_peak = samples.iter().map(|(_, kib)| kib.total).max();
     let warm = Duration::from_secs(60).min(duration / 2);
-    let rss_start = samples
+    let warm_sample = samples
         .iter()
         .find(|(at, _)| *at >= warm)
-        .map(|(_, kib)| *kib)
-        .or(rss_start);
+        .map(|(_, kib)| *kib);
+    let rss_start = warm_sample.map(|kib| kib.total).or(rss_start);
+    // Where the growth is: anonymous (heaps), file-backed, shared (the WAL index), in MiB from
+    // the warm sample to the last; and the whole at the end of each minute.
+    let last_sample = samples.last().map(|(_, kib)| *kib);
+    let by_kind = match (warm_sample, last_sample) {
+        (Some(a), Some(b)) => Some([
+            (b.anon as f64 - a.anon as f64) / 1024.0,
+            (b.file as f64 - a.file as f64) / 1024.0,
+            (b.shmem as f64 - a.shmem as f64) / 1024.0,
+        ]),
+        _ => None,
+    };
+    let by_minute: Vec<f64> = samples
+        .iter()
+        .filter(|(at, _)| at.as_secs() % 60 < 10 && at.as_secs() >= 60)
+        .map(|(_, kib)| (kib.total as f64 / 1024.0 * 10.0).round() / 10.0)
+        .collect();
     let growth = match (rss_start, rss_end) {
         (Some(start), Some(end)) if start > 0 => {
             Some((end as f64 - start as f64) / start as f64 * 100.0)
@@ -660,6 +699,11 @@ async fn soak(
         )),
         rss_peak.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)),
     );
+    if let Some([anon, file, shmem]) = by_kind {
+        println!(
+            "  RSS growth after warm-up by kind: anonymous {anon:+.1} MiB, file {file:+.1}, shared {shmem:+.1}; RSS at each minute {by_minute:?} MiB"
+        );
+    }
     if let Some(error) = &measured.first_error {
         println!("  first soak error: {error}");
     }
@@ -675,6 +719,8 @@ async fn soak(
         "rssEndKiB": rss_end,
         "rssPeakKiB": rss_peak,
         "rssGrowthPercent": growth,
+        "rssGrowthByKindMiB": by_kind.map(|[anon, file, shmem]| json!({ "anonymous": anon, "file": file, "shared": shmem })),
+        "rssByMinuteMiB": by_minute,
     }))
 }
 
