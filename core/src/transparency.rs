@@ -504,22 +504,33 @@ async fn append_statements<C: ConnectionTrait>(
             .build(backend),
         );
     }
-    // Only rows that still have the logged head are marked: a run that moved on stays due. A
-    // head hash names its run (its genesis binds the run id), so matching the lists is
-    // matching pairs.
+    // Each run appended is marked logged with the head appended, now: it is due again
+    // `head_interval` later (or as soon as it ends), however many steps it took meanwhile. The
+    // append used to mark only the runs still at the appended head, a test made when the plan
+    // was read inside the write; since the plan is read before it, a run that took a step in
+    // between stayed unmarked and was due on every pass. Under steady steps that was a leaf per
+    // running run per pass instead of one per interval, and a pass that read every leaf of
+    // every due run: a 10-minute soak grew the server by 350 MB and stalled steps for seconds.
+    // An append that raced another writer's never commits (the leaf indexes are unique), so
+    // the head written here is never older than one logged meanwhile.
     for chunk in runs.chunks(500) {
+        let mut appended = sea_orm::sea_query::CaseStatement::new();
+        for r in chunk {
+            appended = appended.case(
+                run::Column::Id.eq(r.id.clone()),
+                Expr::value(r.trace_head_hash.clone()),
+            );
+        }
         statements.push(
             run::Entity::update_many()
                 .col_expr(
                     run::Column::LoggedHeadHash,
-                    Expr::col(run::Column::TraceHeadHash),
+                    appended
+                        .finally(Expr::col(run::Column::LoggedHeadHash))
+                        .into(),
                 )
                 .col_expr(run::Column::LoggedAt, Expr::value(at))
                 .filter(run::Column::Id.is_in(chunk.iter().map(|r| r.id.clone())))
-                .filter(
-                    run::Column::TraceHeadHash
-                        .is_in(chunk.iter().map(|r| r.trace_head_hash.clone())),
-                )
                 .build(backend),
         );
     }
@@ -803,4 +814,143 @@ pub async fn root_at<C: ConnectionTrait>(conn: &C, tenant_id: &str, size: u64) -
         }],
     )
     .await?[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use governance_entities::enums::StepType;
+
+    use super::*;
+    use crate::{
+        db,
+        policy::SnapshotCache,
+        roles::KeyRole,
+        runs::{self, StartRun},
+        steps::{EVALUATION_BUDGET, RecordStep, Recorder},
+        tenancy,
+    };
+
+    fn step() -> RecordStep {
+        RecordStep {
+            run_id: String::new(),
+            step_index: None,
+            step_type: StepType::LlmCall,
+            tokens: 1,
+            cost_micros: 0,
+            content: None,
+            tool_name: None,
+            timestamp: None,
+        }
+    }
+
+    async fn run_row(store: &Store, id: &str) -> run::Model {
+        run::Entity::find_by_id(id.to_string())
+            .one(store.db())
+            .await
+            .expect("read")
+            .expect("the run")
+    }
+
+    /// A run that takes a step between the sequencer's plan and its write is still marked
+    /// logged, with the head appended and the time: it is due again only once the head
+    /// interval has passed (or it ends), not on every pass; and the next append extends the log
+    /// from that head.
+    #[tokio::test]
+    async fn a_run_that_moved_on_during_an_append_waits_for_the_interval_and_extends_the_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::new(db::migrated_sqlite(dir.path()).await);
+        let tenant = tenancy::create_tenant(&store, "acme", &[KeyRole::Admin])
+            .await
+            .expect("tenant")
+            .tenant_id;
+        let (keys, _) =
+            KeyRing::load_or_create(&dir.path().join("log.key"), "gov").expect("signing key");
+        let run_id = runs::start(
+            &store,
+            &tenant,
+            StartRun {
+                workflow_id: "wf".into(),
+                agent: None,
+                triggered_by: None,
+                is_synthetic: false,
+                synthetic_scenario_id: None,
+                metadata: None,
+            },
+        )
+        .await
+        .expect("run")
+        .value
+        .id;
+        let recorder = Recorder::new(store.clone(), SnapshotCache::new(), EVALUATION_BUDGET);
+        let report = || RecordStep {
+            run_id: run_id.clone(),
+            ..step()
+        };
+        recorder.record(&tenant, report()).await.expect("step 0");
+
+        // The plan reads the run at step 1; a step is recorded before the append is written.
+        let planned = run_row(&store, &run_id).await;
+        let size = log_size(store.db(), &tenant).await.expect("size");
+        let every_pass = LogSettings {
+            head_interval: chrono::Duration::zero(),
+            ..LogSettings::default()
+        };
+        let statements = append_statements(
+            store.db(),
+            &keys,
+            &every_pass,
+            &tenant,
+            size,
+            std::slice::from_ref(&planned),
+        )
+        .await
+        .expect("plan");
+        recorder.record(&tenant, report()).await.expect("step 1");
+        store.commit_statements(statements).await.expect("append");
+
+        let after = run_row(&store, &run_id).await;
+        assert_ne!(after.trace_head_hash, planned.trace_head_hash);
+        assert_eq!(
+            after.logged_head_hash.as_deref(),
+            Some(planned.trace_head_hash.as_str())
+        );
+        assert!(after.logged_at.is_some());
+        let hourly = LogSettings {
+            head_interval: chrono::Duration::hours(1),
+            ..LogSettings::default()
+        };
+        assert!(
+            due_runs(store.db(), &hourly, 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "logged a moment ago: not due for an hour"
+        );
+        assert_eq!(
+            due_runs(store.db(), &every_pass, 10)
+                .await
+                .expect("due")
+                .len(),
+            1,
+            "its newer head is due once the interval has passed"
+        );
+
+        // The newer head extends the log from the one appended.
+        let signed = sequence(&store, &keys, &every_pass)
+            .await
+            .expect("sequence");
+        assert_eq!(signed.len(), 1);
+        assert_eq!(signed[0].value.tree_size, 2);
+        let logged = run_row(&store, &run_id).await;
+        assert_eq!(
+            logged.logged_head_hash.as_deref(),
+            Some(logged.trace_head_hash.as_str())
+        );
+        assert!(
+            due_runs(store.db(), &every_pass, 10)
+                .await
+                .expect("due")
+                .is_empty()
+        );
+    }
 }
