@@ -286,18 +286,20 @@ async fn runs_extending_log<C: ConnectionTrait>(
     let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
     let mut latest: HashMap<String, log_leaf::Model> = HashMap::new();
     for chunk in ids.chunks(500) {
+        // Only each run's latest leaf: a long run has one leaf per head interval, and reading
+        // them all on every pass made the pass grow with the runs' age.
         for leaf in log_leaf::Entity::find()
             .filter(log_leaf::Column::TenantId.eq(tenant_id))
             .filter(log_leaf::Column::RunId.is_in(chunk.iter().cloned()))
+            .filter(Expr::cust(
+                "leaf_index = (SELECT MAX(latest.leaf_index) FROM log_leaves AS latest \
+                 WHERE latest.tenant_id = log_leaves.tenant_id \
+                 AND latest.run_id = log_leaves.run_id)",
+            ))
             .all(conn)
             .await?
         {
-            let newer = latest
-                .get(&leaf.run_id)
-                .is_none_or(|known| known.leaf_index < leaf.leaf_index);
-            if newer {
-                latest.insert(leaf.run_id.clone(), leaf);
-            }
+            latest.insert(leaf.run_id.clone(), leaf);
         }
     }
     let mut ok = Vec::with_capacity(runs.len());
