@@ -581,8 +581,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// The server's resident memory (KiB), whole and by kind: anonymous (the heaps: ours and
-/// SQLite's page caches), file-backed (the binary, libraries) and shared (SQLite's WAL index,
-/// the mapped `-shm` file).
+/// SQLite's page caches), file-backed (the binary, libraries, and SQLite's `-shm` WAL index,
+/// which is a mapped file) and shared memory proper (`RssShmem`; none expected).
 #[derive(Debug, Clone, Copy)]
 struct Resident {
     total: u64,
@@ -660,7 +660,7 @@ async fn soak(
         .find(|(at, _)| *at >= warm)
         .map(|(_, kib)| *kib);
     let rss_start = warm_sample.map(|kib| kib.total).or(rss_start);
-    // Where the growth is: anonymous (heaps), file-backed, shared (the WAL index), in MiB from
+    // Where the growth is: anonymous (heaps), file-backed (mapped files), shared, in MiB from
     // the warm sample to the last; and the whole at the end of each minute.
     let last_sample = samples.last().map(|(_, kib)| *kib);
     let by_kind = match (warm_sample, last_sample) {

@@ -832,17 +832,8 @@ mod tests {
         tenancy,
     };
 
-    fn step() -> RecordStep {
-        RecordStep {
-            run_id: String::new(),
-            step_index: None,
-            step_type: StepType::LlmCall,
-            tokens: 1,
-            cost_micros: 0,
-            content: None,
-            tool_name: None,
-            timestamp: None,
-        }
+    async fn due(store: &Store, settings: &LogSettings) -> usize {
+        due_runs(store.db(), settings, 10).await.expect("due").len()
     }
 
     async fn run_row(store: &Store, id: &str) -> run::Model {
@@ -886,7 +877,13 @@ mod tests {
         let recorder = Recorder::new(store.clone(), SnapshotCache::new(), EVALUATION_BUDGET);
         let report = || RecordStep {
             run_id: run_id.clone(),
-            ..step()
+            step_index: None,
+            step_type: StepType::LlmCall,
+            tokens: 1,
+            cost_micros: 0,
+            content: None,
+            tool_name: None,
+            timestamp: None,
         };
         recorder.record(&tenant, report()).await.expect("step 0");
 
@@ -921,18 +918,13 @@ mod tests {
             head_interval: chrono::Duration::hours(1),
             ..LogSettings::default()
         };
-        assert!(
-            due_runs(store.db(), &hourly, 10)
-                .await
-                .expect("due")
-                .is_empty(),
+        assert_eq!(
+            due(&store, &hourly).await,
+            0,
             "logged a moment ago: not due for an hour"
         );
         assert_eq!(
-            due_runs(store.db(), &every_pass, 10)
-                .await
-                .expect("due")
-                .len(),
+            due(&store, &every_pass).await,
             1,
             "its newer head is due once the interval has passed"
         );
@@ -948,11 +940,6 @@ mod tests {
             logged.logged_head_hash.as_deref(),
             Some(logged.trace_head_hash.as_str())
         );
-        assert!(
-            due_runs(store.db(), &every_pass, 10)
-                .await
-                .expect("due")
-                .is_empty()
-        );
+        assert_eq!(due(&store, &every_pass).await, 0);
     }
 }
