@@ -403,6 +403,7 @@ mod tests {
             record_format: 2,
             logged_head_hash: None,
             logged_at: None,
+            deadline_at: None,
             created_at: t(0),
             updated_at: t(0),
         }

@@ -226,6 +226,7 @@ async fn plan_start(store: &Store, tenant_id: &str, input: &StartRun) -> CoreRes
         &plan.content.snapshot_id,
         &plan.content.content_hash,
         &plan.version,
+        crate::policy::silent_run_limit_seconds(&plan.content.policies_json)?,
     );
     let guard = || {
         crate::halts::no_standing_halt(tenant_id, &input.workflow_id, agent)
@@ -304,13 +305,14 @@ fn insert_run_statement(
 }
 
 /// The run `input` starts on the snapshot `snapshot_id` (of policy-set `version`), with its
-/// genesis hash.
+/// genesis hash and the deadline its silent-run limit gives.
 fn new_run(
     tenant_id: &str,
     input: StartRun,
     snapshot_id: &str,
     content_hash: &str,
     version: &str,
+    silent_run_limit_seconds: Option<i64>,
 ) -> run::Model {
     let at = now();
     let mut model = run::Model {
@@ -341,6 +343,7 @@ fn new_run(
         record_format: RecordFormat::CURRENT.number(),
         logged_head_hash: None,
         logged_at: None,
+        deadline_at: crate::timeouts::deadline(at, silent_run_limit_seconds),
         created_at: at,
         updated_at: at,
     };
@@ -370,6 +373,7 @@ pub async fn start_in<C: ConnectionTrait>(
         &snap.snapshot_id,
         &snap.content_hash,
         &policy_set_version,
+        crate::policy::silent_run_limit_seconds(&snap.policies_json)?,
     );
     let model = run::ActiveModel::from(model)
         .reset_all()

@@ -51,6 +51,7 @@ pub(crate) fn sample_run(format: RecordFormat) -> run::Model {
         record_format: format.number(),
         logged_head_hash: None,
         logged_at: None,
+        deadline_at: None,
         created_at: started,
         updated_at: started,
     }

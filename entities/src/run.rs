@@ -49,6 +49,10 @@ pub struct Model {
     pub logged_head_hash: Option<String>,
     /// When that head was logged.
     pub logged_at: Option<DateTimeUtc>,
+    /// No DURATION_LIMIT can end the run before this time (its start plus its snapshot's
+    /// smallest enforcing BLOCK `maxSeconds`); null when none can. The sweeper reads only runs
+    /// past it, checks each against its snapshot, and stops it or stores the deadline it gives.
+    pub deadline_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -336,11 +336,46 @@ async fn check_immutability(db: &DatabaseConnection) {
     .await;
 }
 
+/// Runs stored before deadlines existed: one not yet ended is due at once (its deadline is its
+/// start, for the sweeper to check against its snapshot), an ended one has none.
+async fn check_deadline_backfill(db: &DatabaseConnection) {
+    let deadlines = m20261201_000009_run_deadlines::Migration.name();
+    let before = Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == deadlines)
+        .expect("the deadlines migration is listed");
+    Migrator::up(db, Some(before as u32))
+        .await
+        .expect("up to deadlines");
+    seed(db).await;
+    exec(
+        db,
+        &"INSERT INTO runs (id, tenant_id, workflow_id, status, policy_snapshot_id, \
+          policy_set_version, started_at, trace_head_hash, created_at, updated_at) VALUES \
+          ('run_b', 'ten_a', 'wf', 'SUCCEEDED', 'SNAP-000000000001', '0.1.0', T0, 'g', T0, T0)"
+            .replace("T0", T0),
+    )
+    .await
+    .expect("an ended run");
+    Migrator::up(db, None).await.expect("up");
+    let deadline = |id: &str| {
+        format!(
+            "SELECT CASE WHEN deadline_at IS NULL THEN 'none' \
+             WHEN deadline_at = started_at THEN 'its start' ELSE 'other' END FROM runs \
+             WHERE id = '{id}'"
+        )
+    };
+    assert_eq!(text_of(db, &deadline("run_a")).await, "its start");
+    assert_eq!(text_of(db, &deadline("run_b")).await, "none");
+    exec(db, "DELETE FROM runs WHERE id = 'run_b'")
+        .await
+        .expect("the ended run removed");
+}
+
 async fn exercise(db: &DatabaseConnection) {
     // Start from nothing (a previous run may have left the schema on PostgreSQL).
     Migrator::reset(db).await.expect("reset");
-    Migrator::up(db, None).await.expect("up");
-    seed(db).await;
+    check_deadline_backfill(db).await;
     check_immutability(db).await;
 
     // down() works with data in place, and up() again gives a clean, guarded schema.

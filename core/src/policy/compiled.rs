@@ -88,7 +88,7 @@ pub struct CompiledSnapshot {
     pub(crate) has_expressions: bool,
     pub(crate) uses_metadata: bool,
     max_rate_window_seconds: Option<i64>,
-    min_duration_limit_seconds: Option<i64>,
+    silent_run_limit_seconds: Option<i64>,
 }
 
 fn bad_snapshot(message: String) -> CoreError {
@@ -109,6 +109,55 @@ where
     let raw = text(entry, key, at)?;
     raw.parse()
         .map_err(|err| bad_snapshot(format!("policy #{at} `{key}`: {err}")))
+}
+
+/// A policy's mode: snapshots of enforcing policies carry none (their content predates modes).
+fn mode_of(entry: &Value, at: usize) -> CoreResult<PolicyMode> {
+    match entry.get("mode") {
+        None => Ok(PolicyMode::Enforce),
+        Some(_) => parsed(entry, "mode", at),
+    }
+}
+
+/// A stored rule, parsed for its kind, and the approval terms it carries.
+fn rule_of(
+    id: &str,
+    kind: PolicyKind,
+    rule: &Value,
+) -> CoreResult<(Rule, Option<super::ApprovalTerms>)> {
+    let (own_rule, approval) = super::approval_terms::split(rule)
+        .map_err(|err| bad_snapshot(format!("policy `{id}` has invalid approval terms: {err}")))?;
+    let parsed = rules::parse_rule(kind, &own_rule)
+        .map_err(|err| bad_snapshot(format!("policy `{id}` has an invalid {kind} rule: {err}")))?;
+    Ok((parsed, approval))
+}
+
+/// Whether a DURATION_LIMIT with this mode and action ends a run that reports nothing more: only
+/// an enforcing BLOCK does. A WARN, an approval or a shadow policy is for the run's next step.
+fn ends_silent_runs(mode: PolicyMode, action: PolicyAction) -> bool {
+    mode == PolicyMode::Enforce && action == PolicyAction::Block
+}
+
+/// [`CompiledSnapshot::silent_run_limit_seconds`] read from a snapshot's `policies_json` without
+/// compiling its other rules: a run's deadline is set from it when the run starts.
+pub fn silent_run_limit_seconds(policies_json: &str) -> CoreResult<Option<i64>> {
+    let entries: Vec<Value> = serde_json::from_str(policies_json)
+        .map_err(|err| bad_snapshot(format!("policies_json is not a JSON array: {err}")))?;
+    let mut smallest: Option<i64> = None;
+    for (at, entry) in entries.iter().enumerate() {
+        let kind: PolicyKind = parsed(entry, "kind", at)?;
+        if kind != PolicyKind::DurationLimit
+            || !ends_silent_runs(mode_of(entry, at)?, parsed(entry, "action", at)?)
+        {
+            continue;
+        }
+        let id = text(entry, "id", at)?;
+        let rule = entry.get("rule").cloned().unwrap_or(Value::Null);
+        if let (Rule::DurationLimit { max_seconds }, _) = rule_of(id, kind, &rule)? {
+            smallest = Some(smallest.map_or(max_seconds, |s| s.min(max_seconds)));
+        }
+    }
+    Ok(smallest)
 }
 
 impl CompiledSnapshot {
@@ -132,22 +181,13 @@ impl CompiledSnapshot {
             let kind: PolicyKind = parsed(entry, "kind", at)?;
             let action: PolicyAction = parsed(entry, "action", at)?;
             let severity: Severity = parsed(entry, "severity", at)?;
-            // Snapshots of enforcing policies carry no mode (their content predates modes).
-            let mode: PolicyMode = match entry.get("mode") {
-                None => PolicyMode::Enforce,
-                Some(_) => parsed(entry, "mode", at)?,
-            };
+            let mode = mode_of(entry, at)?;
             let rule = entry.get("rule").cloned().unwrap_or(Value::Null);
-            let (own_rule, approval) = super::approval_terms::split(&rule).map_err(|err| {
-                bad_snapshot(format!("policy `{id}` has invalid approval terms: {err}"))
-            })?;
+            let (parsed_rule, approval) = rule_of(&id, kind, &rule)?;
             let approval = match action {
                 PolicyAction::RequireApproval => Some(approval.unwrap_or_default()),
                 _ => None,
             };
-            let parsed_rule = rules::parse_rule(kind, &own_rule).map_err(|err| {
-                bad_snapshot(format!("policy `{id}` has an invalid {kind} rule: {err}"))
-            })?;
             let check = match parsed_rule {
                 Rule::TokenBudget { max_tokens } => Check::TokenBudget { max_tokens },
                 Rule::CostBudget { max_cost_micros } => Check::CostBudget { max_cost_micros },
@@ -222,10 +262,9 @@ impl CompiledSnapshot {
                 _ => None,
             })
             .max();
-        // Only an enforcing duration limit ends a silent run.
-        let min_duration_limit_seconds = policies
+        let silent_run_limit_seconds = policies
             .iter()
-            .filter(|p| p.mode == PolicyMode::Enforce)
+            .filter(|p| ends_silent_runs(p.mode, p.action))
             .filter_map(|p| match p.check {
                 Check::DurationLimit { max_seconds } => Some(max_seconds),
                 _ => None,
@@ -237,7 +276,7 @@ impl CompiledSnapshot {
             has_expressions,
             uses_metadata,
             max_rate_window_seconds,
-            min_duration_limit_seconds,
+            silent_run_limit_seconds,
         })
     }
 
@@ -265,9 +304,10 @@ impl CompiledSnapshot {
         self.max_rate_window_seconds
     }
 
-    /// The smallest DURATION_LIMIT `maxSeconds`, if any (the sweeper stops silent runs past it).
-    pub fn min_duration_limit_seconds(&self) -> Option<i64> {
-        self.min_duration_limit_seconds
+    /// The smallest `maxSeconds` of the DURATION_LIMITs that end a silent run (see
+    /// [`ends_silent_runs`]), if any: the sweeper stops a run that reports nothing past it.
+    pub fn silent_run_limit_seconds(&self) -> Option<i64> {
+        self.silent_run_limit_seconds
     }
 }
 

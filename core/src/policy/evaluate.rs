@@ -224,8 +224,8 @@ fn check<'p>(
             })
         }
         Check::DurationLimit { max_seconds } => {
-            let elapsed_ms = elapsed_ms(run, step);
-            (elapsed_ms > i128::from(*max_seconds) * 1000).then_some(Hit::Duration {
+            let elapsed_ms = elapsed_ms(run.started_at, step.timestamp);
+            past_duration_limit(elapsed_ms, *max_seconds).then_some(Hit::Duration {
                 elapsed_ms,
                 max_seconds: *max_seconds,
             })
@@ -277,8 +277,14 @@ fn steps_in_window(run: &RunState<'_>, step: &StepInput<'_>, window_seconds: i64
     earlier + 1
 }
 
-fn elapsed_ms(run: &RunState<'_>, step: &StepInput<'_>) -> i128 {
-    i128::from(step.timestamp.timestamp_millis()) - i128::from(run.started_at.timestamp_millis())
+/// The milliseconds from a run's start to a step's time, as DURATION_LIMIT counts them.
+pub(crate) fn elapsed_ms(started_at: DateTime<Utc>, at: DateTime<Utc>) -> i128 {
+    i128::from(at.timestamp_millis()) - i128::from(started_at.timestamp_millis())
+}
+
+/// Whether `elapsed_ms` is past a DURATION_LIMIT of `max_seconds`.
+pub(crate) fn past_duration_limit(elapsed_ms: i128, max_seconds: i64) -> bool {
+    elapsed_ms > i128::from(max_seconds) * 1000
 }
 
 /// Micro-dollars as dollars: `$1.50`, or `$0.001234` when cents would hide the amount.

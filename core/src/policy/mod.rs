@@ -25,8 +25,9 @@ use governance_entities::enums::{
 use serde::Serialize;
 
 pub use approval_terms::{ApprovalTerms, DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS};
-pub use compiled::{CompiledPolicy, CompiledSnapshot, SnapshotCache};
+pub use compiled::{CompiledPolicy, CompiledSnapshot, SnapshotCache, silent_run_limit_seconds};
 pub use evaluate::evaluate;
+pub(crate) use evaluate::{elapsed_ms, past_duration_limit};
 pub use rules::rule_shape;
 
 use crate::error::{CoreError, CoreResult};

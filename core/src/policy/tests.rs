@@ -959,11 +959,12 @@ fn compile_reports_limits_and_refuses_damaged_snapshots() {
     assert_eq!(snapshot.len(), 4);
     assert!(!snapshot.is_empty());
     assert_eq!(snapshot.max_rate_window_seconds(), Some(600));
-    assert_eq!(snapshot.min_duration_limit_seconds(), Some(30));
+    // The WARN's 30 s does not end a silent run; the BLOCK's 300 s does.
+    assert_eq!(snapshot.silent_run_limit_seconds(), Some(300));
     assert_eq!(snapshot.policies()[0].id, "pol_a");
     let empty = compile(&[]);
     assert_eq!(empty.max_rate_window_seconds(), None);
-    assert_eq!(empty.min_duration_limit_seconds(), None);
+    assert_eq!(empty.silent_run_limit_seconds(), None);
 
     for damaged in [
         "not json",
@@ -1171,14 +1172,19 @@ fn hostile_expressions_are_refused_without_exhausting_the_stack() {
 // Shadow policies
 
 /// `policies` with those named in `shadow` marked SHADOW, as `snapshot::compose` writes them.
-fn with_shadow(policies: &[P], shadow: &[&str]) -> CompiledSnapshot {
+/// `policies_json` with the policies named in `shadow` in SHADOW mode.
+fn shadow_json(policies: &[P], shadow: &[&str]) -> String {
     let mut entries: Vec<Value> = serde_json::from_str(&policies_json(policies)).unwrap();
     for entry in &mut entries {
         if shadow.contains(&entry["id"].as_str().unwrap()) {
             entry["mode"] = json!("SHADOW");
         }
     }
-    CompiledSnapshot::compile(&canonical::to_string(&Value::Array(entries))).unwrap()
+    canonical::to_string(&Value::Array(entries))
+}
+
+fn with_shadow(policies: &[P], shadow: &[&str]) -> CompiledSnapshot {
+    CompiledSnapshot::compile(&shadow_json(policies, shadow)).unwrap()
 }
 
 #[test]
@@ -1219,11 +1225,47 @@ fn a_shadow_duration_limit_does_not_end_silent_runs() {
         PolicyKind::DurationLimit,
         json!({ "maxSeconds": 30 }),
     )];
-    assert_eq!(compile(&policies).min_duration_limit_seconds(), Some(30));
+    assert_eq!(compile(&policies).silent_run_limit_seconds(), Some(30));
     assert_eq!(
-        with_shadow(&policies, &["pol_d"]).min_duration_limit_seconds(),
+        with_shadow(&policies, &["pol_d"]).silent_run_limit_seconds(),
         None
     );
+}
+
+#[test]
+fn only_an_enforcing_block_duration_limit_ends_silent_runs_read_alike_from_the_text() {
+    let duration = |id, seconds: i64| {
+        block(
+            id,
+            PolicyKind::DurationLimit,
+            json!({ "maxSeconds": seconds }),
+        )
+    };
+    let policies = [
+        duration("pol_a", 300),
+        P {
+            action: PolicyAction::Warn,
+            ..duration("pol_b", 30)
+        },
+        P {
+            action: PolicyAction::RequireApproval,
+            ..duration("pol_c", 20)
+        },
+        duration("pol_d", 10),
+        duration("pol_e", 600),
+        block("pol_f", PolicyKind::StepLimit, json!({ "maxSteps": 5 })),
+    ];
+    // pol_d is a shadow; the WARN and the approval are for the next step, not a silent run.
+    let text = shadow_json(&policies, &["pol_d"]);
+    let compiled = CompiledSnapshot::compile(&text).unwrap();
+    assert_eq!(compiled.silent_run_limit_seconds(), Some(300));
+    assert_eq!(silent_run_limit_seconds(&text).unwrap(), Some(300));
+
+    let none = policies_json(&policies[1..3]);
+    assert_eq!(compile(&policies[1..3]).silent_run_limit_seconds(), None);
+    assert_eq!(silent_run_limit_seconds(&none).unwrap(), None);
+    assert_eq!(silent_run_limit_seconds("[]").unwrap(), None);
+    assert!(silent_run_limit_seconds("not json").is_err());
 }
 
 // ---------------------------------------------------------------------------------------------

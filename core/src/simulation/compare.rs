@@ -321,6 +321,7 @@ mod tests {
             record_format: 2,
             logged_head_hash: None,
             logged_at: None,
+            deadline_at: None,
             created_at: t0,
             updated_at: t0,
         }

@@ -540,6 +540,100 @@ async fn silent_runs_past_their_duration_limit_are_stopped() {
     assert_eq!(v["verifyRun"]["reproduced"], true, "{v}");
 }
 
+/// Another tenant's 500 older runs, running and quiet under a one-hour limit, do not keep the
+/// sweeper from a later run whose one-second limit has passed (the sweep used to read only the
+/// 500 oldest running runs, whichever tenant's, and never looked past them).
+#[tokio::test]
+async fn a_silent_run_is_stopped_however_many_older_runs_of_another_tenant_are_running() {
+    use futures::StreamExt;
+    let app = spawn_app().await;
+    let other = app.other_tenant("busy").await;
+    let as_other = |query: &'static str, variables: Value| {
+        let other = other.clone();
+        let app = &app;
+        async move {
+            let r = app.gql_auth(Some(&other), query, variables).await;
+            assert!(r.body["errors"].is_null(), "{}", r.body);
+            r.body["data"].clone()
+        }
+    };
+    as_other(
+        "mutation($input: CreatePolicyInput!) { createPolicy(input: $input) { id } }",
+        json!({ "input": {
+            "name": "One hour", "kind": "DURATION_LIMIT", "rule": { "maxSeconds": 3600 },
+            "action": "BLOCK", "severity": "LOW",
+        } }),
+    )
+    .await;
+    let started: Vec<Value> = futures::stream::iter(0..500)
+        .map(|_| {
+            as_other(
+                "mutation { startRun(input: { workflowId: \"wf-busy\" }) { status } }",
+                json!({}),
+            )
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(started.iter().all(|d| d["startRun"]["status"] == "RUNNING"));
+
+    app.create_policy(json!({
+        "name": "One second", "kind": "DURATION_LIMIT", "rule": { "maxSeconds": 1 },
+        "action": "BLOCK", "severity": "MEDIUM", "workflowId": "wf-quiet",
+    }))
+    .await;
+    let run = app.start_run("wf-quiet").await;
+    let data = app
+        .poll_until(RUN, json!({ "id": run }), Duration::from_secs(30), |d| {
+            d["run"]["status"] == "FAILED_POLICY"
+        })
+        .await;
+    assert_eq!(data["run"]["terminationReason"], "TIMEOUT");
+    assert_eq!(data["run"]["trace"]["inflection"]["stepIndex"], 0);
+
+    // The other tenant's runs were not stopped, and no step was recorded for them.
+    let theirs = as_other(
+        "{ runs(filter: { status: RUNNING }, first: 1) { totalCount } \
+           failed: runs(filter: { status: FAILED_POLICY }, first: 1) { totalCount } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(theirs["runs"]["totalCount"], 500, "{theirs}");
+    assert_eq!(theirs["failed"]["totalCount"], 0, "{theirs}");
+}
+
+/// Only an enforcing BLOCK duration limit ends a silent run. A SHADOW one is for the run's next
+/// step: the sweeper records nothing for the run (it used to record a step for it on every sweep
+/// once its time was up, each answered CONTINUE).
+#[tokio::test]
+async fn a_shadow_duration_limit_leaves_a_silent_run_alone() {
+    let app = spawn_app().await;
+    app.create_policy(json!({
+        "name": "Shadow second", "kind": "DURATION_LIMIT", "rule": { "maxSeconds": 1 },
+        "action": "BLOCK", "severity": "MEDIUM", "workflowId": "wf-shadow", "mode": "SHADOW",
+    }))
+    .await;
+    let shadowed = app.start_run("wf-shadow").await;
+    // A run started after it, with an enforcing limit, is stopped by a sweep that also saw the
+    // shadowed run past its second.
+    app.create_policy(json!({
+        "name": "Enforced second", "kind": "DURATION_LIMIT", "rule": { "maxSeconds": 1 },
+        "action": "BLOCK", "severity": "MEDIUM", "workflowId": "wf-enforced",
+    }))
+    .await;
+    let enforced = app.start_run("wf-enforced").await;
+    app.poll_until(
+        RUN,
+        json!({ "id": enforced }),
+        Duration::from_secs(30),
+        |d| d["run"]["status"] == "FAILED_POLICY",
+    )
+    .await;
+    let data = app.gql_ok(RUN, json!({ "id": shadowed })).await;
+    assert_eq!(data["run"]["status"], "RUNNING", "{data}");
+    assert_eq!(data["run"]["stepCount"], 0, "{data}");
+}
+
 #[tokio::test]
 async fn bad_rules_are_refused_with_the_field_and_nothing_is_written() {
     let app = spawn_app().await;
