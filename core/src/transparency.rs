@@ -287,15 +287,30 @@ async fn runs_extending_log<C: ConnectionTrait>(
     let mut latest: HashMap<String, log_leaf::Model> = HashMap::new();
     for chunk in ids.chunks(500) {
         // Only each run's latest leaf: a long run has one leaf per head interval, and reading
-        // them all on every pass made the pass grow with the runs' age.
+        // them all on every pass made the pass grow with the runs' age. Driven by the run ids,
+        // each run's `MAX(leaf_index)` is one seek in `(tenant_id, run_id, leaf_index)`, and its
+        // leaf one more in `(tenant_id, leaf_index)`, however many leaves the run has.
+        // sea-query's custom SQL takes `$n` placeholders on PostgreSQL and `?` on SQLite.
+        let placeholder = |n: usize| match conn.get_database_backend() {
+            DbBackend::Postgres => format!("${n}"),
+            _ => "?".to_string(),
+        };
+        let rows: Vec<String> = (2..2 + chunk.len())
+            .map(|n| format!("({})", placeholder(n)))
+            .collect();
+        let latest_of_each = Expr::cust_with_values(
+            format!(
+                "leaf_index IN (SELECT (SELECT MAX(mine.leaf_index) FROM log_leaves AS mine \
+                 WHERE mine.tenant_id = {} AND mine.run_id = due.column1) \
+                 FROM (VALUES {}) AS due)",
+                placeholder(1),
+                rows.join(", ")
+            ),
+            std::iter::once(tenant_id.to_string()).chain(chunk.iter().cloned()),
+        );
         for leaf in log_leaf::Entity::find()
             .filter(log_leaf::Column::TenantId.eq(tenant_id))
-            .filter(log_leaf::Column::RunId.is_in(chunk.iter().cloned()))
-            .filter(Expr::cust(
-                "leaf_index = (SELECT MAX(latest.leaf_index) FROM log_leaves AS latest \
-                 WHERE latest.tenant_id = log_leaves.tenant_id \
-                 AND latest.run_id = log_leaves.run_id)",
-            ))
+            .filter(latest_of_each)
             .all(conn)
             .await?
         {
@@ -941,5 +956,70 @@ mod tests {
             Some(logged.trace_head_hash.as_str())
         );
         assert_eq!(due(&store, &every_pass).await, 0);
+    }
+    /// A run due for a new leaf is vetted against its latest leaf, among several, and a run not
+    /// yet logged against none: a stale read of a run logged since is refused, its current read
+    /// and a run never logged pass.
+    #[tokio::test]
+    async fn a_due_run_is_vetted_against_its_latest_leaf() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::new(db::migrated_sqlite(dir.path()).await);
+        let tenant = tenancy::create_tenant(&store, "acme", &[KeyRole::Admin])
+            .await
+            .expect("tenant")
+            .tenant_id;
+        let (keys, _) =
+            KeyRing::load_or_create(&dir.path().join("log.key"), "gov").expect("signing key");
+        let every_pass = LogSettings {
+            head_interval: chrono::Duration::zero(),
+            ..LogSettings::default()
+        };
+        let recorder = Recorder::new(store.clone(), SnapshotCache::new(), EVALUATION_BUDGET);
+        let start = || async {
+            runs::start(&store, &tenant, runs::StartRun::of_workflow("wf"))
+                .await
+                .expect("run")
+                .value
+                .id
+        };
+        let step = |run_id: &str| RecordStep {
+            run_id: run_id.to_string(),
+            step_index: None,
+            step_type: StepType::LlmCall,
+            tokens: 1,
+            cost_micros: 0,
+            content: None,
+            tool_name: None,
+            timestamp: None,
+        };
+        let logged = start().await;
+        let mut stale = None;
+        for at in 0..3 {
+            recorder.record(&tenant, step(&logged)).await.expect("step");
+            sequence(&store, &keys, &every_pass)
+                .await
+                .expect("sequence");
+            if at == 0 {
+                stale = Some(run_row(&store, &logged).await);
+            }
+        }
+        assert_eq!(log_size(store.db(), &tenant).await.expect("size"), 3);
+        let never_logged = start().await;
+
+        let current = run_row(&store, &logged).await;
+        let stale = stale.expect("read after the first leaf");
+        assert_eq!((stale.step_count, current.step_count), (1, 3));
+        let vetted = runs_extending_log(
+            store.db(),
+            &tenant,
+            vec![stale, current, run_row(&store, &never_logged).await],
+        )
+        .await
+        .expect("vetted");
+        let passed: Vec<(&str, i64)> = vetted
+            .iter()
+            .map(|r| (r.id.as_str(), r.step_count))
+            .collect();
+        assert_eq!(passed, [(logged.as_str(), 3), (never_logged.as_str(), 0)]);
     }
 }

@@ -15,6 +15,7 @@ pub mod m20261130_000006_shadow_policies;
 pub mod m20261130_000007_simulations;
 pub mod m20261130_000008_approvals;
 pub mod m20261201_000009_run_deadlines;
+pub mod m20261201_000010_log_leaf_by_run;
 pub mod roles;
 
 pub use m20261121_000001_initial::{APPEND_ONLY_TABLES, TABLES};
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_simulations::Migration),
             Box::new(m20261130_000008_approvals::Migration),
             Box::new(m20261201_000009_run_deadlines::Migration),
+            Box::new(m20261201_000010_log_leaf_by_run::Migration),
         ]
     }
 }
