@@ -43,6 +43,8 @@ pub mod steps;
 mod stops;
 pub mod store;
 pub mod tenancy;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 pub mod timeouts;
 pub mod transparency;

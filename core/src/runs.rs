@@ -604,33 +604,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        db,
         halts::{self, HaltScope},
         policies::{self, NewPolicy},
-        roles::KeyRole,
-        tenancy,
     };
 
-    struct Fixture {
-        store: Store,
-        tenant_id: String,
-        key_id: String,
-        _dir: tempfile::TempDir,
-    }
-
-    async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::new(db::migrated_sqlite(dir.path()).await);
-        let created = tenancy::create_tenant(&store, "acme", &[KeyRole::Admin])
-            .await
-            .expect("tenant");
-        Fixture {
-            store,
-            tenant_id: created.tenant_id,
-            key_id: created.key_id,
-            _dir: dir,
-        }
-    }
+    use crate::test_support::{TenantStore as Fixture, tenant_store as fixture};
 
     async fn runs_of(f: &Fixture) -> usize {
         run::Entity::find()

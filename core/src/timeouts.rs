@@ -129,23 +129,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        db,
         policies::{self, NewPolicy},
         policy::SnapshotCache,
-        roles::KeyRole,
         runs::{self, StartRun},
         steps::EVALUATION_BUDGET,
-        store::Store,
-        tenancy,
+        test_support::{run_row, tenant_store},
     };
-
-    async fn read(store: &Store, id: &str) -> run::Model {
-        run::Entity::find_by_id(id.to_string())
-            .one(store.db())
-            .await
-            .expect("read")
-            .expect("the run")
-    }
 
     /// A run starts with its snapshot's deadline. A run whose stored deadline is its start (as
     /// the migration leaves runs that were running before deadlines existed) is checked against
@@ -153,12 +142,8 @@ mod tests {
     /// nothing recorded for it.
     #[tokio::test]
     async fn a_stored_deadline_is_set_at_start_and_corrected_from_the_snapshot() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::new(db::migrated_sqlite(dir.path()).await);
-        let tenant = tenancy::create_tenant(&store, "acme", &[KeyRole::Admin])
-            .await
-            .expect("tenant")
-            .tenant_id;
+        let at = tenant_store().await;
+        let (store, tenant) = (at.store.clone(), at.tenant_id.clone());
         let limit = |action, mode| NewPolicy {
             name: "one hour".into(),
             description: None,
@@ -216,7 +201,7 @@ mod tests {
         let stopped = stop_overdue(&recorder).await.expect("sweep");
         assert!(stopped.is_empty());
         for (run, deadline) in [(&limited, hour(&limited)), (&warned, None), (&free, None)] {
-            let now = read(&store, &run.id).await;
+            let now = run_row(&store, &run.id).await;
             assert_eq!(now.deadline_at, deadline, "{}", run.workflow_id);
             assert_eq!(now.status, RunStatus::Running);
             assert_eq!(now.step_count, 0);

@@ -839,24 +839,71 @@ mod tests {
 
     use super::*;
     use crate::{
-        db,
         policy::SnapshotCache,
-        roles::KeyRole,
         runs::{self, StartRun},
         steps::{EVALUATION_BUDGET, RecordStep, Recorder},
-        tenancy,
+        test_support::{TenantStore, run_row, tenant_store},
     };
+
+    /// A tenant's store, the log's signing keys, and a recorder of steps.
+    struct Log {
+        store: Store,
+        tenant: String,
+        keys: KeyRing,
+        recorder: Recorder,
+        _at: TenantStore,
+    }
+
+    async fn log() -> Log {
+        let at = tenant_store().await;
+        let (keys, _) =
+            KeyRing::load_or_create(&at.dir.path().join("log.key"), "gov").expect("signing key");
+        Log {
+            store: at.store.clone(),
+            tenant: at.tenant_id.clone(),
+            keys,
+            recorder: Recorder::new(at.store.clone(), SnapshotCache::new(), EVALUATION_BUDGET),
+            _at: at,
+        }
+    }
+
+    impl Log {
+        async fn start(&self) -> String {
+            runs::start(&self.store, &self.tenant, StartRun::of_workflow("wf"))
+                .await
+                .expect("run")
+                .value
+                .id
+        }
+
+        async fn step(&self, run_id: &str) {
+            let report = RecordStep {
+                run_id: run_id.to_string(),
+                step_index: None,
+                step_type: StepType::LlmCall,
+                tokens: 1,
+                cost_micros: 0,
+                content: None,
+                tool_name: None,
+                timestamp: None,
+            };
+            self.recorder
+                .record(&self.tenant, report)
+                .await
+                .expect("step");
+        }
+    }
+
+    /// A head interval of zero: every changed run is due on every pass.
+    fn every_pass() -> LogSettings {
+        LogSettings {
+            head_interval: chrono::Duration::zero(),
+            ..LogSettings::default()
+        }
+    }
 
     async fn due(store: &Store, settings: &LogSettings) -> usize {
         due_runs(store.db(), settings, 10).await.expect("due").len()
-    }
-
-    async fn run_row(store: &Store, id: &str) -> run::Model {
-        run::Entity::find_by_id(id.to_string())
-            .one(store.db())
-            .await
-            .expect("read")
-            .expect("the run")
     }
 
     /// A run that takes a step between the sequencer's plan and its write is still marked
@@ -865,53 +912,18 @@ mod tests {
     /// from that head.
     #[tokio::test]
     async fn a_run_that_moved_on_during_an_append_waits_for_the_interval_and_extends_the_log() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::new(db::migrated_sqlite(dir.path()).await);
-        let tenant = tenancy::create_tenant(&store, "acme", &[KeyRole::Admin])
-            .await
-            .expect("tenant")
-            .tenant_id;
-        let (keys, _) =
-            KeyRing::load_or_create(&dir.path().join("log.key"), "gov").expect("signing key");
-        let run_id = runs::start(
-            &store,
-            &tenant,
-            StartRun {
-                workflow_id: "wf".into(),
-                agent: None,
-                triggered_by: None,
-                is_synthetic: false,
-                synthetic_scenario_id: None,
-                metadata: None,
-            },
-        )
-        .await
-        .expect("run")
-        .value
-        .id;
-        let recorder = Recorder::new(store.clone(), SnapshotCache::new(), EVALUATION_BUDGET);
-        let report = || RecordStep {
-            run_id: run_id.clone(),
-            step_index: None,
-            step_type: StepType::LlmCall,
-            tokens: 1,
-            cost_micros: 0,
-            content: None,
-            tool_name: None,
-            timestamp: None,
-        };
-        recorder.record(&tenant, report()).await.expect("step 0");
+        let log = log().await;
+        let (store, tenant, keys) = (log.store.clone(), log.tenant.clone(), &log.keys);
+        let run_id = log.start().await;
+        log.step(&run_id).await;
 
         // The plan reads the run at step 1; a step is recorded before the append is written.
         let planned = run_row(&store, &run_id).await;
         let size = log_size(store.db(), &tenant).await.expect("size");
-        let every_pass = LogSettings {
-            head_interval: chrono::Duration::zero(),
-            ..LogSettings::default()
-        };
+        let every_pass = every_pass();
         let statements = append_statements(
             store.db(),
-            &keys,
+            keys,
             &every_pass,
             &tenant,
             size,
@@ -919,7 +931,7 @@ mod tests {
         )
         .await
         .expect("plan");
-        recorder.record(&tenant, report()).await.expect("step 1");
+        log.step(&run_id).await;
         store.commit_statements(statements).await.expect("append");
 
         let after = run_row(&store, &run_id).await;
@@ -945,9 +957,7 @@ mod tests {
         );
 
         // The newer head extends the log from the one appended.
-        let signed = sequence(&store, &keys, &every_pass)
-            .await
-            .expect("sequence");
+        let signed = sequence(&store, keys, &every_pass).await.expect("sequence");
         assert_eq!(signed.len(), 1);
         assert_eq!(signed[0].value.tree_size, 2);
         let logged = run_row(&store, &run_id).await;
@@ -957,62 +967,35 @@ mod tests {
         );
         assert_eq!(due(&store, &every_pass).await, 0);
     }
+
     /// A run due for a new leaf is vetted against its latest leaf, among several, and a run not
     /// yet logged against none: a stale read of a run logged since is refused, its current read
     /// and a run never logged pass.
     #[tokio::test]
     async fn a_due_run_is_vetted_against_its_latest_leaf() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::new(db::migrated_sqlite(dir.path()).await);
-        let tenant = tenancy::create_tenant(&store, "acme", &[KeyRole::Admin])
-            .await
-            .expect("tenant")
-            .tenant_id;
-        let (keys, _) =
-            KeyRing::load_or_create(&dir.path().join("log.key"), "gov").expect("signing key");
-        let every_pass = LogSettings {
-            head_interval: chrono::Duration::zero(),
-            ..LogSettings::default()
-        };
-        let recorder = Recorder::new(store.clone(), SnapshotCache::new(), EVALUATION_BUDGET);
-        let start = || async {
-            runs::start(&store, &tenant, runs::StartRun::of_workflow("wf"))
-                .await
-                .expect("run")
-                .value
-                .id
-        };
-        let step = |run_id: &str| RecordStep {
-            run_id: run_id.to_string(),
-            step_index: None,
-            step_type: StepType::LlmCall,
-            tokens: 1,
-            cost_micros: 0,
-            content: None,
-            tool_name: None,
-            timestamp: None,
-        };
-        let logged = start().await;
+        let log = log().await;
+        let (store, tenant) = (&log.store, log.tenant.as_str());
+        let logged = log.start().await;
         let mut stale = None;
         for at in 0..3 {
-            recorder.record(&tenant, step(&logged)).await.expect("step");
-            sequence(&store, &keys, &every_pass)
+            log.step(&logged).await;
+            sequence(store, &log.keys, &every_pass())
                 .await
                 .expect("sequence");
             if at == 0 {
-                stale = Some(run_row(&store, &logged).await);
+                stale = Some(run_row(store, &logged).await);
             }
         }
-        assert_eq!(log_size(store.db(), &tenant).await.expect("size"), 3);
-        let never_logged = start().await;
+        assert_eq!(log_size(store.db(), tenant).await.expect("size"), 3);
+        let never_logged = log.start().await;
 
-        let current = run_row(&store, &logged).await;
+        let current = run_row(store, &logged).await;
         let stale = stale.expect("read after the first leaf");
         assert_eq!((stale.step_count, current.step_count), (1, 3));
         let vetted = runs_extending_log(
             store.db(),
-            &tenant,
-            vec![stale, current, run_row(&store, &never_logged).await],
+            tenant,
+            vec![stale, current, run_row(store, &never_logged).await],
         )
         .await
         .expect("vetted");
