@@ -24,6 +24,7 @@ pub mod incidents;
 pub mod key_file;
 pub mod merkle;
 pub mod outcome;
+mod placeholders;
 pub mod policies;
 pub mod policy;
 pub mod rate_limit;

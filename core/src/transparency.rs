@@ -32,6 +32,7 @@ use crate::{
     events::{self, EventKind, NewEvent},
     merkle::{self, Hash, NodeId, Range},
     outcome::Committed,
+    placeholders::{placeholder, values_rows},
     signing::KeyRing,
     store::Store,
     time::now,
@@ -290,21 +291,14 @@ async fn runs_extending_log<C: ConnectionTrait>(
         // them all on every pass made the pass grow with the runs' age. Driven by the run ids,
         // each run's `MAX(leaf_index)` is one seek in `(tenant_id, run_id, leaf_index)`, and its
         // leaf one more in `(tenant_id, leaf_index)`, however many leaves the run has.
-        // sea-query's custom SQL takes `$n` placeholders on PostgreSQL and `?` on SQLite.
-        let placeholder = |n: usize| match conn.get_database_backend() {
-            DbBackend::Postgres => format!("${n}"),
-            _ => "?".to_string(),
-        };
-        let rows: Vec<String> = (2..2 + chunk.len())
-            .map(|n| format!("({})", placeholder(n)))
-            .collect();
+        let backend = conn.get_database_backend();
         let latest_of_each = Expr::cust_with_values(
             format!(
                 "leaf_index IN (SELECT (SELECT MAX(mine.leaf_index) FROM log_leaves AS mine \
                  WHERE mine.tenant_id = {} AND mine.run_id = due.column1) \
                  FROM (VALUES {}) AS due)",
-                placeholder(1),
-                rows.join(", ")
+                placeholder(backend, 1),
+                values_rows(backend, 2, chunk.len(), 1)
             ),
             std::iter::once(tenant_id.to_string()).chain(chunk.iter().cloned()),
         );

@@ -29,6 +29,7 @@ use crate::{
     hashing::sha256_hex,
     ids::{new_id, prefix},
     outcome::{Committed, StepNotice},
+    placeholders::values_rows,
     policy::{Evaluation, Finding},
     runs,
     stops::{self, Stop},
@@ -454,21 +455,7 @@ pub(crate) fn run_totals_statement(backend: DbBackend, runs: &[&run::Model]) -> 
         return None;
     }
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(runs.len() * 6);
-    let mut rows = Vec::with_capacity(runs.len());
     for run in runs {
-        let n = values.len();
-        rows.push(match backend {
-            DbBackend::Postgres => format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6
-            ),
-            _ => "(?, ?, ?, ?, ?, ?)".to_string(),
-        });
         values.extend([
             run.id.clone().into(),
             run.tokens_used.into(),
@@ -482,7 +469,7 @@ pub(crate) fn run_totals_statement(backend: DbBackend, runs: &[&run::Model]) -> 
         "UPDATE runs SET tokens_used = v.column2, cost_micros = v.column3, step_count = v.column4, \
          trace_head_hash = v.column5, updated_at = v.column6 \
          FROM (VALUES {}) AS v WHERE runs.id = v.column1",
-        rows.join(", ")
+        values_rows(backend, 1, runs.len(), 6)
     );
     Some(Statement::from_sql_and_values(backend, sql, values))
 }
