@@ -48,9 +48,13 @@ struct Args {
     /// The API key for `--url`.
     #[arg(long)]
     key: Option<String>,
-    /// The phases to run (phases 3, 5 and 9 need phase 2).
+    /// The phases to run (phases 3, 5 and 9 need phase 2, or `--rate`).
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8,9,10")]
     phases: Vec<u8>,
+    /// Steps/s for phases 3, 5 and 9 instead of half of phase 2's rate: to find where a layout
+    /// stops keeping up.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -1150,8 +1154,8 @@ async fn exports(client: &Client) -> anyhow::Result<(f64, f64, Option<f64>)> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let wants = |n: u8| args.phases.contains(&n);
-    if (wants(3) || wants(5) || wants(9)) && !wants(2) {
-        bail!("phases 3, 5 and 9 run at half of phase 2's rate: include phase 2");
+    if (wants(3) || wants(5) || wants(9)) && !wants(2) && args.rate.is_none() {
+        bail!("phases 3, 5 and 9 run at half of phase 2's rate: include phase 2, or give `--rate`");
     }
     let (service, client) = match (&args.url, &args.key) {
         (Some(url), Some(key)) => (
@@ -1190,7 +1194,7 @@ async fn main() -> anyhow::Result<()> {
         results.insert("ceilingRps".into(), json!(ceiling));
         ceiling_rps = Some(ceiling);
     }
-    let mut half = None;
+    let mut half = args.rate;
     if wants(2) {
         let (steps, mut closed) = throughput(&client, c, phase).await?;
         let ratio = ceiling_rps.map(|ceiling| steps / ceiling);
@@ -1212,7 +1216,7 @@ async fn main() -> anyhow::Result<()> {
                 "tail": closed.tail_json(),
             }),
         );
-        half = Some(steps / 2.0);
+        half = args.rate.or(Some(steps / 2.0));
     }
     let mut open_p50 = None;
     if let (true, Some(half)) = (wants(3), half) {
