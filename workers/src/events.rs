@@ -95,7 +95,7 @@ impl EventBus {
         namespace: &str,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+        let client = crate::redis_client::client(url)?;
         let publisher = redis::aio::ConnectionManager::new(client.clone()).await?;
         let channel = format!("{namespace}:events");
         let bus = Self {

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod queue;
 pub mod queue_stats;
+pub mod redis_client;
 pub mod render;
 pub mod retention;
 mod runner;

@@ -223,7 +223,7 @@ impl JobQueue {
         } = settings;
         let backend = match (&redis_url, db.get_database_backend()) {
             (Some(url), _) => {
-                let client = redis::Client::open(url.as_str()).with_context(|| {
+                let client = crate::redis_client::client(url).with_context(|| {
                     format!("invalid Redis URL `{}`", governance_core::db::redact(url))
                 })?;
                 let manager = redis::aio::ConnectionManager::new(client)
