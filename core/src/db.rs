@@ -42,6 +42,9 @@ impl DbSettings {
     }
 }
 
+/// The isolation of every PostgreSQL transaction the service opens (its connections' default).
+pub(crate) const PG_TRANSACTION_ISOLATION: &str = "read committed";
+
 /// Open a pool. On SQLite: WAL, `synchronous=FULL` (a commit is on disk before it is
 /// acknowledged), foreign keys on, and a busy timeout so writers queue instead of failing.
 pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection> {
@@ -74,6 +77,12 @@ pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection
         // A server, a proxy or a firewall may drop a connection that sat idle; a busy one is
         // checked by using it.
         opts.test_before_acquire_if_idle_for(Duration::from_secs(30));
+        // READ COMMITTED plus explicit row locks is what every transaction here reasons in. Set
+        // when the connection opens (whatever the database's own default), a transaction need
+        // not send `SET TRANSACTION` after its `BEGIN`: a round trip fewer per step batch.
+        opts.map_sqlx_postgres_opts(|o| {
+            o.options([("default_transaction_isolation", PG_TRANSACTION_ISOLATION)])
+        });
     }
     let db = Database::connect(opts)
         .await
@@ -358,5 +367,44 @@ mod tests {
             redact("postgres://gov@localhost/db"),
             "postgres://gov@localhost/db"
         );
+    }
+
+    use sea_orm::{DbBackend, Statement};
+
+    /// On PostgreSQL (`GOV_TEST_POSTGRES_URL`, set by `scripts/test postgres`), the service's
+    /// connections default to READ COMMITTED, set by the connection itself (so whatever the
+    /// database's own default), and a write transaction, begun without `SET TRANSACTION`, is so.
+    #[tokio::test]
+    async fn postgres_connections_set_read_committed_themselves() {
+        let Ok(url) = std::env::var("GOV_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let db = connect(&DbSettings::new(url)).await.expect("postgres");
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_isolation'",
+            ))
+            .await
+            .expect("query")
+            .expect("a row");
+        let setting: String = row.try_get("", "setting").expect("setting");
+        let source: String = row.try_get("", "source").expect("source");
+        assert_eq!(
+            (setting.as_str(), source.as_str()),
+            (PG_TRANSACTION_ISOLATION, "client")
+        );
+        let store = crate::store::Store::new(db);
+        let txn = store.begin_first().await.expect("begin");
+        let row = txn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SHOW transaction_isolation",
+            ))
+            .await
+            .expect("show")
+            .expect("a row");
+        let isolation: String = row.try_get("", "transaction_isolation").expect("isolation");
+        assert_eq!(isolation, PG_TRANSACTION_ISOLATION);
     }
 }

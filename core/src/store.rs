@@ -16,8 +16,8 @@ use std::{
 };
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel,
-    QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -210,11 +210,8 @@ impl Store {
     pub(crate) async fn begin_first(&self) -> CoreResult<WriteTxn> {
         let guard = self.writer_turn().await;
         let options = match self.backend() {
-            // READ COMMITTED plus explicit row locks is PostgreSQL's default and what we reason in.
-            DbBackend::Postgres => TransactionOptions {
-                isolation_level: Some(IsolationLevel::ReadCommitted),
-                ..Default::default()
-            },
+            // READ COMMITTED, the connections' default (see `db::connect`): a plain BEGIN.
+            DbBackend::Postgres => TransactionOptions::default(),
             // BEGIN IMMEDIATE takes the write lock up front, waiting (busy_timeout) if another
             // connection holds it. A deferred transaction would instead fail with SQLITE_BUSY when
             // it tries to upgrade from reading to writing while the job queue is writing.

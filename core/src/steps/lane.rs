@@ -33,7 +33,7 @@ use super::{
     RecordStep, Reporter, StepRecord,
     decision::{Decided, Report, classify, continues_cleanly, count_clean_step, step_row},
     sqlite_batch,
-    write::{Written, insert_steps, record_committed, record_in, update_run_totals},
+    write::{Written, record_committed, record_in, write_clean_steps},
 };
 use crate::{
     error::{CoreError, CoreResult},
@@ -365,11 +365,10 @@ impl Group {
         Ok((steps, runs))
     }
 
-    /// Write the staged steps (multi-row inserts) and the staged runs (one statement).
+    /// Write the staged steps and the staged runs ([`write_clean_steps`]).
     async fn flush<C: ConnectionTrait>(&mut self, conn: &C) -> CoreResult<()> {
         let (steps, runs) = self.take_writes()?;
-        insert_steps(conn, &steps).await?;
-        update_run_totals(conn, &runs).await
+        write_clean_steps(conn, &steps, &runs).await
     }
 }
 

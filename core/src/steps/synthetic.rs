@@ -9,7 +9,7 @@ use sea_orm::ConnectionTrait;
 use super::{
     RecordStep, compiled_snapshot,
     decision::{check, continues_cleanly, count_clean_step, step_row},
-    write::{insert_steps, update_run_totals},
+    write::write_clean_steps,
 };
 use crate::{
     error::{CoreError, CoreResult},
@@ -140,9 +140,8 @@ async fn synthetic_run<C: ConnectionTrait>(
         rows.push(step);
     }
     if !rows.is_empty() {
-        insert_steps(conn, &rows).await?;
         run.updated_at = now();
-        update_run_totals(conn, &[&run]).await?;
+        write_clean_steps(conn, &rows, &[&run]).await?;
     }
     Ok(run)
 }

@@ -397,17 +397,6 @@ async fn step_extras<C: ConnectionTrait>(
     Ok((violations, incident))
 }
 
-/// Insert step rows with multi-row statements.
-pub(crate) async fn insert_steps<C: ConnectionTrait>(
-    conn: &C,
-    steps: &[trace_step::Model],
-) -> CoreResult<()> {
-    for statement in insert_steps_statements(conn.get_database_backend(), steps) {
-        conn.execute_raw(statement).await?;
-    }
-    Ok(())
-}
-
 /// The multi-row INSERTs of `steps`, [`INSERT_CHUNK`] rows each (none for no steps).
 pub(crate) fn insert_steps_statements(
     backend: DbBackend,
@@ -426,16 +415,33 @@ pub(crate) fn insert_steps_statements(
         .collect()
 }
 
-/// Write what clean steps change on their runs (totals, step count, chain head), for any number
-/// of runs in ONE statement.
-pub(crate) async fn update_run_totals<C: ConnectionTrait>(
+/// Write clean steps and what they change on their runs (totals, step count, chain head): the
+/// multi-row inserts, then ONE update for all the runs. On PostgreSQL the update and the last
+/// insert are one statement (`WITH steps AS (INSERT …) UPDATE runs …`), which saves the step
+/// lane a round trip per batch; SQLite has no data-modifying `WITH` and writes them one after
+/// the other.
+pub(crate) async fn write_clean_steps<C: ConnectionTrait>(
     conn: &C,
+    steps: &[trace_step::Model],
     runs: &[&run::Model],
 ) -> CoreResult<()> {
-    let Some(statement) = run_totals_statement(conn.get_database_backend(), runs) else {
+    let backend = conn.get_database_backend();
+    let mut inserts = insert_steps_statements(backend, steps);
+    let last = match backend {
+        DbBackend::Postgres => inserts.pop(),
+        _ => None,
+    };
+    for statement in inserts {
+        conn.execute_raw(statement).await?;
+    }
+    let update = match last {
+        Some(insert) => Some(with_insert(insert, runs)),
+        None => run_totals_statement(backend, runs),
+    };
+    let Some(update) = update else {
         return Ok(());
     };
-    let updated = conn.execute_raw(statement).await?;
+    let updated = conn.execute_raw(update).await?;
     if updated.rows_affected() != runs.len() as u64 {
         return Err(anyhow::anyhow!(
             "{} of {} runs could be updated",
@@ -447,10 +453,30 @@ pub(crate) async fn update_run_totals<C: ConnectionTrait>(
     Ok(())
 }
 
+/// PostgreSQL: `insert` run as part of the update of `runs`' totals (a data-modifying `WITH`
+/// runs to completion whether or not the statement reads it; the statement reports the rows the
+/// update changed).
+fn with_insert(insert: Statement, runs: &[&run::Model]) -> Statement {
+    let mut values = insert.values.map(|v| v.0).unwrap_or_default();
+    let mut sql = format!("WITH steps AS ({}) ", insert.sql);
+    if let Some(update) = run_totals_from(DbBackend::Postgres, runs, values.len() + 1) {
+        sql.push_str(&update.sql);
+        values.extend(update.values.map(|v| v.0).unwrap_or_default());
+    } else {
+        sql.push_str("SELECT 1 WHERE false");
+    }
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
 /// The one statement that writes the totals of `runs` (`None` for no runs): `UPDATE … FROM
 /// (VALUES …)`, which SQLite and PostgreSQL both read the same way (the values' columns are
 /// `column1`, `column2`, …).
 pub(crate) fn run_totals_statement(backend: DbBackend, runs: &[&run::Model]) -> Option<Statement> {
+    run_totals_from(backend, runs, 1)
+}
+
+/// [`run_totals_statement`] with its placeholders numbered from `first`.
+fn run_totals_from(backend: DbBackend, runs: &[&run::Model], first: usize) -> Option<Statement> {
     if runs.is_empty() {
         return None;
     }
@@ -469,7 +495,7 @@ pub(crate) fn run_totals_statement(backend: DbBackend, runs: &[&run::Model]) -> 
         "UPDATE runs SET tokens_used = v.column2, cost_micros = v.column3, step_count = v.column4, \
          trace_head_hash = v.column5, updated_at = v.column6 \
          FROM (VALUES {}) AS v WHERE runs.id = v.column1",
-        values_rows(backend, 1, runs.len(), 6)
+        values_rows(backend, first, runs.len(), 6)
     );
     Some(Statement::from_sql_and_values(backend, sql, values))
 }
