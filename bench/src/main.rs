@@ -1216,7 +1216,7 @@ async fn main() -> anyhow::Result<()> {
                 "tail": closed.tail_json(),
             }),
         );
-        half = args.rate.or(Some(steps / 2.0));
+        half.get_or_insert(steps / 2.0);
     }
     let mut open_p50 = None;
     if let (true, Some(half)) = (wants(3), half) {

@@ -291,6 +291,8 @@ pub(crate) async fn migrated_sqlite(dir: &Path) -> DatabaseConnection {
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::{DbBackend, QueryResult, Statement};
+
     use super::*;
 
     /// Below the threshold the WAL is only checkpointed; past it, it is reset (RESTART): the
@@ -369,8 +371,6 @@ mod tests {
         );
     }
 
-    use sea_orm::{DbBackend, Statement};
-
     /// On PostgreSQL (`GOV_TEST_POSTGRES_URL`, set by `scripts/test postgres`), the service's
     /// connections default to READ COMMITTED, set by the connection itself (so whatever the
     /// database's own default), and a write transaction, begun without `SET TRANSACTION`, is so.
@@ -380,14 +380,11 @@ mod tests {
             return;
         };
         let db = connect(&DbSettings::new(url)).await.expect("postgres");
-        let row = db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_isolation'",
-            ))
-            .await
-            .expect("query")
-            .expect("a row");
+        let row = one_row(
+            &db,
+            "SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_isolation'",
+        )
+        .await;
         let setting: String = row.try_get("", "setting").expect("setting");
         let source: String = row.try_get("", "source").expect("source");
         assert_eq!(
@@ -396,15 +393,16 @@ mod tests {
         );
         let store = crate::store::Store::new(db);
         let txn = store.begin_first().await.expect("begin");
-        let row = txn
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SHOW transaction_isolation",
-            ))
-            .await
-            .expect("show")
-            .expect("a row");
+        let row = one_row(&*txn, "SHOW transaction_isolation").await;
         let isolation: String = row.try_get("", "transaction_isolation").expect("isolation");
         assert_eq!(isolation, PG_TRANSACTION_ISOLATION);
+    }
+
+    /// The one row `sql` returns on PostgreSQL.
+    async fn one_row<C: ConnectionTrait>(conn: &C, sql: &str) -> QueryResult {
+        conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .expect("query")
+            .expect("a row")
     }
 }
