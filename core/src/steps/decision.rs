@@ -113,7 +113,8 @@ impl Basis {
 /// A new step, decided outside the write path.
 #[derive(Debug, Clone)]
 pub(crate) struct Decided {
-    pub(crate) basis: Basis,
+    /// The run as the decision saw it (its [`Basis`] is what the write path checks).
+    pub(crate) run: run::Model,
     pub(crate) index: i64,
     pub(crate) timestamp: DateTime<Utc>,
     pub(crate) evaluation: Evaluation,
@@ -122,7 +123,7 @@ pub(crate) struct Decided {
 impl Decided {
     /// The decision for `run` as it stands now, if it was made on this very state.
     pub(crate) fn for_run(&self, run: &run::Model, index: i64) -> Option<&Self> {
-        (self.basis.holds_for(run) && self.index == index).then_some(self)
+        (Basis::of(&self.run).holds_for(run) && self.index == index).then_some(self)
     }
 }
 

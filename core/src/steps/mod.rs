@@ -7,7 +7,8 @@
 //! - [`decision`]: the pure rules (what a report is for the run, the evaluation, the row).
 //! - [`write`]: the transaction (step, stop, violations, incident, enforcements, events).
 //! - [`lane`]: group commit (one transaction for the reports waiting at that moment).
-//! - [`sqlite_batch`]: the lane's common case on SQLite, in two round trips to the database.
+//! - [`sqlite_batch`]: the lane's common case on SQLite, in one round trip to the database (or
+//!   two, when a run moved on since its decision).
 //! - [`synthetic`]: bulk synthetic runs for benchmarks.
 //!
 //! Steps of one run are serialised (PostgreSQL: the run row is locked; SQLite: one writer), so
@@ -34,7 +35,7 @@ use crate::{
     time::now,
 };
 
-use decision::{Basis, Decided, Report, classify, content_hash, timestamp_of};
+use decision::{Decided, Report, classify, content_hash, timestamp_of};
 use turns::Known;
 use write::{Written, record_committed};
 
@@ -494,11 +495,10 @@ async fn decide(
         }
         None => Vec::new(),
     };
-    let basis = Basis::of(run);
     let evaluation =
         evaluate_within_budget(snapshot, run, index, input, timestamp, recent, budget).await?;
     Ok(Some(Decided {
-        basis,
+        run: run.clone(),
         index,
         timestamp,
         evaluation,

@@ -1,10 +1,20 @@
-//! The lane's group commit on SQLite, in two round trips to the connection's thread.
+//! The lane's group commit on SQLite, in one round trip to the connection's thread, or two.
 //!
 //! sqlx runs each SQLite connection on a thread of its own and hands every statement to it and
 //! its result back: two thread hand-offs per statement. A batch written statement by statement
 //! (BEGIN, keys, runs, insert, update, COMMIT) therefore cost six round trips, and on a busy
-//! 2-core machine each hand-off waits for a core. Here a batch is two multi-statement requests
-//! on one connection:
+//! 2-core machine each hand-off waits for a core. Here a batch is multi-statement requests on one
+//! connection.
+//!
+//! **One request, as decided.** Each report arrives with the run its decision was made on. When
+//! every report of the batch is a new clean step of a run of its own, the lane stages the batch
+//! from those runs, reading nothing, and sends one request: `BEGIN IMMEDIATE`, the runs' totals
+//! (guarded, see [`guarded_totals`]), the new steps, and `COMMIT` with its fsync. The guard makes
+//! the request fail, before anything is committed, unless every run is still as its decision saw
+//! it and every key is still active: a run another process moved on, or a key revoked since, is
+//! caught inside the transaction that would have written the step.
+//!
+//! **Two requests, as read.** Otherwise, or when the guard failed:
 //!
 //! 1. `BEGIN IMMEDIATE`, then which of the batch's keys are active, then the batch's runs;
 //! 2. the new steps, the runs' totals, and `COMMIT` (with its fsync).
@@ -27,8 +37,9 @@ use sea_query_sqlx::SqlxValues;
 
 use super::{
     lane::{Group, LaneEvent, PendingStep, run_ids},
-    write::{Written, insert_steps_statements, run_totals_statement},
+    write::{Written, insert_steps_statements, run_totals_statement, totals_row},
 };
+use crate::placeholders::values_rows;
 use crate::{
     error::CoreResult,
     sqlite_request::{counted, joined, restore_busy_timeout, rollback},
@@ -88,6 +99,32 @@ pub(super) async fn write_batch(
             return Outcome::Ordinary;
         }
     };
+    if let Some(decided) = AsDecided::plan(batch, usual) {
+        if store.commit_fault() {
+            return injected_failure(decided.answers);
+        }
+        let written = decided.steps;
+        match counted(
+            store,
+            &decided.request,
+            query(&decided.request.0, batch.len())
+                .execute(&mut *conn)
+                .await,
+        ) {
+            Ok(_) => {
+                return Outcome::Answered {
+                    answers: decided.answers,
+                    written,
+                };
+            }
+            // A run moved on, a key was revoked, or the write lock is taken: nothing was
+            // committed, and the batch is read and staged afresh below.
+            Err(err) => {
+                tracing::debug!(error = %err, size = batch.len(), "the step batch as decided was refused; reading it afresh");
+                rollback(store, &mut conn).await;
+            }
+        }
+    }
     let outcome = match stage_and_write(store, &mut conn, batch, usual, tell).await {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -191,32 +228,16 @@ async fn stage_and_write(
     }
     if store.commit_fault() {
         rollback(store, conn).await;
-        let answers = answers
-            .into_iter()
-            .map(|answer| match answer {
-                Ok(Written::Done(_)) => {
-                    Err(anyhow::anyhow!("injected commit failure (test hook)").into())
-                }
-                other => other,
-            })
-            .collect();
         return Ok(Staged {
-            outcome: Outcome::Answered {
-                answers,
-                written: 0,
-            },
+            outcome: injected_failure(answers),
             restored: false,
         });
     }
 
-    // Round trip 2: the steps, the runs' totals, the commit, the usual busy timeout.
+    // Round trip 2: the steps, the runs' totals, the usual busy timeout, the commit.
     let mut writes = insert_steps_statements(DbBackend::Sqlite, &steps);
     writes.extend(run_totals_statement(DbBackend::Sqlite, &runs));
-    writes.push(Statement::from_string(DbBackend::Sqlite, "COMMIT"));
-    writes.push(Statement::from_string(
-        DbBackend::Sqlite,
-        format!("PRAGMA busy_timeout = {usual_busy_timeout}"),
-    ));
+    writes.extend(restore_and_commit(usual_busy_timeout));
     let writes = joined(writes);
     counted(
         store,
@@ -230,6 +251,139 @@ async fn stage_and_write(
         },
         restored: true,
     })
+}
+
+/// The end of a write request: the connection's usual busy timeout, then `COMMIT`. The commit
+/// comes last, so a request that succeeded is committed and one that failed is not: a failure
+/// after the commit would have the batch read afresh and its steps decided again on runs that
+/// already hold them.
+fn restore_and_commit(usual_busy_timeout: i64) -> [Statement; 2] {
+    [
+        Statement::from_string(
+            DbBackend::Sqlite,
+            format!("PRAGMA busy_timeout = {usual_busy_timeout}"),
+        ),
+        Statement::from_string(DbBackend::Sqlite, "COMMIT"),
+    ]
+}
+
+/// A commit the test hook made fail ([`Store::fail_next_commits`]): every report that would
+/// have been written is answered with the failure, and nothing is written.
+fn injected_failure(answers: Vec<CoreResult<Written>>) -> Outcome {
+    let answers = answers
+        .into_iter()
+        .map(|answer| match answer {
+            Ok(Written::Done(_)) => {
+                Err(anyhow::anyhow!("injected commit failure (test hook)").into())
+            }
+            other => other,
+        })
+        .collect();
+    Outcome::Answered {
+        answers,
+        written: 0,
+    }
+}
+
+/// A batch staged from the runs its decisions were made on, and the one request that writes it.
+struct AsDecided {
+    answers: Vec<CoreResult<Written>>,
+    /// How many steps the request writes.
+    steps: usize,
+    request: (Statement, usize),
+}
+
+impl AsDecided {
+    /// The batch as decided, when every report is a new clean step of a run no other report of
+    /// the batch has (reports of one run are decided one after another in this process, so a
+    /// batch seldom holds two); else `None`. `usual` is the connection's busy timeout, given back
+    /// at the end of the request.
+    fn plan(batch: &[PendingStep], usual: i64) -> Option<Self> {
+        let mut seen = HashSet::with_capacity(batch.len());
+        let mut decided_on = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let decided = pending.decided.as_ref()?;
+            if !seen.insert(decided.run.id.as_str()) {
+                return None;
+            }
+            decided_on.push(decided.run.clone());
+        }
+        // Every key counts as active here; the request's guard is what checks them.
+        let keys: HashSet<String> = batch.iter().filter_map(|p| p.key_id.clone()).collect();
+        let mut group = Group::of(decided_on);
+        let mut answers = Vec::with_capacity(batch.len());
+        for pending in batch {
+            match group.answer(pending, &keys) {
+                Some(answer @ Ok(Written::Done(_))) => answers.push(answer),
+                _ => return None,
+            }
+        }
+        let (steps, runs) = group.take_writes().ok()?;
+        let mut guarded = Vec::with_capacity(batch.len());
+        for (pending, after) in batch.iter().zip(runs) {
+            let before = &pending.decided.as_ref()?.run;
+            if before.id != after.id {
+                return None;
+            }
+            guarded.push(GuardedRun {
+                before,
+                after,
+                key_id: pending.key_id.as_deref(),
+            });
+        }
+        let mut statements = vec![
+            Statement::from_string(DbBackend::Sqlite, "PRAGMA busy_timeout = 0"),
+            Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE"),
+            guarded_totals(&guarded),
+        ];
+        statements.extend(insert_steps_statements(DbBackend::Sqlite, &steps));
+        statements.extend(restore_and_commit(usual));
+        Some(Self {
+            answers,
+            steps: steps.len(),
+            request: joined(statements),
+        })
+    }
+}
+
+/// A run of a batch written as decided: as its decision saw it, as the batch leaves it, and the
+/// key its step was reported with (`None` for the service's own reports).
+struct GuardedRun<'a> {
+    before: &'a run::Model,
+    after: &'a run::Model,
+    key_id: Option<&'a str>,
+}
+
+/// The runs' new totals, refused unless each run is still as its decision saw it (status, step
+/// count, chain head: [`super::decision::Basis`]) and its step's key is still active.
+///
+/// SQLite raises errors from constraints and triggers only, so the guard is a constraint: a run
+/// that fails it would get no step count, and `runs.step_count` is `NOT NULL`. The statement then
+/// fails as a whole, before the steps are inserted, and the request stops there; the lane rolls
+/// the transaction back and reads the batch afresh.
+fn guarded_totals(runs: &[GuardedRun<'_>]) -> Statement {
+    const COLUMNS: usize = 10;
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(runs.len() * COLUMNS);
+    for run in runs {
+        let before = run.before;
+        values.extend(totals_row(run.after));
+        values.extend([
+            before.status.as_str().into(),
+            before.step_count.into(),
+            before.trace_head_hash.clone().into(),
+            run.key_id.map(str::to_string).into(),
+        ]);
+    }
+    let sql = format!(
+        "UPDATE runs SET tokens_used = v.column2, cost_micros = v.column3, \
+         step_count = CASE WHEN runs.status = v.column7 AND runs.step_count = v.column8 \
+         AND runs.trace_head_hash = v.column9 AND (v.column10 IS NULL OR EXISTS \
+         (SELECT 1 FROM api_keys AS k WHERE k.id = v.column10 AND k.revoked_at IS NULL)) \
+         THEN v.column4 END, trace_head_hash = v.column5, updated_at = v.column6 \
+         FROM (VALUES {}) AS v WHERE runs.id = v.column1",
+        values_rows(DbBackend::Sqlite, 1, runs.len(), COLUMNS)
+    );
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
 }
 
 /// No busy handler, `BEGIN IMMEDIATE`, the batch's active keys (as [`ACTIVE_KEY`]), and its runs.
@@ -272,12 +426,121 @@ fn query(statement: &Statement, reports: usize) -> sqlx::query::Query<'_, Sqlite
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::{Outcome, write_batch};
     use crate::{
         error::CoreError,
         steps::{lane::fixture::Fixture, write::Written},
         verify,
     };
+
+    /// The requests sent outside SeaORM from now on: each one's statement count, and whether
+    /// it failed.
+    fn requests(f: &Fixture) -> Arc<Mutex<Vec<(usize, bool)>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        f.store.observe_statements(Arc::new(move |count, failed| {
+            log.lock().expect("requests").push((count, failed));
+        }));
+        seen
+    }
+
+    fn taken(seen: &Mutex<Vec<(usize, bool)>>) -> Vec<(usize, bool)> {
+        std::mem::take(&mut *seen.lock().expect("requests"))
+    }
+
+    /// New clean steps of runs of their own are written in ONE request, from the runs their
+    /// decisions were made on; a run that moved on since its decision, or a key revoked since,
+    /// fails that request's guard before anything is committed, and the batch is read afresh
+    /// and answered as the read says (stale, refused), with nothing written twice.
+    #[tokio::test]
+    async fn a_batch_as_decided_is_one_request_and_its_guard_catches_what_changed_since() {
+        let f = Fixture::new().await;
+        let seen = requests(&f);
+        let (a, b) = (f.start_run().await, f.start_run().await);
+        let step = Fixture::clean_step;
+        // Two decisions on run `a` as it stands now: the first one written moves `a` on.
+        let first = f.pending(&f.active_key, step(&a, None)).await;
+        let overtaken = f.pending(&f.active_key, step(&a, None)).await;
+        let of_b = f.pending(&f.active_key, step(&b, None)).await;
+        taken(&seen);
+
+        let Outcome::Answered { answers, written } = write_batch(&f.store, &[first], &|_| {}).await
+        else {
+            panic!("a clean step as decided is written");
+        };
+        assert_eq!(written, 1);
+        assert!(matches!(answers[0], Ok(Written::Done(_))), "{answers:?}");
+        // PRAGMA, BEGIN IMMEDIATE, totals, steps, PRAGMA, COMMIT: one request.
+        assert_eq!(taken(&seen), vec![(6, false)], "one request, nothing else");
+
+        // `a` moved on since `overtaken` was decided: the guard refuses the request, and the
+        // batch read afresh answers it stale (its caller decides again) and writes `b`'s step.
+        let Outcome::Answered { answers, written } =
+            write_batch(&f.store, &[overtaken, of_b], &|_| {}).await
+        else {
+            panic!("the batch is answered");
+        };
+        assert_eq!(written, 1);
+        assert!(matches!(answers[0], Ok(Written::Stale)), "{:?}", answers[0]);
+        assert!(
+            matches!(answers[1], Ok(Written::Done(_))),
+            "{:?}",
+            answers[1]
+        );
+        let sent = taken(&seen);
+        assert_eq!(
+            sent[0],
+            (6, true),
+            "the request as decided failed: {sent:?}"
+        );
+        assert!(sent[1..].iter().all(|(_, failed)| !failed), "{sent:?}");
+        assert_eq!(
+            f.totals(&[a.clone(), b.clone()]).await,
+            vec![(1, 5, 1), (1, 5, 1)]
+        );
+
+        // A key revoked after the decision: refused, and its step is not written.
+        let revoked = f.pending(&f.revoked_key, step(&b, None)).await;
+        taken(&seen);
+        let Outcome::Answered { answers, written } =
+            write_batch(&f.store, &[revoked], &|_| {}).await
+        else {
+            panic!("the batch is answered");
+        };
+        assert_eq!(written, 0);
+        assert!(
+            matches!(answers[0], Err(CoreError::Unauthenticated(_))),
+            "{:?}",
+            answers[0]
+        );
+        assert_eq!(taken(&seen)[0], (6, true));
+        assert_eq!(
+            f.totals(&[a.clone(), b.clone()]).await,
+            vec![(1, 5, 1), (1, 5, 1)]
+        );
+
+        // A run ended since the decision (same step count, same chain head): the guard refuses
+        // the request, and the batch, read afresh, needs the ordinary way; nothing is written.
+        let after_end = f.pending(&f.active_key, step(&b, None)).await;
+        crate::runs::cancel(&f.store, &f.tenant_id, &b, None)
+            .await
+            .expect("cancel");
+        taken(&seen);
+        assert!(matches!(
+            write_batch(&f.store, &[after_end], &|_| {}).await,
+            Outcome::Ordinary
+        ));
+        assert_eq!(taken(&seen)[0], (6, true));
+        assert_eq!(f.totals(std::slice::from_ref(&b)).await, vec![(1, 5, 1)]);
+        for run_id in [&a, &b] {
+            let verified = verify::verify(&f.db, &f.tenant_id, run_id)
+                .await
+                .expect("verify");
+            assert!(verified.intact && verified.reproduced, "{verified:?}");
+        }
+    }
 
     /// Two round trips write what the ordinary lane would: a revoked key's report is refused,
     /// a second report decided on a state its run has left is stale, the others are written

@@ -475,6 +475,19 @@ pub(crate) fn run_totals_statement(backend: DbBackend, runs: &[&run::Model]) -> 
     run_totals_from(backend, runs, 1)
 }
 
+/// A run's row in a totals update's `VALUES`: `column1` to `column6` are its id, tokens, cost,
+/// step count, chain head and update time.
+pub(super) fn totals_row(run: &run::Model) -> [sea_orm::Value; 6] {
+    [
+        run.id.clone().into(),
+        run.tokens_used.into(),
+        run.cost_micros.into(),
+        run.step_count.into(),
+        run.trace_head_hash.clone().into(),
+        run.updated_at.into(),
+    ]
+}
+
 /// [`run_totals_statement`] with its placeholders numbered from `first`.
 fn run_totals_from(backend: DbBackend, runs: &[&run::Model], first: usize) -> Option<Statement> {
     if runs.is_empty() {
@@ -482,14 +495,7 @@ fn run_totals_from(backend: DbBackend, runs: &[&run::Model], first: usize) -> Op
     }
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(runs.len() * 6);
     for run in runs {
-        values.extend([
-            run.id.clone().into(),
-            run.tokens_used.into(),
-            run.cost_micros.into(),
-            run.step_count.into(),
-            run.trace_head_hash.clone().into(),
-            run.updated_at.into(),
-        ]);
+        values.extend(totals_row(run));
     }
     let sql = format!(
         "UPDATE runs SET tokens_used = v.column2, cost_micros = v.column3, step_count = v.column4, \
