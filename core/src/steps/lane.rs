@@ -13,10 +13,11 @@
 //!
 //! On SQLite a batch of only such reports is written in one round trip to the database, staged
 //! from the runs its decisions were made on and guarded by them, or else in two, staged from the
-//! runs as read ([`super::sqlite_batch`]). Any other batch, and every batch on PostgreSQL, takes the ordinary
-//! way: one transaction through SeaORM, in which any other report (a re-sent step, a refusal, a
-//! step with findings, a run not found) first writes out what the batch holds so far, then goes
-//! through [`record_in`] against the transaction, exactly as a report on its own would.
+//! runs as read ([`super::sqlite_batch`]). Any other batch, and every batch on PostgreSQL, takes
+//! the ordinary way: one transaction through SeaORM, in which any other report (a re-sent step,
+//! a refusal, a step with findings, a run not found) first writes out what the batch holds so
+//! far, then goes through [`record_in`] against the transaction, exactly as a report on its own
+//! would.
 
 use std::{
     collections::{HashMap, HashSet},

@@ -253,6 +253,15 @@ async fn stage_and_write(
     })
 }
 
+/// The start of both requests that begin a batch's transaction: no busy handler (see
+/// [`write_batch`]), then `BEGIN IMMEDIATE`, which takes SQLite's write lock or fails at once.
+fn begin_without_busy_handler() -> [Statement; 2] {
+    [
+        Statement::from_string(DbBackend::Sqlite, "PRAGMA busy_timeout = 0"),
+        Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE"),
+    ]
+}
+
 /// The end of a write request: the connection's usual busy timeout, then `COMMIT`. The commit
 /// comes last, so a request that succeeded is committed and one that failed is not: a failure
 /// after the commit would have the batch read afresh and its steps decided again on runs that
@@ -331,11 +340,8 @@ impl AsDecided {
                 key_id: pending.key_id.as_deref(),
             });
         }
-        let mut statements = vec![
-            Statement::from_string(DbBackend::Sqlite, "PRAGMA busy_timeout = 0"),
-            Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE"),
-            guarded_totals(&guarded),
-        ];
+        let mut statements = Vec::from(begin_without_busy_handler());
+        statements.push(guarded_totals(&guarded));
         statements.extend(insert_steps_statements(DbBackend::Sqlite, &steps));
         statements.extend(restore_and_commit(usual));
         Some(Self {
@@ -391,10 +397,7 @@ fn reads(batch: &[PendingStep]) -> (Statement, usize) {
     let mut keys: Vec<&str> = batch.iter().filter_map(|p| p.key_id.as_deref()).collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut statements = vec![
-        Statement::from_string(DbBackend::Sqlite, "PRAGMA busy_timeout = 0"),
-        Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE"),
-    ];
+    let mut statements = Vec::from(begin_without_busy_handler());
     if !keys.is_empty() {
         statements.push(
             api_key::Entity::find()
