@@ -246,10 +246,9 @@ impl Application {
         let jobs = open_queue(&config, &db).await?;
         let store = Store::new(db.clone()).with_secrets(open_secrets_key(&config)?);
         let statements = metrics.db_statements.clone();
-        store.observe_statements(Arc::new(move |count, failed| {
-            let outcome = if failed { "failed" } else { "ok" };
+        store.observe_statements(Arc::new(move |count, outcome| {
             statements
-                .with_label_values(&[outcome])
+                .with_label_values(&[outcome.label()])
                 .inc_by(count as u64);
         }));
         let bootstrap_key = tenancy::bootstrap_default(&store).await?;
@@ -282,9 +281,11 @@ impl Application {
         );
         let batch_sizes = metrics.step_batch_size.clone();
         let lock_waits = metrics.step_batch_lock_wait.clone();
+        let guard_refusals = metrics.step_batch_guard_refusals.clone();
         recorder.observe_batches(Arc::new(move |event| match event {
             LaneEvent::Committed(size) => batch_sizes.observe(size as f64),
             LaneEvent::WaitedForLock(waited) => lock_waits.observe(waited.as_secs_f64()),
+            LaneEvent::GuardRefused => guard_refusals.inc(),
         }));
         let state = AppState {
             db,

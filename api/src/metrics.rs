@@ -11,8 +11,8 @@ use actix_web::{
     web,
 };
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The service's metrics, registered in one registry.
@@ -32,8 +32,11 @@ pub struct Metrics {
     job_oldest_due: GaugeVec,
     /// 1 when the last scrape could read the queues, 0 when it could not.
     jobs_readable: Gauge,
-    /// SQL statements executed through the ORM (reads and writes of the service; the job
-    /// queue's own statements are not counted).
+    /// SQL statements executed by the service (through the ORM, and the requests it sends
+    /// SQLite directly; the job queue's own statements are not counted), by `outcome`: `ok`,
+    /// `failed`, and for those direct requests `refused` (a guard or unique index found the
+    /// state the write was planned from changed, and it is planned again) and `busy` (another
+    /// connection held SQLite's write lock, and it is tried again).
     pub db_statements: IntCounterVec,
     /// `recordStep` on the server: received → decided → committed → answered.
     pub step_seconds: Histogram,
@@ -45,6 +48,10 @@ pub struct Metrics {
     /// SQLite: how long step batches waited for the write lock another connection held (the
     /// job queue's own writes, or another process); its `_count` is how many batches waited.
     pub step_batch_lock_wait: Histogram,
+    /// SQLite: step batches whose guard found a run or key changed since their decisions
+    /// (another process stepped or ended the run, or the key was revoked): read afresh and
+    /// written the slower way.
+    pub step_batch_guard_refusals: IntCounter,
 }
 
 impl Metrics {
@@ -121,7 +128,12 @@ impl Metrics {
             .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
         )?;
         registry.register(Box::new(step_batch_size.clone()))?;
+        let step_batch_guard_refusals = IntCounter::new(
+            "step_batch_guard_refusals_total",
+            "step batches refused by their guard because a run or key changed since their decisions, then read afresh",
+        )?;
         registry.register(Box::new(step_batch_lock_wait.clone()))?;
+        registry.register(Box::new(step_batch_guard_refusals.clone()))?;
         registry.register(Box::new(db_statements.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
@@ -147,6 +159,7 @@ impl Metrics {
             steps,
             step_batch_size,
             step_batch_lock_wait,
+            step_batch_guard_refusals,
         })
     }
 

@@ -13,7 +13,11 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
-use crate::store::Store;
+use crate::store::{StatementOutcome, Store};
+
+/// SQLite's primary result codes that say how a request was refused (its low byte).
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_CONSTRAINT: i32 = 19;
 
 /// Statements as one multi-statement request (their `?` parameters bind in order), and how
 /// many they are.
@@ -42,8 +46,26 @@ pub(crate) fn counted<T>(
     request: &(Statement, usize),
     result: Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
-    store.ran_statements(request.1, result.is_err());
+    let outcome = match &result {
+        Ok(_) => StatementOutcome::Ok,
+        Err(err) => outcome_of(err),
+    };
+    store.ran_statements(request.1, outcome);
     result
+}
+
+/// How a failed request ended: refused by a constraint (a guard, a unique index), refused for
+/// the write lock another connection holds, or failed.
+pub(crate) fn outcome_of(err: &sqlx::Error) -> StatementOutcome {
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .and_then(|code| code.parse::<i32>().ok());
+    match code.map(|code| code & 0xff) {
+        Some(SQLITE_CONSTRAINT) => StatementOutcome::Refused,
+        Some(SQLITE_BUSY) => StatementOutcome::Busy,
+        _ => StatementOutcome::Failed,
+    }
 }
 
 /// The request, its prepared statement kept in the connection's cache when `cached`. A request
@@ -77,7 +99,14 @@ pub(crate) async fn restore_busy_timeout(conn: &mut PoolConnection<Sqlite>, usua
 /// End the transaction without writing. A connection that cannot roll back is not reused.
 pub(crate) async fn rollback(store: &Store, conn: &mut PoolConnection<Sqlite>) {
     let rolled_back = sqlx::query("ROLLBACK").execute(&mut **conn).await;
-    store.ran_statements(1, rolled_back.is_err());
+    store.ran_statements(
+        1,
+        if rolled_back.is_ok() {
+            StatementOutcome::Ok
+        } else {
+            StatementOutcome::Failed
+        },
+    );
     if let Err(err) = rolled_back {
         let no_transaction = err
             .as_database_error()

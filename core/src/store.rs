@@ -44,8 +44,35 @@ pub(crate) async fn next_batch<T>(
     Some(batch)
 }
 
-/// Told of statements run outside SeaORM: how many, and whether their request failed.
-pub type StatementObserver = Arc<dyn Fn(usize, bool) + Send + Sync>;
+/// Told of statements run outside SeaORM: how many, and how their request ended.
+pub type StatementObserver = Arc<dyn Fn(usize, StatementOutcome) + Send + Sync>;
+
+/// How a request of statements run outside SeaORM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementOutcome {
+    Ok,
+    /// A constraint refused it, and nothing of it was written: a guarded write whose guard found
+    /// the state it was planned from changed (another process, or another writer, got there
+    /// first), or a unique index doing the same. Expected under concurrency; the writer plans
+    /// again.
+    Refused,
+    /// SQLite's write lock was held by another connection; the writer tries again.
+    Busy,
+    /// Anything else.
+    Failed,
+}
+
+impl StatementOutcome {
+    /// The `outcome` label of `governance_db_statements_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 /// The database plus what it takes to write to it safely.
 #[derive(Clone)]
@@ -174,16 +201,16 @@ impl Store {
         take_fault(&self.faults)
     }
 
-    /// Tell `observer` how many statements each request run outside SeaORM held, and whether it
-    /// failed (the SQLite step batch sends several per request), so a statement count kept
+    /// Tell `observer` how many statements each request run outside SeaORM held, and how it
+    /// ended (the SQLite step batch sends several per request), so a statement count kept
     /// through SeaORM's metric callback stays whole. The first observer set stays.
     pub fn observe_statements(&self, observer: StatementObserver) {
         let _ = self.statements.set(observer);
     }
 
-    pub(crate) fn ran_statements(&self, count: usize, failed: bool) {
+    pub(crate) fn ran_statements(&self, count: usize, outcome: StatementOutcome) {
         if let Some(observer) = self.statements.get() {
-            observer(count, failed);
+            observer(count, outcome);
         }
     }
 

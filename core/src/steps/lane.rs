@@ -60,6 +60,10 @@ pub enum LaneEvent {
     /// writers take turns with the lane, so another process, or the job queue's own writes) and
     /// waited this long for it, or gave up after that long and took the ordinary way.
     WaitedForLock(Duration),
+    /// SQLite: a batch written from the runs its decisions saw was refused by its guard (a run
+    /// another process moved on or ended, or a key revoked, since the decision). Nothing of it
+    /// was written; it was read afresh and written the slower way.
+    GuardRefused,
 }
 
 /// A step report waiting for the lane.

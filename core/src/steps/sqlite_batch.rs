@@ -42,8 +42,8 @@ use super::{
 use crate::placeholders::values_rows;
 use crate::{
     error::CoreResult,
-    sqlite_request::{counted, joined, restore_busy_timeout, rollback},
-    store::Store,
+    sqlite_request::{counted, joined, outcome_of, restore_busy_timeout, rollback},
+    store::{StatementOutcome, Store},
 };
 
 /// What became of a batch.
@@ -120,6 +120,9 @@ pub(super) async fn write_batch(
             // A run moved on, a key was revoked, or the write lock is taken: nothing was
             // committed, and the batch is read and staged afresh below.
             Err(err) => {
+                if outcome_of(&err) == StatementOutcome::Refused {
+                    tell(LaneEvent::GuardRefused);
+                }
                 tracing::debug!(error = %err, size = batch.len(), "the step batch as decided was refused; reading it afresh");
                 rollback(store, &mut conn).await;
             }
@@ -139,7 +142,14 @@ pub(super) async fn write_batch(
     };
     if !outcome.restored {
         let restored = restore_busy_timeout(&mut conn, usual).await;
-        store.ran_statements(1, !restored);
+        store.ran_statements(
+            1,
+            if restored {
+                StatementOutcome::Ok
+            } else {
+                StatementOutcome::Failed
+            },
+        );
     }
     outcome.outcome
 }
@@ -152,13 +162,8 @@ struct Staged {
 
 /// Whether SQLite refused for a lock another connection holds.
 fn is_busy(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(|e| e.code())
-        .and_then(|code| code.parse::<i32>().ok())
-        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
+    outcome_of(err) == StatementOutcome::Busy
 }
-
-const SQLITE_BUSY: i32 = 5;
 
 async fn stage_and_write(
     store: &Store,
@@ -434,22 +439,39 @@ mod tests {
     use super::{Outcome, write_batch};
     use crate::{
         error::CoreError,
-        steps::{lane::fixture::Fixture, write::Written},
+        steps::{
+            lane::{LaneEvent, fixture::Fixture},
+            write::Written,
+        },
+        store::StatementOutcome::{self, Ok as Done, Refused},
         verify,
     };
 
-    /// The requests sent outside SeaORM from now on: each one's statement count, and whether
-    /// it failed.
-    fn requests(f: &Fixture) -> Arc<Mutex<Vec<(usize, bool)>>> {
+    type Requests = Vec<(usize, StatementOutcome)>;
+
+    /// The requests sent outside SeaORM from now on: each one's statement count, and how it
+    /// ended.
+    fn requests(f: &Fixture) -> Arc<Mutex<Requests>> {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        f.store.observe_statements(Arc::new(move |count, failed| {
-            log.lock().expect("requests").push((count, failed));
+        f.store.observe_statements(Arc::new(move |count, outcome| {
+            log.lock().expect("requests").push((count, outcome));
         }));
         seen
     }
 
-    fn taken(seen: &Mutex<Vec<(usize, bool)>>) -> Vec<(usize, bool)> {
+    /// How many times the lane would have told its observer of a guard's refusal.
+    fn guard_refusals() -> (Arc<Mutex<usize>>, impl Fn(LaneEvent) + Sync) {
+        let count = Arc::new(Mutex::new(0));
+        let seen = count.clone();
+        (count, move |event| {
+            if event == LaneEvent::GuardRefused {
+                *seen.lock().expect("refusals") += 1;
+            }
+        })
+    }
+
+    fn taken(seen: &Mutex<Requests>) -> Requests {
         std::mem::take(&mut *seen.lock().expect("requests"))
     }
 
@@ -476,12 +498,14 @@ mod tests {
         assert_eq!(written, 1);
         assert!(matches!(answers[0], Ok(Written::Done(_))), "{answers:?}");
         // PRAGMA, BEGIN IMMEDIATE, totals, steps, PRAGMA, COMMIT: one request.
-        assert_eq!(taken(&seen), vec![(6, false)], "one request, nothing else");
+        assert_eq!(taken(&seen), vec![(6, Done)], "one request, nothing else");
 
-        // `a` moved on since `overtaken` was decided: the guard refuses the request, and the
-        // batch read afresh answers it stale (its caller decides again) and writes `b`'s step.
+        // `a` moved on since `overtaken` was decided: the guard refuses the request (counted as
+        // refused, not failed, and told to the lane's observer), and the batch read afresh
+        // answers it stale (its caller decides again) and writes `b`'s step.
+        let (refusals, tell) = guard_refusals();
         let Outcome::Answered { answers, written } =
-            write_batch(&f.store, &[overtaken, of_b], &|_| {}).await
+            write_batch(&f.store, &[overtaken, of_b], &tell).await
         else {
             panic!("the batch is answered");
         };
@@ -495,10 +519,14 @@ mod tests {
         let sent = taken(&seen);
         assert_eq!(
             sent[0],
-            (6, true),
-            "the request as decided failed: {sent:?}"
+            (6, Refused),
+            "the request as decided was refused: {sent:?}"
         );
-        assert!(sent[1..].iter().all(|(_, failed)| !failed), "{sent:?}");
+        assert!(
+            sent[1..].iter().all(|(_, ended)| *ended == Done),
+            "{sent:?}"
+        );
+        assert_eq!(*refusals.lock().expect("refusals"), 1);
         assert_eq!(
             f.totals(&[a.clone(), b.clone()]).await,
             vec![(1, 5, 1), (1, 5, 1)]
@@ -518,7 +546,7 @@ mod tests {
             "{:?}",
             answers[0]
         );
-        assert_eq!(taken(&seen)[0], (6, true));
+        assert_eq!(taken(&seen)[0], (6, Refused));
         assert_eq!(
             f.totals(&[a.clone(), b.clone()]).await,
             vec![(1, 5, 1), (1, 5, 1)]
@@ -535,7 +563,7 @@ mod tests {
             write_batch(&f.store, &[after_end], &|_| {}).await,
             Outcome::Ordinary
         ));
-        assert_eq!(taken(&seen)[0], (6, true));
+        assert_eq!(taken(&seen)[0], (6, Refused));
         assert_eq!(f.totals(std::slice::from_ref(&b)).await, vec![(1, 5, 1)]);
         for run_id in [&a, &b] {
             let verified = verify::verify(&f.db, &f.tenant_id, run_id)

@@ -142,3 +142,90 @@ async fn a_step_batch_waiting_for_another_connections_lock_is_counted() {
         2.0
     );
 }
+
+/// A run stepped by another process between this server's decision and its commit: the server
+/// decided on the run as it last wrote it, its batch's guard refuses the write, and the step is
+/// decided again on the run as it now stands and recorded after the other process's step. On
+/// SQLite the refusal shows in `governance_step_batch_guard_refusals_total` and as `refused`
+/// statements, not as failed ones.
+#[tokio::test]
+async fn a_run_stepped_by_another_process_is_decided_again_and_its_refusal_counted() {
+    let app = spawn_app().await;
+    let run = app.start_run("two-writers").await;
+    let first = app
+        .step_ok(&run, json!({ "type": "LLM_CALL", "tokens": 1 }))
+        .await;
+    assert_eq!(first["step"]["stepIndex"], 0, "{first}");
+
+    // Another process (a recorder of its own, over the same database) records the next step.
+    let other = governance_core::steps::Recorder::new(
+        app.store.clone(),
+        governance_core::policy::SnapshotCache::new(),
+        governance_core::steps::EVALUATION_BUDGET,
+    );
+    let tenant_id = app.tenant_id().await;
+    let theirs = other
+        .record(
+            &tenant_id,
+            governance_core::steps::RecordStep {
+                run_id: run.clone(),
+                step_index: None,
+                step_type: governance_entities::enums::StepType::ToolCall,
+                tokens: 2,
+                cost_micros: 0,
+                content: None,
+                tool_name: Some("search".to_string()),
+                timestamp: None,
+            },
+        )
+        .await
+        .expect("the other process's step");
+    let governance_core::steps::StepOutcome::Recorded(theirs) = theirs.value else {
+        panic!("the other process's step is recorded");
+    };
+    assert_eq!(theirs.step.step_index, 1);
+
+    let refusals_before = app
+        .metric("governance_step_batch_guard_refusals_total")
+        .await;
+    let failed_before = app
+        .metric("governance_db_statements_total{outcome=\"failed\"}")
+        .await;
+    let ours = app
+        .step_ok(&run, json!({ "type": "LLM_CALL", "tokens": 4 }))
+        .await;
+    assert_eq!(ours["action"], "CONTINUE", "{ours}");
+    assert_eq!(ours["step"]["stepIndex"], 2, "{ours}");
+    assert_eq!(ours["run"]["stepCount"], 3, "{ours}");
+    assert_eq!(ours["run"]["tokensUsed"], 7, "{ours}");
+    if app.env.database_url.is_none() {
+        assert_eq!(
+            app.metric("governance_step_batch_guard_refusals_total")
+                .await
+                - refusals_before,
+            1.0
+        );
+        assert!(
+            app.metric("governance_db_statements_total{outcome=\"refused\"}")
+                .await
+                > 0.0
+        );
+        assert_eq!(
+            app.metric("governance_db_statements_total{outcome=\"failed\"}")
+                .await,
+            failed_before,
+            "a guard's refusal is not a failure"
+        );
+    }
+
+    // The chain holds all three steps, in order, and each decision reproduces.
+    let verified = app
+        .gql_ok(
+            "query($id: ID!) { verifyRun(id: $id) { intact reproduced stepsChecked } }",
+            json!({ "id": run }),
+        )
+        .await;
+    assert_eq!(verified["verifyRun"]["intact"], true, "{verified}");
+    assert_eq!(verified["verifyRun"]["reproduced"], true, "{verified}");
+    assert_eq!(verified["verifyRun"]["stepsChecked"], 3, "{verified}");
+}
