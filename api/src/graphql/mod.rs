@@ -13,6 +13,7 @@ pub mod limits;
 pub mod loaders;
 pub mod node;
 pub mod pagination;
+pub mod parsed;
 pub mod policies;
 pub mod runs;
 pub mod scalars;
@@ -97,6 +98,8 @@ pub fn build_schema(state: AppState, limits: &Limits) -> GovernanceSchema {
     builder()
         .data(state)
         .extension(error::ErrorCodes)
+        // Outside the limits: it keeps only documents that passed them.
+        .extension(parsed::ParsedDocuments::default())
         // Depth and cost are checked by this extension (with messages that say by how much),
         // not by async-graphql's own limits.
         .extension(limits::OperationLimits(limits.clone()))
