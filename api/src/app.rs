@@ -7,7 +7,7 @@ use std::{net::TcpListener, sync::Arc, time::Duration};
 use actix_web::{App, HttpServer, dev::ServerHandle, middleware::from_fn, web};
 use anyhow::Context;
 use governance_core::{
-    db::{self, DbSettings},
+    db::{self, CheckpointEvent, DbSettings},
     policy::SnapshotCache,
     steps::LaneEvent,
     store::Store,
@@ -250,6 +250,17 @@ impl Application {
             statements
                 .with_label_values(&[outcome.label()])
                 .inc_by(count as u64);
+        }));
+        let checkpoints = metrics.wal_checkpoint_seconds.clone();
+        store.observe_checkpoints(Arc::new(move |event| {
+            let (kind, took) = match event {
+                CheckpointEvent::Copied(took) => ("copy", took),
+                CheckpointEvent::Reset { held, done: true } => ("reset", held),
+                CheckpointEvent::Reset { held, done: false } => ("reset_gave_up", held),
+            };
+            checkpoints
+                .with_label_values(&[kind])
+                .observe(took.as_secs_f64());
         }));
         let bootstrap_key = tenancy::bootstrap_default(&store).await?;
         if let Some(key) = &bootstrap_key {

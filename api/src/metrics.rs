@@ -52,6 +52,10 @@ pub struct Metrics {
     /// (another process stepped or ended the run, or the key was revoked): read afresh and
     /// written the slower way.
     pub step_batch_guard_refusals: IntCounter,
+    /// SQLite: the WAL checkpointer's work by `kind`: `copy` (a PASSIVE checkpoint, no lock
+    /// held), `reset` (the time a reset held this process's writer lock, which step batches wait
+    /// for), `reset_gave_up` (the same, for a reset that gave up on readers of old frames).
+    pub wal_checkpoint_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -132,6 +136,17 @@ impl Metrics {
             "step_batch_guard_refusals_total",
             "step batches refused by their guard because a run or key changed since their decisions, then read afresh",
         )?;
+        let wal_checkpoint_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "wal_checkpoint_seconds",
+                "SQLite WAL checkpoints by kind: copy (no lock held), reset and reset_gave_up (the writer lock held that long)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["kind"],
+        )?;
+        registry.register(Box::new(wal_checkpoint_seconds.clone()))?;
         registry.register(Box::new(step_batch_lock_wait.clone()))?;
         registry.register(Box::new(step_batch_guard_refusals.clone()))?;
         registry.register(Box::new(db_statements.clone()))?;
@@ -160,6 +175,7 @@ impl Metrics {
             step_batch_size,
             step_batch_lock_wait,
             step_batch_guard_refusals,
+            wal_checkpoint_seconds,
         })
     }
 

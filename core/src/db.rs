@@ -171,7 +171,7 @@ const RESET_RETRY: Duration = Duration::from_millis(1);
 pub(crate) fn checkpoint_in_background(
     db: DatabaseConnection,
     writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
-    alive: std::sync::Weak<()>,
+    alive: std::sync::Weak<std::sync::OnceLock<CheckpointObserver>>,
 ) {
     if db.get_database_backend() != sea_orm::DbBackend::Sqlite
         || tokio::runtime::Handle::try_current().is_err()
@@ -183,10 +183,17 @@ pub(crate) fn checkpoint_in_background(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if alive.upgrade().is_none() {
+            let Some(observer) = alive.upgrade() else {
                 return;
-            }
-            if let Err(err) = checkpoint_once(&db, writer.as_deref(), RESET_ABOVE_FRAMES).await {
+            };
+            let tell = |event| {
+                if let Some(observer) = observer.get() {
+                    observer(event);
+                }
+            };
+            if let Err(err) =
+                checkpoint_once(&db, writer.as_deref(), RESET_ABOVE_FRAMES, &tell).await
+            {
                 // Busy (another checkpoint running, a reader pinning old frames) only means
                 // "next time".
                 tracing::debug!(error = %err, "WAL checkpoint skipped");
@@ -195,14 +202,33 @@ pub(crate) fn checkpoint_in_background(
     });
 }
 
+/// What the WAL checkpointer did, and how long it took (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CheckpointEvent {
+    /// A PASSIVE checkpoint: it copies frames into the database file and syncs it, holding no
+    /// lock, though its sync shares the disk with the commits'.
+    Copied(Duration),
+    /// A reset of the WAL held this process's writer lock this long, so a step batch could wait
+    /// as long; `done` is false when it gave up after [`RESET_PATIENCE`] (readers kept old
+    /// frames in use) and the next one tries again.
+    Reset { held: Duration, done: bool },
+}
+
+/// Told of every checkpoint.
+pub type CheckpointObserver = std::sync::Arc<dyn Fn(CheckpointEvent) + Send + Sync>;
+
 /// One PASSIVE checkpoint, then a RESTART one (under `writer`) when the WAL held more than
-/// `reset_above` frames. Returns the WAL's frames before, and whether it was reset.
+/// `reset_above` frames, each told to `tell`. Returns the WAL's frames before, and whether it
+/// was reset.
 pub(crate) async fn checkpoint_once(
     db: &DatabaseConnection,
     writer: Option<&tokio::sync::Mutex<()>>,
     reset_above: i64,
+    tell: &(dyn Fn(CheckpointEvent) + Sync),
 ) -> anyhow::Result<(i64, bool)> {
+    let copying = std::time::Instant::now();
     let frames = wal_frames(db, "PASSIVE").await?;
+    tell(CheckpointEvent::Copied(copying.elapsed()));
     if frames <= reset_above {
         return Ok((frames, false));
     }
@@ -210,6 +236,7 @@ pub(crate) async fn checkpoint_once(
         Some(lock) => Some(lock.lock().await),
         None => None,
     };
+    let held = std::time::Instant::now();
     // On a connection of its own, without SQLite's busy handler: a RESTART checkpoint holds
     // the write lock while it waits for the readers of old frames, and the busy handler waits
     // by sleeping 1, 2, 5, 10, 15, 20… ms between looks, while the readers here finish within
@@ -239,7 +266,12 @@ pub(crate) async fn checkpoint_once(
         }
     };
     crate::sqlite_request::restore_busy_timeout(&mut conn, usual).await;
-    Ok((frames, reset? == 0))
+    let done = reset? == 0;
+    tell(CheckpointEvent::Reset {
+        held: held.elapsed(),
+        done,
+    });
+    Ok((frames, done))
 }
 
 /// Run `PRAGMA wal_checkpoint(mode)`; the WAL's size in frames, as it reports it. Straight on a
@@ -310,9 +342,16 @@ mod tests {
                 .await
                 .expect("insert");
         }
-        let (frames, reset) = checkpoint_once(&db, None, 1_000_000)
+        let events = std::sync::Mutex::new(Vec::new());
+        let tell = |event| events.lock().expect("events").push(event);
+        let taken = || std::mem::take(&mut *events.lock().expect("events"));
+        let (frames, reset) = checkpoint_once(&db, None, 1_000_000, &tell)
             .await
             .expect("passive");
+        assert!(
+            matches!(taken()[..], [CheckpointEvent::Copied(_)]),
+            "a copy, told"
+        );
         assert!(
             frames > 40 && !reset,
             "below the threshold: {frames} frames, kept"
@@ -320,15 +359,25 @@ mod tests {
         assert!(std::fs::metadata(&wal).expect("wal").len() > 0);
 
         let lock = tokio::sync::Mutex::new(());
-        let (frames, reset) = checkpoint_once(&db, Some(&lock), 10)
+        let (frames, reset) = checkpoint_once(&db, Some(&lock), 10, &tell)
             .await
             .expect("restart");
         assert!(frames > 10 && reset, "{frames} frames, reset {reset}");
+        assert!(
+            matches!(
+                taken()[..],
+                [
+                    CheckpointEvent::Copied(_),
+                    CheckpointEvent::Reset { done: true, .. }
+                ]
+            ),
+            "a copy, then a reset that held the writer lock, told"
+        );
         let size = std::fs::metadata(&wal).expect("wal").len();
         db.execute_unprepared("INSERT INTO filler VALUES (randomblob(100))")
             .await
             .expect("insert after the reset");
-        let (frames, reset) = checkpoint_once(&db, None, 1_000_000)
+        let (frames, reset) = checkpoint_once(&db, None, 1_000_000, &|_| {})
             .await
             .expect("passive");
         assert!(

@@ -92,8 +92,9 @@ pub struct Store {
     statements: Arc<OnceLock<StatementObserver>>,
     /// SQLite: the busy timeout (ms) the pool's connections are opened with, once read.
     busy_timeout: Arc<OnceLock<i64>>,
-    /// Keeps the WAL checkpointer (SQLite) running while any clone of this store lives.
-    _checkpoints: Arc<()>,
+    /// Keeps the WAL checkpointer (SQLite) running while any clone of this store lives, and
+    /// whom it tells of each checkpoint ([`Store::observe_checkpoints`]).
+    checkpoints: Arc<OnceLock<crate::db::CheckpointObserver>>,
     /// The key that seals secrets stored in the database (see [`crate::sealing`]).
     secrets: Option<Arc<crate::sealing::SecretsKey>>,
 }
@@ -114,13 +115,13 @@ impl Store {
             evaluation_lane: None,
             statements: Arc::default(),
             busy_timeout: Arc::default(),
-            _checkpoints: Arc::new(()),
+            checkpoints: Arc::default(),
             secrets: None,
         };
         crate::db::checkpoint_in_background(
             store.db.clone(),
             store.writer.clone(),
-            Arc::downgrade(&store._checkpoints),
+            Arc::downgrade(&store.checkpoints),
         );
         if sqlite && tokio::runtime::Handle::try_current().is_ok() {
             // A lane's own store has no lane, so a lane does not keep itself alive.
@@ -206,6 +207,12 @@ impl Store {
     /// through SeaORM's metric callback stays whole. The first observer set stays.
     pub fn observe_statements(&self, observer: StatementObserver) {
         let _ = self.statements.set(observer);
+    }
+
+    /// Tell `observer` of every WAL checkpoint this store's checkpointer makes (SQLite), and of
+    /// how long each reset held the writer lock. The first observer set stays.
+    pub fn observe_checkpoints(&self, observer: crate::db::CheckpointObserver) {
+        let _ = self.checkpoints.set(observer);
     }
 
     pub(crate) fn ran_statements(&self, count: usize, outcome: StatementOutcome) {

@@ -52,6 +52,12 @@ async fn recorded_steps_show_up_by_decision_with_their_latency_and_commits() {
         let written = app.metric("governance_step_batch_size_sum").await;
         assert!(commits >= 1.0, "{commits}");
         assert!((3.0..=4.0).contains(&written), "{written}");
+        // The WAL checkpointer, off the write path, says what it copies and how long it took.
+        app.poll_metric_until(
+            "governance_wal_checkpoint_seconds_count{kind=\"copy\"}",
+            |n| n >= 1.0,
+        )
+        .await;
     }
 }
 
