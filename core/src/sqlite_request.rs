@@ -99,14 +99,7 @@ pub(crate) async fn restore_busy_timeout(conn: &mut PoolConnection<Sqlite>, usua
 /// End the transaction without writing. A connection that cannot roll back is not reused.
 pub(crate) async fn rollback(store: &Store, conn: &mut PoolConnection<Sqlite>) {
     let rolled_back = sqlx::query("ROLLBACK").execute(&mut **conn).await;
-    store.ran_statements(
-        1,
-        if rolled_back.is_ok() {
-            StatementOutcome::Ok
-        } else {
-            StatementOutcome::Failed
-        },
-    );
+    store.ran_statements(1, StatementOutcome::of(rolled_back.is_ok()));
     if let Err(err) = rolled_back {
         let no_transaction = err
             .as_database_error()

@@ -63,6 +63,11 @@ pub enum StatementOutcome {
 }
 
 impl StatementOutcome {
+    /// A statement whose failure is only a failure (a rollback, restoring a setting).
+    pub(crate) fn of(succeeded: bool) -> Self {
+        if succeeded { Self::Ok } else { Self::Failed }
+    }
+
     /// The `outcome` label of `governance_db_statements_total`.
     pub fn label(self) -> &'static str {
         match self {

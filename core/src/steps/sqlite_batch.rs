@@ -142,14 +142,7 @@ pub(super) async fn write_batch(
     };
     if !outcome.restored {
         let restored = restore_busy_timeout(&mut conn, usual).await;
-        store.ran_statements(
-            1,
-            if restored {
-                StatementOutcome::Ok
-            } else {
-                StatementOutcome::Failed
-            },
-        );
+        store.ran_statements(1, StatementOutcome::of(restored));
     }
     outcome.outcome
 }
