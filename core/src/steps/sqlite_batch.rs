@@ -70,7 +70,7 @@ const LOCK_PATIENCE: Duration = Duration::from_millis(200);
 /// How soon a batch tries again for the write lock another connection holds.
 const LOCK_RETRY: Duration = Duration::from_millis(1);
 
-/// Write `batch` in one transaction of two round trips, or hand it back untouched.
+/// Write `batch` in one transaction of one round trip or two, or hand it back untouched.
 ///
 /// The batch's connection runs without SQLite's busy handler (`busy_timeout = 0`) from its
 /// `BEGIN IMMEDIATE` to its `COMMIT`: when another connection holds the write lock, the
@@ -104,21 +104,28 @@ pub(super) async fn write_batch(
             return injected_failure(decided.answers);
         }
         let written = decided.steps;
-        match counted(
-            store,
-            &decided.request,
-            query(&decided.request.0, batch.len())
-                .execute(&mut *conn)
-                .await,
-        ) {
+        let request = &decided.request;
+        let mut patience = LockPatience::start();
+        let result = loop {
+            let result = counted(
+                store,
+                request,
+                query(&request.0, batch.len()).execute(&mut *conn).await,
+            );
+            if !patience.send_again(&result).await {
+                break result;
+            }
+        };
+        patience.told(tell);
+        match result {
             Ok(_) => {
                 return Outcome::Answered {
                     answers: decided.answers,
                     written,
                 };
             }
-            // A run moved on, a key was revoked, or the write lock is taken: nothing was
-            // committed, and the batch is read and staged afresh below.
+            // A run moved on, a key was revoked, or the write lock stayed taken past the lane's
+            // patience: nothing was committed, and the batch is read and staged afresh below.
             Err(err) => {
                 if outcome_of(&err) == StatementOutcome::Refused {
                     tell(LaneEvent::GuardRefused);
@@ -153,9 +160,43 @@ struct Staged {
     restored: bool,
 }
 
-/// Whether SQLite refused for a lock another connection holds.
-fn is_busy(err: &sqlx::Error) -> bool {
-    outcome_of(err) == StatementOutcome::Busy
+/// How long a request that begins with `BEGIN IMMEDIATE` ([`begin_without_busy_handler`]) has
+/// waited for SQLite's write lock another connection holds. A request refused for the lock
+/// stopped at its `BEGIN`, with nothing done and no transaction open, so it is sent again every
+/// [`LOCK_RETRY`], for at most [`LOCK_PATIENCE`].
+struct LockPatience {
+    started: tokio::time::Instant,
+    waited: bool,
+}
+
+impl LockPatience {
+    fn start() -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            waited: false,
+        }
+    }
+
+    /// Whether the request that ended in `result` is to be sent again: it was refused for the
+    /// lock and patience is left. If so, this returns after [`LOCK_RETRY`].
+    async fn send_again<T>(&mut self, result: &Result<T, sqlx::Error>) -> bool {
+        let busy = result
+            .as_ref()
+            .is_err_and(|err| outcome_of(err) == StatementOutcome::Busy);
+        if !busy || self.started.elapsed() >= LOCK_PATIENCE {
+            return false;
+        }
+        self.waited = true;
+        tokio::time::sleep(LOCK_RETRY).await;
+        true
+    }
+
+    /// Tell `tell` how long the request waited, if it did.
+    fn told(self, tell: &(dyn Fn(LaneEvent) + Sync)) {
+        if self.waited {
+            tell(LaneEvent::WaitedForLock(self.started.elapsed()));
+        }
+    }
 }
 
 async fn stage_and_write(
@@ -167,28 +208,19 @@ async fn stage_and_write(
 ) -> CoreResult<Staged> {
     // Round trip 1: the transaction, the keys still active, the runs as they stand.
     let reads = reads(batch);
-    let started = tokio::time::Instant::now();
-    let patience = started + LOCK_PATIENCE;
-    let mut waited = false;
+    let mut patience = LockPatience::start();
     let rows = loop {
         let result = counted(
             store,
             &reads,
             query(&reads.0, batch.len()).fetch_all(&mut **conn).await,
         );
-        match result {
-            Err(err) if is_busy(&err) && tokio::time::Instant::now() < patience => {
-                waited = true;
-                tokio::time::sleep(LOCK_RETRY).await;
-            }
-            other => {
-                if waited {
-                    tell(LaneEvent::WaitedForLock(started.elapsed()));
-                }
-                break other?;
-            }
+        if !patience.send_again(&result).await {
+            break result;
         }
     };
+    patience.told(tell);
+    let rows = rows?;
     let mut active = HashSet::new();
     let mut runs = Vec::with_capacity(batch.len());
     for row in rows {
@@ -436,9 +468,10 @@ mod tests {
             lane::{LaneEvent, fixture::Fixture},
             write::Written,
         },
-        store::StatementOutcome::{self, Ok as Done, Refused},
+        store::StatementOutcome::{self, Busy, Ok as Done, Refused},
         verify,
     };
+    use sea_orm::sqlx;
 
     type Requests = Vec<(usize, StatementOutcome)>;
 
@@ -564,6 +597,75 @@ mod tests {
                 .expect("verify");
             assert!(verified.intact && verified.reproduced, "{verified:?}");
         }
+    }
+
+    /// Another connection holding SQLite's write lock (the job queue's, a checkpoint's reset)
+    /// does not cost a batch as decided its one request, nor its guard: the request is sent
+    /// again until the lock is free, the wait is told, and the step is written by that request.
+    #[tokio::test]
+    async fn a_batch_as_decided_is_sent_again_while_another_connection_holds_the_write_lock() {
+        let f = Fixture::new().await;
+        let run = f.start_run().await;
+        let pending = f
+            .pending(&f.active_key, Fixture::clean_step(&run, None))
+            .await;
+        let mut holder = f
+            .store
+            .db()
+            .get_sqlite_connection_pool()
+            .acquire()
+            .await
+            .expect("a second connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *holder)
+            .await
+            .expect("the write lock");
+        let (sent, mut requests) = tokio::sync::mpsc::unbounded_channel();
+        f.store.observe_statements(Arc::new(move |count, outcome| {
+            let _ = sent.send((count, outcome));
+        }));
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let tell = {
+            let told = told.clone();
+            move |event| told.lock().expect("events").push(event)
+        };
+        let store = f.store.clone();
+        let writing = tokio::spawn(async move { write_batch(&store, &[pending], &tell).await });
+
+        // The lock is let go once the batch has met it.
+        let mut seen = Vec::new();
+        while !seen.contains(&(6, Busy)) {
+            seen.push(requests.recv().await.expect("the batch's requests"));
+        }
+        sqlx::query("COMMIT")
+            .execute(&mut *holder)
+            .await
+            .expect("the lock let go");
+        let Outcome::Answered { answers, written } = writing.await.expect("the batch") else {
+            panic!("a clean step as decided is written");
+        };
+        assert_eq!(written, 1);
+        assert!(matches!(answers[0], Ok(Written::Done(_))), "{answers:?}");
+        while let Ok(request) = requests.try_recv() {
+            seen.push(request);
+        }
+        let batch: Requests = seen.into_iter().filter(|(count, _)| *count == 6).collect();
+        let (last, waits) = batch.split_last().expect("requests");
+        assert_eq!(
+            *last,
+            (6, Done),
+            "the request as decided wrote it: {batch:?}"
+        );
+        assert!(
+            waits.iter().all(|request| *request == (6, Busy)),
+            "before that, only the lock refused it: {batch:?}"
+        );
+        let told = std::mem::take(&mut *told.lock().expect("events"));
+        assert!(
+            matches!(told.as_slice(), [LaneEvent::WaitedForLock(_)]),
+            "the wait is told, and nothing else: {told:?}"
+        );
+        assert_eq!(f.totals(std::slice::from_ref(&run)).await, vec![(1, 5, 1)]);
     }
 
     /// Two round trips write what the ordinary lane would: a revoked key's report is refused,
