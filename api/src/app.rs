@@ -55,6 +55,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<DatabaseConnection
     }
     let mut settings = DbSettings::new(url);
     settings.max_connections = config.db_max_connections;
+    settings.sqlite_cache_kib = config.db_cache_kib;
     db::connect(&settings).await
 }
 

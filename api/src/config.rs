@@ -180,6 +180,8 @@ pub struct Config {
     pub log_level: String,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// SQLite: the page cache of each pooled connection, in KiB.
+    pub db_cache_kib: u32,
     /// Prefix for queue names and Redis keys, so several deployments can share one Redis.
     pub namespace: String,
     /// Seconds a graceful shutdown waits for in-flight requests and jobs.
@@ -318,6 +320,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
             db_max_connections: 8,
+            db_cache_kib: governance_core::db::DEFAULT_SQLITE_CACHE_KIB,
             namespace: "governance".to_string(),
             shutdown_timeout_secs: 30,
             limits: Limits::default(),

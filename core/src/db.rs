@@ -21,6 +21,11 @@ pub struct DbSettings {
     pub max_connections: u32,
     /// How long to wait for a connection (and, on SQLite, for the write lock).
     pub acquire_timeout: Duration,
+    /// SQLite: the page cache each connection keeps, in KiB (`PRAGMA cache_size`). The pages are
+    /// in the operating system's cache as well, so a page the connection's cache lacks costs a
+    /// read from memory, not from the disk; what this bounds is the memory the pool's caches
+    /// grow to, `max_connections` × this, as the database grows.
+    pub sqlite_cache_kib: u32,
 }
 
 impl DbSettings {
@@ -29,6 +34,7 @@ impl DbSettings {
             url: url.into(),
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
+            sqlite_cache_kib: DEFAULT_SQLITE_CACHE_KIB,
         }
     }
 
@@ -41,6 +47,14 @@ impl DbSettings {
         self.url.starts_with("sqlite:")
     }
 }
+
+/// The page cache of each pooled SQLite connection, unless configured: a quarter of SQLite's own
+/// default (2,000 KiB). The step path's writes touch the right edge of each table and the inner
+/// pages of its indexes, which fit in it; every other page is a copy of one the operating system
+/// caches too. With SQLite's default, the pool's 8 caches kept filling as the database grew: a
+/// 10-minute soak at 1,199 steps/s grew the server's memory by 22.7 MiB, and by 12.4 MiB with
+/// this (README, "Performance").
+pub const DEFAULT_SQLITE_CACHE_KIB: u32 = 512;
 
 /// The isolation of every PostgreSQL transaction the service opens (its connections' default).
 pub(crate) const PG_TRANSACTION_ISOLATION: &str = "read committed";
@@ -63,6 +77,8 @@ pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection
         SqliteConnectOptions::from_str(&settings.url)
             .with_context(|| format!("invalid SQLite URL `{}`", settings.url))?;
         let busy = settings.acquire_timeout;
+        // A negative cache size is in KiB (a positive one would be in pages).
+        let cache_size = format!("-{}", settings.sqlite_cache_kib.max(1));
         opts.map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
@@ -72,6 +88,7 @@ pub async fn connect(settings: &DbSettings) -> anyhow::Result<DatabaseConnection
                 // No checkpoint inside a commit: see `checkpoint_in_background`.
                 .pragma("wal_autocheckpoint", "0")
                 .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+                .pragma("cache_size", cache_size.clone())
         });
     } else {
         // A server, a proxy or a firewall may drop a connection that sat idle; a busy one is
@@ -326,6 +343,27 @@ mod tests {
     use sea_orm::{DbBackend, QueryResult, Statement};
 
     use super::*;
+
+    /// Every pooled SQLite connection keeps the page cache it was given, not SQLite's default.
+    #[tokio::test]
+    async fn every_sqlite_connection_keeps_the_page_cache_it_was_given() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut settings = DbSettings::new(DbSettings::sqlite_file_url(dir.path()));
+        settings.max_connections = 3;
+        settings.sqlite_cache_kib = 512;
+        let db = connect(&settings).await.expect("database");
+        let pool = db.get_sqlite_connection_pool();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = pool.acquire().await.expect("connection");
+            let size: i64 = sea_orm::sqlx::query_scalar("PRAGMA cache_size")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("cache size");
+            assert_eq!(size, -512, "a negative size is in KiB");
+            held.push(conn);
+        }
+    }
 
     /// Below the threshold the WAL is only checkpointed; past it, it is reset (RESTART): the
     /// next commit writes it from its start again, without losing a row.
