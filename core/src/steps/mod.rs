@@ -489,11 +489,11 @@ async fn decide(
                 None => {
                     let times = step_times_since(store.db(), &run.id, since).await?;
                     kept.times.remember(since, &times);
-                    times
+                    Arc::new(times)
                 }
             }
         }
-        None => Vec::new(),
+        None => Arc::default(),
     };
     let evaluation =
         evaluate_within_budget(snapshot, run, index, input, timestamp, recent, budget).await?;
@@ -514,7 +514,7 @@ async fn evaluate_within_budget(
     index: i64,
     input: &RecordStep,
     timestamp: DateTime<Utc>,
-    recent: Vec<DateTime<Utc>>,
+    recent: Arc<Vec<DateTime<Utc>>>,
     budget: &EvaluationBudget,
 ) -> Result<Evaluation, Undecided> {
     if !snapshot.has_expressions() {

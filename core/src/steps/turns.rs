@@ -38,31 +38,38 @@ impl Known {
 }
 
 /// The times of a run's steps, as far back as its rate limits looked.
+///
+/// A decision is handed the times it needs without a copy: they are shared with it, and copied
+/// only if a step is written while a decision still holds them. The copy this replaced was the
+/// whole window, on every step: at 2,092 steps/s over 64 runs with a 60 s rate limit, 24 KB per
+/// step, and a third of the server's page faults in a soak.
 #[derive(Debug, Clone, Default)]
 pub(super) struct StepTimes {
     /// Times of the run's steps after `complete_since` (all of them, whatever their order).
-    times: Vec<DateTime<Utc>>,
+    times: Arc<Vec<DateTime<Utc>>>,
     /// Since when `times` is complete; `None` until the history was read.
     complete_since: Option<DateTime<Utc>>,
 }
 
 impl StepTimes {
     /// The step times after `since`, if what is kept covers them.
-    pub(super) fn after(&mut self, since: DateTime<Utc>) -> Option<Vec<DateTime<Utc>>> {
+    pub(super) fn after(&mut self, since: DateTime<Utc>) -> Option<Arc<Vec<DateTime<Utc>>>> {
         let covered = self.complete_since.is_some_and(|from| from <= since);
         if !covered {
             return None;
         }
         // Older times will not be asked for again unless a step is stamped earlier, which
         // reads the history anew.
-        self.times.retain(|t| *t > since);
+        if self.times.iter().any(|t| *t <= since) {
+            Arc::make_mut(&mut self.times).retain(|t| *t > since);
+        }
         self.complete_since = Some(since);
         Some(self.times.clone())
     }
 
     /// The history as read from the database: every step time after `since`.
     pub(super) fn remember(&mut self, since: DateTime<Utc>, times: &[DateTime<Utc>]) {
-        self.times = times.to_vec();
+        self.times = Arc::new(times.to_vec());
         self.complete_since = Some(since);
     }
 
@@ -71,7 +78,7 @@ impl StepTimes {
     /// however many steps it takes.
     fn push(&mut self, at: DateTime<Utc>) {
         if self.complete_since.is_some() {
-            self.times.push(at);
+            Arc::make_mut(&mut self.times).push(at);
         }
     }
 }
@@ -150,8 +157,30 @@ mod tests {
         assert!(times.times.is_empty());
         times.remember(at(10), &[at(11), at(12)]);
         times.push(at(13));
-        assert_eq!(times.after(at(11)), Some(vec![at(12), at(13)]));
+        assert_eq!(times.after(at(11)).as_deref(), Some(&vec![at(12), at(13)]));
         // Earlier than what is kept: read again.
         assert_eq!(times.after(at(5)), None);
+    }
+
+    #[test]
+    fn a_decision_shares_the_kept_times_and_a_step_copies_them_only_while_shared() {
+        let start = DateTime::<Utc>::UNIX_EPOCH;
+        let at = |s: i64| start + chrono::Duration::seconds(s);
+        let mut times = StepTimes::default();
+        times.remember(at(0), &[at(1), at(2), at(3)]);
+        let first = times.after(at(0)).expect("covered");
+        // Nothing to drop from the window: the same times, not a copy.
+        let again = times.after(at(0)).expect("covered");
+        assert!(Arc::ptr_eq(&first, &again));
+        // A step while a decision holds them: the decision keeps what it was given.
+        times.push(at(4));
+        assert_eq!(*first, vec![at(1), at(2), at(3)]);
+        drop((first, again));
+        // Once no decision holds them, a step and a narrower window change them in place.
+        let before = Arc::as_ptr(&times.times);
+        times.push(at(5));
+        let narrowed = times.after(at(2)).expect("covered");
+        assert_eq!(*narrowed, vec![at(3), at(4), at(5)]);
+        assert_eq!(Arc::as_ptr(&narrowed), before);
     }
 }
