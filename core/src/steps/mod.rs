@@ -486,11 +486,9 @@ async fn decide(
             let since = timestamp - chrono::Duration::seconds(window);
             match kept.times.after(since) {
                 Some(times) => times,
-                None => {
-                    let times = step_times_since(store.db(), &run.id, since).await?;
-                    kept.times.remember(since, &times);
-                    Arc::new(times)
-                }
+                None => kept
+                    .times
+                    .remember(since, step_times_since(store.db(), &run.id, since).await?),
             }
         }
         None => Arc::default(),

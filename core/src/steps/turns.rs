@@ -67,10 +67,16 @@ impl StepTimes {
         Some(self.times.clone())
     }
 
-    /// The history as read from the database: every step time after `since`.
-    pub(super) fn remember(&mut self, since: DateTime<Utc>, times: &[DateTime<Utc>]) {
-        self.times = Arc::new(times.to_vec());
+    /// The history as read from the database: every step time after `since`. Returns them, shared
+    /// with the decision as [`StepTimes::after`] does.
+    pub(super) fn remember(
+        &mut self,
+        since: DateTime<Utc>,
+        times: Vec<DateTime<Utc>>,
+    ) -> Arc<Vec<DateTime<Utc>>> {
+        self.times = Arc::new(times);
         self.complete_since = Some(since);
+        self.times.clone()
     }
 
     /// A step was written at `at`. Kept only while the times are tracked (since the history
@@ -155,7 +161,7 @@ mod tests {
             times.push(at(s));
         }
         assert!(times.times.is_empty());
-        times.remember(at(10), &[at(11), at(12)]);
+        times.remember(at(10), vec![at(11), at(12)]);
         times.push(at(13));
         assert_eq!(times.after(at(11)).as_deref(), Some(&vec![at(12), at(13)]));
         // Earlier than what is kept: read again.
@@ -167,7 +173,7 @@ mod tests {
         let start = DateTime::<Utc>::UNIX_EPOCH;
         let at = |s: i64| start + chrono::Duration::seconds(s);
         let mut times = StepTimes::default();
-        times.remember(at(0), &[at(1), at(2), at(3)]);
+        times.remember(at(0), vec![at(1), at(2), at(3)]);
         let first = times.after(at(0)).expect("covered");
         // Nothing to drop from the window: the same times, not a copy.
         let again = times.after(at(0)).expect("covered");
